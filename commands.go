@@ -1,0 +1,367 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// loadVM reads a VM's journal for the commands that need an existing VM.
+func loadVM(env Env, o *Options, cmd string) (Paths, *Journal, int) {
+	if err := requireName(o, cmd); err != nil {
+		return Paths{}, nil, reportError(env.Out, err)
+	}
+	paths := pathsFor(env.Home, o.Name)
+	j, err := readJournal(paths)
+	if err != nil {
+		return paths, nil, reportError(env.Out, err)
+	}
+	if j == nil {
+		env.Out.Error("no VM named %s", o.Name)
+		env.Out.Hint("`vmup status` lists the VMs; `vmup up %s --image …` creates it", o.Name)
+		return paths, nil, exitFailed
+	}
+	return paths, j, -1
+}
+
+// askOwnerToStop sends SIGTERM to the `up` holding the VM's lock and waits
+// for it to let go.
+func askOwnerToStop(env Env, paths Paths, pid int, timeout time.Duration) (*Lock, error) {
+	if pid > 0 {
+		if err := unix.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
+			return nil, fmt.Errorf("cannot signal vmup pid %d: %w", pid, err)
+		}
+	}
+	l, err := waitLock(paths.Lock, timeout)
+	if errors.Is(err, errLocked) {
+		return nil, fmt.Errorf("vmup pid %d did not stop within %s", pid, timeout)
+	}
+	return l, err
+}
+
+func runDown(env Env, o *Options) int {
+	out := env.Out
+	paths, j, code := loadVM(env, o, "down")
+	if j == nil {
+		return code
+	}
+	lock, holder, err := tryLock(paths.Lock)
+	if errors.Is(err, errLocked) {
+		cur, _ := readJournal(paths)
+		if cur != nil {
+			if p, ok := parsePhase(cur.Phase); ok && (p == Preparing || p.FirstBoot() || p == Wiping) {
+				out.Error("VM %s is in its first boot (vmup pid %d); down would leave it half made", o.Name, holder)
+				out.Hint("press Ctrl+C twice in that terminal to abort it, or run `vmup destroy %s`", o.Name)
+				return exitBusy
+			}
+		}
+		out.Say("stopping", "Asking vmup pid %d to shut VM %s down", holder, o.Name)
+		lock, err = askOwnerToStop(env, paths, holder, o.ShutdownTimeout+30*time.Second)
+		if err != nil {
+			return reportError(out, err)
+		}
+		lock.Unlock()
+		return exitOK
+	}
+	if err != nil {
+		return reportError(out, err)
+	}
+	defer lock.Unlock()
+	v := newVirsh(env.Runner, j.Connect)
+	ctx := context.Background()
+	if err := checkLibvirt(ctx, v, out); err != nil {
+		return exitFailed
+	}
+	state, err := v.DomState(ctx, o.Name)
+	if errors.Is(err, errNotFound) || state == "shut off" {
+		out.Say("stopped", "VM %s is already shut off", o.Name)
+		return exitOK
+	}
+	if err != nil {
+		return reportError(out, err)
+	}
+	if !o.Force {
+		out.Say("stopping", "Shutting down VM %s (up to %s)", o.Name, o.ShutdownTimeout)
+		if err := v.Shutdown(ctx, o.Name); err == nil && waitShutOff(ctx, v, o.Name, o.ShutdownTimeout, env.Poll) {
+			markStopped(paths)
+			out.Say("stopped", "VM %s is shut off", o.Name)
+			return exitOK
+		}
+		out.Warn("the guest did not shut down within %s; forcing it off", o.ShutdownTimeout)
+	}
+	if err := v.Destroy(ctx, o.Name); err != nil && !isNotRunning(err) {
+		out.Error("cannot force VM %s off: %v", o.Name, err)
+		return exitStopFailed
+	}
+	markStopped(paths)
+	out.Say("stopped", "VM %s is off", o.Name)
+	return exitOK
+}
+
+func markStopped(paths Paths) {
+	if j, err := readJournal(paths); err == nil && j != nil {
+		j.Phase = Stopped.String()
+		writeJournal(paths, j)
+	}
+}
+
+// waitShutOff polls the domain state until it is off or the timeout passes.
+func waitShutOff(ctx context.Context, v *Virsh, name string, timeout, poll time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		state, err := v.DomState(ctx, name)
+		if errors.Is(err, errNotFound) || state == "shut off" {
+			return true
+		}
+		if time.Now().After(deadline) || sleepCtx(ctx, poll) != nil {
+			return false
+		}
+	}
+}
+
+func runDestroy(env Env, o *Options) int {
+	out := env.Out
+	if err := requireName(o, "destroy"); err != nil {
+		return reportError(out, err)
+	}
+	paths := pathsFor(env.Home, o.Name)
+	lock, holder, err := tryLock(paths.Lock)
+	if errors.Is(err, errLocked) {
+		out.Say("stopping", "Asking vmup pid %d to stop VM %s first", holder, o.Name)
+		lock, err = askOwnerToStop(env, paths, holder, 2*time.Minute)
+	}
+	if err != nil {
+		return reportError(out, err)
+	}
+	defer lock.Unlock()
+	j, err := readJournal(paths)
+	if err != nil {
+		return reportError(out, err)
+	}
+	connect, pool := o.Connect, "vmup"
+	if j != nil {
+		connect, pool = j.Connect, j.Pool
+	}
+	v := newVirsh(env.Runner, connect)
+	ctx := context.Background()
+	if err := checkLibvirt(ctx, v, out); err != nil {
+		return exitFailed
+	}
+	if j == nil {
+		if _, err := v.DomState(ctx, o.Name); errors.Is(err, errNotFound) {
+			os.RemoveAll(paths.Dir)
+			out.Say("destroyed", "No VM named %s; nothing to destroy", o.Name)
+			return exitOK
+		}
+	}
+	if j != nil {
+		reapGroup(j.PlaybookPGID)
+	}
+	if err := wipeVM(ctx, v, pool, paths); err != nil {
+		return reportError(out, err)
+	}
+	os.Remove(paths.Lock)
+	out.Say("destroyed", "VM %s destroyed", o.Name)
+	return exitOK
+}
+
+// vmStatus is one VM as `status --json` shows it.
+type vmStatus struct {
+	Name     string   `json:"name"`
+	Phase    string   `json:"phase"`
+	Domain   string   `json:"domain"`
+	SSH      string   `json:"ssh,omitempty"`
+	Forwards []string `json:"forwards"`
+	PID      int      `json:"pid,omitempty"`
+}
+
+func statusOf(ctx context.Context, env Env, name string) (vmStatus, *Journal) {
+	paths := pathsFor(env.Home, name)
+	s := vmStatus{Name: name, Phase: "unknown", Domain: "unknown", Forwards: []string{}}
+	j, _ := readJournal(paths)
+	connect := defaultOptions().Connect
+	if j != nil {
+		s.Phase, connect = j.Phase, j.Connect
+		if _, holder, err := tryLock(paths.Lock); errors.Is(err, errLocked) {
+			s.PID = holder
+		} else if err == nil && (s.Phase == Running.String() || s.Phase == Booting.String()) {
+			s.Phase = "detached" // its vmup is gone; the VM may still run
+		}
+		if j.SSHPort != 0 {
+			s.SSH = Endpoint{Host: j.SSHHost, Port: j.SSHPort}.String()
+		}
+		if j.Forwards != nil {
+			s.Forwards = j.Forwards
+		}
+	}
+	state, err := newVirsh(env.Runner, connect).DomState(ctx, name)
+	switch {
+	case errors.Is(err, errNotFound):
+		s.Domain = "undefined"
+	case err == nil:
+		s.Domain = state
+	}
+	return s, j
+}
+
+func runStatus(env Env, o *Options) int {
+	ctx := context.Background()
+	print := func(s vmStatus) {
+		if o.JSON {
+			json.NewEncoder(os.Stdout).Encode(s)
+			return
+		}
+		fw := strings.Join(s.Forwards, ",")
+		if fw == "" {
+			fw = "-"
+		}
+		ssh := s.SSH
+		if ssh == "" {
+			ssh = "-"
+		}
+		fmt.Printf("%-20s %-13s %-10s %-21s %s\n", s.Name, s.Phase, s.Domain, ssh, fw)
+	}
+	if o.Name == "" {
+		names, err := listVMs(env.Home)
+		if err != nil {
+			return reportError(env.Out, err)
+		}
+		if !o.JSON {
+			fmt.Printf("%-20s %-13s %-10s %-21s %s\n", "NAME", "PHASE", "DOMAIN", "SSH", "FORWARDS")
+		}
+		for _, n := range names {
+			s, _ := statusOf(ctx, env, n)
+			print(s)
+		}
+		return exitOK
+	}
+	if err := requireName(o, "status"); err != nil {
+		return reportError(env.Out, err)
+	}
+	s, j := statusOf(ctx, env, o.Name)
+	if j == nil && s.Domain == "undefined" {
+		env.Out.Error("no VM named %s", o.Name)
+		return statusNoSuchVM
+	}
+	print(s)
+	if s.Domain != "running" {
+		return statusNotRunning
+	}
+	return exitOK
+}
+
+func sshFor(env Env, o *Options, cmd string) (*SSH, int) {
+	paths, j, code := loadVM(env, o, cmd)
+	if j == nil {
+		return nil, code
+	}
+	if j.SSHPort == 0 {
+		env.Out.Error("VM %s has no SSH endpoint yet", o.Name)
+		env.Out.Hint("start it with `vmup up %s`", o.Name)
+		return nil, exitFailed
+	}
+	return newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort}), -1
+}
+
+// runSSH replaces vmup with ssh, so the terminal, signals and exit status are ssh's.
+func runSSH(env Env, o *Options, command []string) int {
+	s, code := sshFor(env, o, "ssh")
+	if s == nil {
+		return code
+	}
+	argv := s.argv()
+	// An interactive session gets a terminal; BatchMode only stops password prompts.
+	argv = append(argv[:1], append([]string{"-t"}, argv[1:]...)...)
+	if len(command) > 0 {
+		argv[1] = "-T"
+		argv = append(argv, "--")
+		argv = append(argv, command...)
+	}
+	prog, err := exec.LookPath(argv[0])
+	if err != nil {
+		return reportError(env.Out, fmt.Errorf("cannot run ssh: %w", err))
+	}
+	err = unix.Exec(prog, argv, os.Environ())
+	return reportError(env.Out, fmt.Errorf("cannot run ssh: %w", err))
+}
+
+func runSSHConfig(env Env, o *Options) int {
+	s, code := sshFor(env, o, "ssh-config")
+	if s == nil {
+		return code
+	}
+	fmt.Print(s.Config())
+	return exitOK
+}
+
+// runProvision runs a playbook on a running VM. It never wipes anything:
+// an interrupt stops the playbook and keeps the VM.
+func runProvision(env Env, o *Options) int {
+	out := env.Out
+	paths, j, code := loadVM(env, o, "provision")
+	if j == nil {
+		return code
+	}
+	lock, holder, err := tryLock(paths.Lock)
+	if errors.Is(err, errLocked) {
+		out.Error("VM %s is busy (pid %d)", o.Name, holder)
+		return exitBusy
+	}
+	if err != nil {
+		return reportError(out, err)
+	}
+	defer lock.Unlock()
+	playbook, args := absPath(o.Playbook), o.PlaybookArgs
+	if playbook == "" {
+		playbook, args = j.Playbook, j.PlaybookArgs
+	}
+	if playbook == "" {
+		return reportError(out, usagef("vmup provision NAME --playbook FILE", "no playbook to run"))
+	}
+	if _, err := os.Stat(playbook); err != nil {
+		return reportError(out, usagef("", "--playbook %s: no such file", playbook))
+	}
+	v := newVirsh(env.Runner, j.Connect)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := checkLibvirt(ctx, v, out); err != nil {
+		return exitFailed
+	}
+	if state, err := v.DomState(ctx, o.Name); err != nil || state != "running" {
+		out.Error("VM %s is not running", o.Name)
+		out.Hint("start it with `vmup up %s -d`", o.Name)
+		return exitFailed
+	}
+	s := newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort})
+	if err := writeInventory(paths, o.Name, j.User, s.ep); err != nil {
+		return reportError(out, err)
+	}
+	var sig os.Signal
+	go func() {
+		sig = <-env.Signals
+		out.Say("interrupted", "Interrupted: stopping the playbook; VM %s is kept", o.Name)
+		cancel()
+	}()
+	out.Plan(1)
+	out.Step("Provisioning with " + playbook)
+	logPath, err := newAnsible(env.Runner).Run(ctx, paths, s, playbook, args, out.Indented("      "), nil)
+	switch {
+	case ctx.Err() != nil:
+		out.Fail("interrupted")
+		return signalExit(sig)
+	case err != nil:
+		out.Fail("see " + logPath)
+		out.Error("%v", err)
+		return exitProvision
+	}
+	out.Done("")
+	return exitOK
+}

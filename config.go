@@ -1,0 +1,413 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Options are one command's settings: vmup.json first, flags over it.
+type Options struct {
+	Name            string
+	Image           string
+	ImageSHA256     string
+	Playbook        string
+	PlaybookArgs    []string // after `--`, verbatim
+	CPUs            int
+	MemoryMiB       int
+	DiskGiB         int
+	Forwards        []Forward
+	Network         string
+	Connect         string
+	Pool            string
+	DomainType      string
+	Kernel          string
+	Initrd          string
+	Cmdline         string
+	User            string
+	Detach          bool
+	NoProvision     bool
+	Reset           bool
+	Force           bool
+	JSON            bool
+	RestrictNetwork bool
+	BootTimeout     time.Duration
+	ShutdownTimeout time.Duration
+	// set names the settings given by a flag or vmup.json, so a re-up knows
+	// which of the VM's own settings were left alone.
+	set map[string]bool
+}
+
+type Forward struct {
+	Addr        string
+	Host, Guest int
+}
+
+func (f Forward) String() string { return fmt.Sprintf("%s:%d:%d", f.Addr, f.Host, f.Guest) }
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+func validName(s string) bool { return nameRE.MatchString(s) }
+
+// usageError is a mistake found before anything was created: exit 2.
+type usageError struct{ msg, hint string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(hint, format string, a ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, a...), hint: hint}
+}
+
+func parseForward(s string) (Forward, error) {
+	parts := strings.Split(s, ":")
+	f := Forward{Addr: "127.0.0.1"}
+	switch len(parts) {
+	case 2:
+	case 3:
+		f.Addr = parts[0]
+		parts = parts[1:]
+		if net.ParseIP(f.Addr) == nil {
+			return f, fmt.Errorf("--forward %q: %q is not an IP address", s, f.Addr)
+		}
+	default:
+		return f, fmt.Errorf("--forward %q: want [ADDR:]HOST:GUEST, e.g. 8080:80", s)
+	}
+	var err error
+	if f.Host, err = parsePort(parts[0]); err != nil {
+		return f, fmt.Errorf("--forward %q: host port: %v", s, err)
+	}
+	if f.Guest, err = parsePort(parts[1]); err != nil {
+		return f, fmt.Errorf("--forward %q: guest port: %v", s, err)
+	}
+	return f, nil
+}
+
+func parsePort(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 65535 {
+		return 0, fmt.Errorf("%q is not a port (1-65535)", s)
+	}
+	return n, nil
+}
+
+// fileConfig mirrors vmup.json: field names are the long flag names.
+type fileConfig struct {
+	Name            *string  `json:"name"`
+	Image           *string  `json:"image"`
+	ImageSHA256     *string  `json:"image-sha256"`
+	Playbook        *string  `json:"playbook"`
+	PlaybookArgs    []string `json:"playbook-args"`
+	CPUs            *int     `json:"cpus"`
+	Memory          *int     `json:"memory"`
+	Disk            *int     `json:"disk"`
+	Forward         []string `json:"forward"`
+	Network         *string  `json:"network"`
+	Connect         *string  `json:"connect"`
+	Pool            *string  `json:"pool"`
+	DomainType      *string  `json:"domain-type"`
+	Kernel          *string  `json:"kernel"`
+	Initrd          *string  `json:"initrd"`
+	Cmdline         *string  `json:"cmdline"`
+	User            *string  `json:"user"`
+	Detach          *bool    `json:"detach"`
+	NoProvision     *bool    `json:"no-provision"`
+	RestrictNetwork *bool    `json:"restrict-network"`
+	BootTimeout     *string  `json:"boot-timeout"`
+	ShutdownTimeout *string  `json:"shutdown-timeout"`
+}
+
+const configFile = "vmup.json"
+
+func defaultOptions() *Options {
+	connect := os.Getenv("LIBVIRT_DEFAULT_URI")
+	if connect == "" {
+		connect = "qemu:///system"
+	}
+	return &Options{
+		CPUs: 2, MemoryMiB: 2048, DiskGiB: 20, Connect: connect, Pool: "vmup",
+		DomainType: "auto", User: "vmup", BootTimeout: 5 * time.Minute, ShutdownTimeout: 60 * time.Second,
+		set: map[string]bool{},
+	}
+}
+
+// loadConfig applies vmup.json from the working directory, if there is one.
+func loadConfig(o *Options) error {
+	data, err := os.ReadFile(configFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return usagef("", "cannot read %s: %v", configFile, err)
+	}
+	var c fileConfig
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return usagef("field names are the long flag names, e.g. {\"image\": \"debian.qcow2\", \"memory\": 4096}",
+			"%s: %v", configFile, err)
+	}
+	raw := map[string]json.RawMessage{}
+	json.Unmarshal(data, &raw)
+	for k := range raw {
+		o.set[k] = true
+	}
+	setStr := func(dst *string, src *string) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	setInt := func(dst *int, src *int) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	setBool := func(dst *bool, src *bool) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	setStr(&o.Name, c.Name)
+	setStr(&o.Image, c.Image)
+	setStr(&o.ImageSHA256, c.ImageSHA256)
+	setStr(&o.Playbook, c.Playbook)
+	setInt(&o.CPUs, c.CPUs)
+	setInt(&o.MemoryMiB, c.Memory)
+	setInt(&o.DiskGiB, c.Disk)
+	setStr(&o.Network, c.Network)
+	setStr(&o.Connect, c.Connect)
+	setStr(&o.Pool, c.Pool)
+	setStr(&o.DomainType, c.DomainType)
+	setStr(&o.Kernel, c.Kernel)
+	setStr(&o.Initrd, c.Initrd)
+	setStr(&o.Cmdline, c.Cmdline)
+	setStr(&o.User, c.User)
+	setBool(&o.Detach, c.Detach)
+	setBool(&o.NoProvision, c.NoProvision)
+	setBool(&o.RestrictNetwork, c.RestrictNetwork)
+	if c.PlaybookArgs != nil {
+		o.PlaybookArgs = c.PlaybookArgs
+	}
+	for _, s := range c.Forward {
+		f, err := parseForward(s)
+		if err != nil {
+			return usagef("", "%s: %v", configFile, err)
+		}
+		o.Forwards = append(o.Forwards, f)
+	}
+	for _, d := range []struct {
+		dst  *time.Duration
+		src  *string
+		name string
+	}{{&o.BootTimeout, c.BootTimeout, "boot-timeout"}, {&o.ShutdownTimeout, c.ShutdownTimeout, "shutdown-timeout"}} {
+		if d.src == nil {
+			continue
+		}
+		v, err := time.ParseDuration(*d.src)
+		if err != nil {
+			return usagef("durations are Go duration strings such as \"90s\" or \"5m\"", "%s: %s: %v", configFile, d.name, err)
+		}
+		*d.dst = v
+	}
+	return nil
+}
+
+// forwardList collects --forward flags; the first one replaces vmup.json's list.
+type forwardList struct {
+	o        *Options
+	replaced *bool
+}
+
+func (f forwardList) String() string { return "" }
+func (f forwardList) Set(s string) error {
+	fw, err := parseForward(s)
+	if err != nil {
+		return err
+	}
+	if !*f.replaced {
+		f.o.Forwards, *f.replaced = nil, true
+	}
+	f.o.Forwards = append(f.o.Forwards, fw)
+	return nil
+}
+
+// flagsFor registers the flags command cmd takes.
+func flagsFor(cmd string, o *Options) *flag.FlagSet {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	switch cmd {
+	case "up":
+		fs.StringVar(&o.Image, "image", o.Image, "")
+		fs.StringVar(&o.ImageSHA256, "image-sha256", o.ImageSHA256, "")
+		fs.StringVar(&o.Playbook, "playbook", o.Playbook, "")
+		fs.IntVar(&o.CPUs, "cpus", o.CPUs, "")
+		fs.IntVar(&o.MemoryMiB, "memory", o.MemoryMiB, "")
+		fs.IntVar(&o.DiskGiB, "disk", o.DiskGiB, "")
+		fs.Var(forwardList{o, new(bool)}, "forward", "")
+		fs.StringVar(&o.Network, "network", o.Network, "")
+		fs.StringVar(&o.Pool, "pool", o.Pool, "")
+		fs.StringVar(&o.DomainType, "domain-type", o.DomainType, "")
+		fs.StringVar(&o.Kernel, "kernel", o.Kernel, "")
+		fs.StringVar(&o.Initrd, "initrd", o.Initrd, "")
+		fs.StringVar(&o.Cmdline, "cmdline", o.Cmdline, "")
+		fs.StringVar(&o.User, "user", o.User, "")
+		fs.BoolVar(&o.Detach, "detach", o.Detach, "")
+		fs.BoolVar(&o.Detach, "d", o.Detach, "")
+		fs.BoolVar(&o.NoProvision, "no-provision", o.NoProvision, "")
+		fs.BoolVar(&o.Reset, "reset", o.Reset, "")
+		fs.BoolVar(&o.RestrictNetwork, "restrict-network", o.RestrictNetwork, "")
+		fs.DurationVar(&o.BootTimeout, "boot-timeout", o.BootTimeout, "")
+		fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "")
+		fs.BoolVar(&o.JSON, "json", o.JSON, "")
+	case "down":
+		fs.BoolVar(&o.Force, "force", o.Force, "")
+		fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "")
+	case "status":
+		fs.BoolVar(&o.JSON, "json", o.JSON, "")
+	case "provision":
+		fs.StringVar(&o.Playbook, "playbook", o.Playbook, "")
+	}
+	fs.StringVar(&o.Connect, "connect", o.Connect, "")
+	return fs
+}
+
+// takesRest says which commands accept arguments after `--`.
+var takesRest = map[string]bool{"up": true, "provision": true, "ssh": true}
+
+// parseCommand reads vmup.json and then cmd's arguments, where NAME and flags
+// may come in any order and everything after `--` is passed on verbatim.
+func parseCommand(cmd string, args []string) (*Options, []string, error) {
+	o := defaultOptions()
+	if err := loadConfig(o); err != nil {
+		return nil, nil, err
+	}
+	var rest []string
+	for i, a := range args {
+		if a == "--" {
+			if !takesRest[cmd] {
+				return nil, nil, usagef("", "vmup %s takes no arguments after --", cmd)
+			}
+			rest = append([]string{}, args[i+1:]...)
+			args = args[:i]
+			break
+		}
+	}
+	fs := flagsFor(cmd, o)
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, nil, err
+			}
+			return nil, nil, usagef(fmt.Sprintf("see: vmup %s --help", cmd), "%v", err)
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "d" {
+			o.set["detach"] = true
+		}
+		o.set[f.Name] = true
+	})
+	if len(positional) > 1 {
+		return nil, nil, usagef(fmt.Sprintf("see: vmup %s --help", cmd), "too many arguments: %s", strings.Join(positional, " "))
+	}
+	if len(positional) == 1 {
+		o.Name = positional[0]
+	}
+	if cmd == "up" || cmd == "provision" {
+		if len(rest) > 0 {
+			o.PlaybookArgs = rest
+		}
+		rest = nil
+	}
+	return o, rest, nil
+}
+
+// requireName checks the VM name that a command acts on.
+func requireName(o *Options, cmd string) error {
+	if o.Name == "" {
+		return usagef(fmt.Sprintf("give a name (vmup %s NAME) or put \"name\" in %s", cmd, configFile), "no VM name")
+	}
+	if !validName(o.Name) {
+		return usagef("names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit",
+			"invalid VM name %q", o.Name)
+	}
+	return nil
+}
+
+// validateUp checks everything `up` can check before it creates anything.
+func validateUp(o *Options) error {
+	if err := requireName(o, "up"); err != nil {
+		return err
+	}
+	if o.Network == "" {
+		o.Network = "nat"
+		if strings.HasPrefix(o.Connect, "qemu:///session") {
+			o.Network = "user"
+		}
+	}
+	switch {
+	case o.Network != "nat" && o.Network != "user":
+		return usagef("", "--network %q: want nat or user", o.Network)
+	case o.DomainType != "auto" && o.DomainType != "kvm" && o.DomainType != "qemu":
+		return usagef("", "--domain-type %q: want auto, kvm or qemu", o.DomainType)
+	case o.CPUs < 1 || o.CPUs > 512:
+		return usagef("", "--cpus %d: want 1 to 512", o.CPUs)
+	case o.MemoryMiB < 128:
+		return usagef("", "--memory %d: want at least 128 (MiB)", o.MemoryMiB)
+	case o.DiskGiB < 1:
+		return usagef("", "--disk %d: want at least 1 (GiB)", o.DiskGiB)
+	case o.BootTimeout <= 0 || o.ShutdownTimeout <= 0:
+		return usagef("", "timeouts must be positive")
+	case o.Network == "nat" && o.Detach && len(o.Forwards) > 0:
+		return usagef("use --network user for forwards that outlive vmup, or run vmup up in the foreground",
+			"--network nat with --detach cannot keep --forward: the forwards would end with vmup")
+	case o.RestrictNetwork && o.Network != "user":
+		return usagef("", "--restrict-network needs --network user")
+	case (o.Initrd != "" || o.Cmdline != "") && o.Kernel == "":
+		return usagef("", "--initrd and --cmdline need --kernel")
+	case o.ImageSHA256 != "" && !regexp.MustCompile(`^[0-9a-fA-F]{64}$`).MatchString(o.ImageSHA256):
+		return usagef("", "--image-sha256: want 64 hex digits")
+	case !regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`).MatchString(o.User):
+		return usagef("", "--user %q is not a valid login name", o.User)
+	}
+	for _, f := range []struct{ flag, path string }{
+		{"--playbook", o.Playbook}, {"--kernel", o.Kernel}, {"--initrd", o.Initrd},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if st, err := os.Stat(f.path); err != nil || st.IsDir() {
+			return usagef("", "%s %s: no such file", f.flag, f.path)
+		}
+	}
+	o.Playbook, o.Kernel, o.Initrd = absPath(o.Playbook), absPath(o.Kernel), absPath(o.Initrd)
+	if o.Image != "" && !isURL(o.Image) {
+		if st, err := os.Stat(o.Image); err != nil || st.IsDir() {
+			return usagef("", "--image %s: no such file", o.Image)
+		}
+	}
+	seen := map[int]bool{}
+	for _, f := range o.Forwards {
+		if seen[f.Host] {
+			return usagef("", "host port %d is forwarded twice", f.Host)
+		}
+		seen[f.Host] = true
+	}
+	return nil
+}
+
+func isURL(s string) bool { return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") }

@@ -1,0 +1,175 @@
+// Command vmup brings up a libvirt VM from a cloud image, provisions it with
+// ansible-playbook on its first boot, and handles an interruption at any moment.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"time"
+)
+
+const usage = `vmup brings up a libvirt VM from a cloud image, provisions it with
+ansible-playbook on its first boot, and shuts it down on Ctrl+C.
+
+Usage:
+  vmup up [NAME] [flags] [-- ANSIBLE-PLAYBOOK-ARGS...]
+  vmup down [NAME] [--force] [--shutdown-timeout D]
+  vmup destroy [NAME]
+  vmup status [NAME] [--json]
+  vmup ssh [NAME] [-- CMD...]
+  vmup ssh-config [NAME]
+  vmup provision [NAME] [--playbook FILE] [-- ANSIBLE-PLAYBOOK-ARGS...]
+  vmup version
+
+Flags of up:
+  --image PATH|URL        base image (qcow2 or raw); needed only to create
+  --image-sha256 HEX      verify the image
+  --playbook FILE         run on the first boot only
+  --cpus N --memory MIB --disk GIB        (defaults 2, 2048, 20)
+  --forward [ADDR:]HOST:GUEST             repeatable; ADDR defaults to 127.0.0.1
+  --network nat|user      nat: libvirt network "default"; user: QEMU user-mode
+                          networking with loopback forwards
+  --restrict-network      with --network user: the guest reaches only its forwards
+  --connect URI           libvirt URI (default $LIBVIRT_DEFAULT_URI, else qemu:///system)
+  --pool NAME             storage pool for the VM's volumes (default vmup)
+  --domain-type auto|kvm|qemu             qemu is software emulation (TCG)
+  --kernel F --initrd F --cmdline S       direct kernel boot
+  --user NAME             guest login made by cloud-init (default vmup)
+  -d, --detach            exit once the VM runs, and leave it running
+  --no-provision          skip the playbook
+  --reset                 destroy this VM's domain, volumes and state first
+  --boot-timeout D        (default 5m)
+  --shutdown-timeout D    (default 60s)
+  --json                  JSON Lines events on stdout
+
+NAME and flags may come in any order. A vmup.json in the working directory
+may hold the same settings by their long names; flags win.
+
+Ctrl+C during the first boot warns; a second one within 10s destroys the VM.
+Once the VM ran, Ctrl+C shuts it down (ACPI) and never destroys anything.
+
+Exit codes:
+  0    ok                          3    provisioning failed, VM kept running
+  1    failed, VM kept; or an          (status: VM not running)
+       environment error           4    stop failed (status: no such VM)
+  2    usage or config error,      5    VM busy (another vmup holds it)
+       nothing created             130/143/129  aborted by SIGINT/SIGTERM/SIGHUP
+
+Examples:
+  vmup up web --image debian-12-genericcloud-amd64.qcow2 --playbook site.yml
+  vmup up web -d && vmup ssh web -- uptime && vmup down web
+`
+
+var version = "" // set by -ldflags "-X main.version=…"
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return "dev-" + s.Value[:12]
+			}
+		}
+	}
+	return "dev"
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return exitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return exitOK
+	case "version", "--version":
+		fmt.Println("vmup", versionString())
+		return exitOK
+	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision":
+	default:
+		errOut := newOutput(os.Stderr, nil, "")
+		errOut.Error("unknown command %q", cmd)
+		errOut.Hint("see: vmup --help")
+		return exitUsage
+	}
+
+	// Signals are caught from the start, so none is lost before the controller runs.
+	sigs := make(chan os.Signal, 8)
+	if cmd == "up" || cmd == "provision" {
+		stop := notifySignals(sigs)
+		defer stop()
+	}
+
+	o, sshArgs, err := parseCommand(cmd, rest)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Print(usage)
+		return exitOK
+	}
+	var jsonOut io.Writer
+	if o != nil && o.JSON && cmd == "up" {
+		jsonOut = os.Stdout
+	}
+	name := ""
+	if o != nil {
+		name = o.Name
+	}
+	out := newOutput(os.Stderr, jsonOut, name)
+	if err != nil {
+		return finishWith(out, reportError(out, err))
+	}
+	home, err := vmupHome()
+	if err != nil {
+		return finishWith(out, reportError(out, err))
+	}
+	env := Env{
+		Runner:        execRunner{},
+		Clock:         realClock{},
+		Out:           out,
+		Home:          home,
+		Poll:          time.Second,
+		ConfirmWindow: 10 * time.Second,
+		Signals:       sigs,
+	}
+	if d, err := time.ParseDuration(os.Getenv("VMUP_POLL")); err == nil && d > 0 {
+		env.Poll = d // tests poll faster
+	}
+	switch cmd {
+	case "up":
+		if err := ensureDir(home); err != nil {
+			return finishWith(out, reportError(out, err))
+		}
+		return finishWith(out, runUp(env, o))
+	case "down":
+		return runDown(env, o)
+	case "destroy":
+		return runDestroy(env, o)
+	case "status":
+		return runStatus(env, o)
+	case "ssh":
+		return runSSH(env, o, sshArgs)
+	case "ssh-config":
+		return runSSHConfig(env, o)
+	case "provision":
+		return runProvision(env, o)
+	}
+	return exitUsage
+}
+
+// finishWith ends a command that stopped before its controller ran, so the
+// JSON stream still closes with an exit event.
+func finishWith(out *Output, code int) int {
+	out.Exit(code, fmt.Sprint("exit ", code))
+	return code
+}

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Output speaks for one command: human lines on stderr, and with --json one
+// JSON object per line on stdout. Every JSON event name is listed in the README.
+type Output struct {
+	mu    sync.Mutex
+	human io.Writer
+	json  *json.Encoder
+	vm    string
+	phase Phase
+	tty   bool
+
+	step, total int
+	stepTitle   string
+	spinStop    chan struct{}
+	spinDone    chan struct{}
+	exited      bool
+}
+
+type jsonEvent struct {
+	Time     string `json:"time"`
+	VM       string `json:"vm,omitempty"`
+	Phase    string `json:"phase,omitempty"`
+	Event    string `json:"event"`
+	Message  string `json:"message,omitempty"`
+	Step     string `json:"step,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+}
+
+func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
+	o := &Output{human: human, vm: vm, phase: -1}
+	if jsonOut != nil {
+		o.json = json.NewEncoder(jsonOut)
+	}
+	if f, ok := human.(*os.File); ok {
+		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+		o.tty = err == nil
+	}
+	return o
+}
+
+func (o *Output) emit(event, message, step string, exit *int) {
+	if o.json == nil {
+		return
+	}
+	ev := jsonEvent{Time: time.Now().UTC().Format(time.RFC3339Nano), VM: o.vm, Event: event,
+		Message: message, Step: step, ExitCode: exit}
+	if o.phase >= 0 {
+		ev.Phase = o.phase.String()
+	}
+	o.json.Encode(ev)
+}
+
+// line prints one human line, clearing a spinner's line first.
+func (o *Output) line(format string, a ...any) {
+	if o.tty && o.spinStop != nil {
+		fmt.Fprint(o.human, "\r\033[K")
+	}
+	fmt.Fprintf(o.human, format+"\n", a...)
+}
+
+// SetPhase records a phase change.
+func (o *Output) SetPhase(p Phase) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	from := o.phase
+	o.phase = p
+	msg := p.String()
+	if from >= 0 {
+		msg = from.String() + " -> " + p.String()
+	}
+	o.emit("phase", msg, "", nil)
+}
+
+// Plan sets how many numbered steps this run will show.
+func (o *Output) Plan(total int) {
+	o.mu.Lock()
+	o.total, o.step = total, 0
+	o.mu.Unlock()
+}
+
+// Step begins the next numbered step; finish it with Done, Skip or Fail.
+func (o *Output) Step(title string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.endSpinner()
+	o.step++
+	if o.step > o.total {
+		o.total = o.step
+	}
+	o.stepTitle = title
+	o.emit("step_started", title, o.stepLabel(), nil)
+	if o.tty {
+		o.spinStop, o.spinDone = make(chan struct{}), make(chan struct{})
+		go o.spin(o.spinStop, o.spinDone, fmt.Sprintf("[%s]", o.stepLabel()), title)
+	}
+}
+
+func (o *Output) stepLabel() string { return fmt.Sprintf("%d/%d", o.step, o.total) }
+
+func (o *Output) spin(stop, done chan struct{}, label, title string) {
+	defer close(done)
+	frames := []string{"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		o.mu.Lock()
+		fmt.Fprintf(o.human, "\r\033[K%s %s %s", label, frames[i%len(frames)], title)
+		o.mu.Unlock()
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// endSpinner stops the spinner; o.mu is held and released while it ends.
+func (o *Output) endSpinner() {
+	if o.spinStop == nil {
+		return
+	}
+	close(o.spinStop)
+	o.mu.Unlock()
+	<-o.spinDone
+	o.mu.Lock()
+	fmt.Fprint(o.human, "\r\033[K")
+	o.spinStop = nil
+}
+
+func (o *Output) finishStep(mark, event, detail string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.stepTitle == "" {
+		return
+	}
+	o.endSpinner()
+	text := o.stepTitle
+	if detail != "" {
+		text += ": " + detail
+	}
+	o.line("[%s] %s %s", o.stepLabel(), mark, text)
+	o.emit(event, text, o.stepLabel(), nil)
+	o.stepTitle = ""
+}
+
+func (o *Output) Done(detail string) { o.finishStep("✓", "step_done", detail) }
+func (o *Output) Skip(detail string) { o.finishStep("—", "step_skipped", detail) }
+func (o *Output) Fail(detail string) { o.finishStep("✗", "step_failed", detail) }
+
+// Say prints a plain progress line and sends it as event.
+func (o *Output) Say(event, format string, a ...any) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	msg := fmt.Sprintf(format, a...)
+	o.line("%s", msg)
+	o.emit(event, msg, "", nil)
+}
+
+// Indented copies child output under the current step, line by line.
+func (o *Output) Indented(prefix string) io.Writer { return &indentWriter{o: o, prefix: prefix} }
+
+type indentWriter struct {
+	o      *Output
+	prefix string
+	buf    []byte
+}
+
+func (w *indentWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := strings.IndexByte(string(w.buf), '\n')
+		if i < 0 {
+			break
+		}
+		w.o.mu.Lock()
+		w.o.line("%s%s", w.prefix, w.buf[:i])
+		w.o.mu.Unlock()
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+func (o *Output) Warn(format string, a ...any)  { o.message("warning", format, a...) }
+func (o *Output) Hint(format string, a ...any)  { o.message("hint", format, a...) }
+func (o *Output) Error(format string, a ...any) { o.message("error", format, a...) }
+
+func (o *Output) message(kind, format string, a ...any) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	msg := fmt.Sprintf(format, a...)
+	o.line("vmup: %s: %s", kind, msg)
+	o.emit(kind, msg, "", nil)
+}
+
+// Exit sends the last JSON event, which carries the exit code.
+func (o *Output) Exit(code int, message string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.endSpinner()
+	if o.exited {
+		return
+	}
+	o.exited = true
+	o.emit("exit", message, "", &code)
+}

@@ -1,0 +1,237 @@
+package main
+
+// Phase is where one `vmup up` stands. Only the controller loop changes it,
+// and only by looking up a row of transitions.
+type Phase int
+
+const (
+	Preparing    Phase = iota // image, volumes, seed, domain defined: nothing running yet
+	Starting                  // first boot: waiting for SSH and cloud-init
+	Provisioning              // first boot: the playbook runs
+	Booting                   // a VM whose first boot completed is started again
+	Running
+	Stopping
+	Wiping // a confirmed abort removes what this run (or its first boot) made
+	Stopped
+	Detached
+	Aborted
+	Failed
+	StopFailed
+	numPhases
+)
+
+var phaseNames = [numPhases]string{
+	Preparing: "preparing", Starting: "starting", Provisioning: "provisioning", Booting: "booting",
+	Running: "running", Stopping: "stopping", Wiping: "wiping", Stopped: "stopped",
+	Detached: "detached", Aborted: "aborted", Failed: "failed", StopFailed: "stop_failed",
+}
+
+func (p Phase) String() string {
+	if p < 0 || p >= numPhases {
+		return "unknown"
+	}
+	return phaseNames[p]
+}
+
+func parsePhase(s string) (Phase, bool) {
+	for p, name := range phaseNames {
+		if name == s {
+			return Phase(p), true
+		}
+	}
+	return 0, false
+}
+
+// Terminal phases end the process.
+func (p Phase) Terminal() bool { return p >= Stopped && p < numPhases }
+
+// FirstBoot phases are the ones a confirmed interrupt may wipe.
+func (p Phase) FirstBoot() bool { return p == Starting || p == Provisioning }
+
+// Event is anything that can move the phase: a signal, a worker's result, a timer.
+type Event int
+
+const (
+	EvInterrupt         Event = iota // SIGINT, no confirmation window open
+	EvInterruptAgain                 // SIGINT while the first-boot confirmation window is open
+	EvTerminate                      // SIGTERM
+	EvHangup                         // SIGHUP
+	EvPreparedFirstBoot              // prepared a VM whose first boot has not completed
+	EvPreparedBoot                   // prepared a VM whose first boot completed, domain shut off
+	EvPreparedRunning                // the VM's first boot completed and its domain already runs
+	EvPrepareFailed
+	EvPrepareRejected // bad input found while preparing (a checksum, a changed setting): exit 2
+	EvReady           // SSH login works and cloud-init finished
+	EvBootTimeout
+	EvBootFailed
+	EvProvisioned
+	EvProvisionFailed
+	EvConfirmExpired // the first-boot confirmation window closed without a second Ctrl+C
+	EvDetach
+	EvDomainStopped // the domain is no longer running
+	EvShutdownTimeout
+	EvForceOffFailed
+	EvWipeDone
+	EvWipeFailed
+	numEvents
+)
+
+var eventNames = [numEvents]string{
+	EvInterrupt: "interrupt", EvInterruptAgain: "interrupt_again", EvTerminate: "terminate", EvHangup: "hangup",
+	EvPreparedFirstBoot: "prepared_first_boot", EvPreparedBoot: "prepared_boot", EvPreparedRunning: "prepared_running",
+	EvPrepareFailed: "prepare_failed", EvPrepareRejected: "prepare_rejected", EvReady: "ready", EvBootTimeout: "boot_timeout", EvBootFailed: "boot_failed",
+	EvProvisioned: "provisioned", EvProvisionFailed: "provision_failed", EvConfirmExpired: "abort_not_confirmed",
+	EvDetach: "detach", EvDomainStopped: "domain_stopped", EvShutdownTimeout: "shutdown_timeout",
+	EvForceOffFailed: "force_off_failed", EvWipeDone: "wipe_done", EvWipeFailed: "wipe_failed",
+}
+
+func (e Event) String() string {
+	if e < 0 || e >= numEvents {
+		return "unknown"
+	}
+	return eventNames[e]
+}
+
+// Action is one thing the controller does when a row fires, in the order listed.
+type Action int
+
+const (
+	ActWarnConfirm        Action = iota // warn that a second Ctrl+C wipes the VM; open the window
+	ActSayNotConfirmed                  // the window closed: say we continue
+	ActSayAlreadyAborting               // a signal during Wiping changes nothing
+	ActStartFirstBoot                   // start the domain, wait for SSH + cloud-init
+	ActStartBoot                        // start the domain (if needed), wait for SSH
+	ActRunPlaybook
+	ActCompleteFirstBoot // journal: first boot done; delete the seed (it holds the host key)
+	ActEnterRunning      // report ready; detach, or watch the domain and serve forwards
+	ActShutdown          // ACPI shutdown and start the shutdown timer
+	ActForceOff          // virsh destroy
+	ActStopWork          // stop every worker and child process group (escalating)
+	ActRemovePartial     // remove what this run created before anything ran
+	ActWipe              // destroy, undefine, delete volumes and state of this VM
+	ActSayStoppedExternally
+	ActReportFailure // tell the user how to inspect and remove the kept VM
+)
+
+var actionNames = []string{
+	ActWarnConfirm: "warn_confirm", ActSayNotConfirmed: "say_not_confirmed", ActSayAlreadyAborting: "say_already_aborting",
+	ActStartFirstBoot: "start_first_boot", ActStartBoot: "start_boot", ActRunPlaybook: "run_playbook",
+	ActCompleteFirstBoot: "complete_first_boot", ActEnterRunning: "enter_running", ActShutdown: "shutdown",
+	ActForceOff: "force_off", ActStopWork: "stop_work", ActRemovePartial: "remove_partial", ActWipe: "wipe",
+	ActSayStoppedExternally: "say_stopped_externally", ActReportFailure: "report_failure",
+}
+
+func (a Action) String() string { return actionNames[a] }
+
+// Transition is one row's outcome. Exit, when not zero, becomes the code the
+// process exits with once a terminal phase is reached; zero keeps the earlier one
+// (so a Wiping that began with SIGTERM still ends with 143).
+type Transition struct {
+	Next    Phase
+	Actions []Action
+	Exit    int
+}
+
+type key struct {
+	Phase Phase
+	Event Event
+}
+
+// ignored lists the pairs that deliberately do nothing. Together with
+// transitions it must cover every phase × event pair (phase_test.go checks).
+var ignored = map[key]bool{}
+
+var transitions = map[key]Transition{}
+
+const (
+	exitOK           = 0
+	exitFailed       = 1
+	exitUsage        = 2
+	exitProvision    = 3
+	exitStopFailed   = 4
+	exitBusy         = 5
+	exitSIGINT       = 130
+	exitSIGTERM      = 143
+	exitSIGHUP       = 129
+	statusNotRunning = 3
+	statusNoSuchVM   = 4
+)
+
+func init() {
+	row := func(p Phase, e Event, next Phase, exit int, acts ...Action) {
+		transitions[key{p, e}] = Transition{Next: next, Actions: acts, Exit: exit}
+	}
+	signals := []struct {
+		ev   Event
+		exit int
+	}{{EvInterrupt, exitSIGINT}, {EvInterruptAgain, exitSIGINT}, {EvTerminate, exitSIGTERM}, {EvHangup, exitSIGHUP}}
+
+	// Preparing: nothing runs yet, so any interrupt just undoes this run's partial work.
+	for _, s := range signals {
+		row(Preparing, s.ev, Wiping, s.exit, ActStopWork, ActRemovePartial)
+	}
+	row(Preparing, EvPreparedFirstBoot, Starting, 0, ActStartFirstBoot)
+	row(Preparing, EvPreparedBoot, Booting, 0, ActStartBoot)
+	row(Preparing, EvPreparedRunning, Running, 0, ActEnterRunning)
+	row(Preparing, EvPrepareFailed, Failed, exitFailed, ActReportFailure)
+	row(Preparing, EvPrepareRejected, Wiping, exitUsage, ActRemovePartial)
+
+	// First boot: one Ctrl+C only warns; a confirmed one, SIGTERM or SIGHUP wipes the VM.
+	for _, p := range []Phase{Starting, Provisioning} {
+		row(p, EvInterrupt, p, 0, ActWarnConfirm)
+		row(p, EvConfirmExpired, p, 0, ActSayNotConfirmed)
+		for _, s := range signals[1:] {
+			row(p, s.ev, Wiping, s.exit, ActStopWork, ActWipe)
+		}
+		row(p, EvBootTimeout, Failed, exitFailed, ActStopWork, ActReportFailure)
+		row(p, EvBootFailed, Failed, exitFailed, ActStopWork, ActReportFailure)
+		row(p, EvDomainStopped, Failed, exitFailed, ActStopWork, ActReportFailure)
+	}
+	row(Starting, EvReady, Provisioning, 0, ActRunPlaybook)
+	row(Provisioning, EvProvisioned, Running, 0, ActCompleteFirstBoot, ActEnterRunning)
+	row(Provisioning, EvProvisionFailed, Failed, exitProvision, ActReportFailure)
+
+	// Booting and Running: the first boot is over, so no interrupt can wipe anything.
+	for _, p := range []Phase{Booting, Running} {
+		for _, s := range signals {
+			row(p, s.ev, Stopping, exitOK, ActStopWork, ActShutdown)
+		}
+		row(p, EvDomainStopped, Stopped, exitOK, ActStopWork, ActSayStoppedExternally)
+	}
+	row(Booting, EvReady, Running, 0, ActEnterRunning)
+	row(Booting, EvBootTimeout, Failed, exitFailed, ActStopWork, ActReportFailure)
+	row(Booting, EvBootFailed, Failed, exitFailed, ActStopWork, ActReportFailure)
+	row(Running, EvDetach, Detached, exitOK)
+
+	// Stopping: impatience or a timeout forces the VM off.
+	for _, s := range signals {
+		row(Stopping, s.ev, Stopping, 0, ActForceOff)
+	}
+	row(Stopping, EvShutdownTimeout, Stopping, 0, ActForceOff)
+	row(Stopping, EvDomainStopped, Stopped, 0)
+	row(Stopping, EvForceOffFailed, StopFailed, exitStopFailed, ActReportFailure)
+
+	// Wiping: signals are acknowledged and otherwise ignored.
+	for _, s := range signals {
+		row(Wiping, s.ev, Wiping, 0, ActSayAlreadyAborting)
+	}
+	row(Wiping, EvWipeDone, Aborted, 0)
+	row(Wiping, EvWipeFailed, Failed, exitFailed, ActReportFailure)
+
+	// Everything else is ignored on purpose: late worker results after a phase
+	// moved on (a boot timeout after Ready, a stop after Wiping began), and all
+	// events in terminal phases.
+	for p := Phase(0); p < numPhases; p++ {
+		for e := Event(0); e < numEvents; e++ {
+			if _, ok := transitions[key{p, e}]; !ok {
+				ignored[key{p, e}] = true
+			}
+		}
+	}
+}
+
+// Step looks up what event e does in phase p. ok is false for an ignored pair.
+func Step(p Phase, e Event) (Transition, bool) {
+	t, ok := transitions[key{p, e}]
+	return t, ok
+}

@@ -1,0 +1,378 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// prepare is Preparing's worker: after it, the domain is defined and nothing runs.
+func (u *upRun) prepare(ctx context.Context) {
+	var err error
+	ev := EvPreparedFirstBoot
+	switch u.kind {
+	case startFresh:
+		err = u.prepareFresh(ctx)
+	case startResumeFirst:
+		err = u.prepareResume(ctx)
+	case startReup:
+		ev, err = u.prepareReup(ctx)
+	}
+	if ctx.Err() != nil {
+		return // interrupted: the controller is already undoing this run's work
+	}
+	if err != nil {
+		u.env.Out.Fail(err.Error())
+		var ue *usageError
+		if errors.As(err, &ue) {
+			u.env.Out.Error("%s", ue.msg)
+			if ue.hint != "" {
+				u.env.Out.Hint("%s", ue.hint)
+			}
+			u.send(EvPrepareRejected, err)
+			return
+		}
+		u.send(EvPrepareFailed, err)
+		return
+	}
+	u.send(ev, nil)
+}
+
+// globalLock guards what VMs share: the pool, base volumes, port choice.
+func (u *upRun) globalLock(ctx context.Context) (*Lock, error) {
+	path := filepath.Join(u.env.Home, "locks", "_global.lock")
+	for {
+		l, _, err := tryLock(path)
+		if !errors.Is(err, errLocked) {
+			return l, err
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (u *upRun) prepareFresh(ctx context.Context) error {
+	out, o := u.env.Out, u.o
+	out.Plan(6)
+	out.Step("Preparing image")
+	if u.recover != nil || o.Reset {
+		if u.recover != nil {
+			out.Say("recovering", "An earlier first boot of %s was interrupted (vmup pid %d is gone): removing it and starting clean",
+				o.Name, u.recover.PID)
+			reapGroup(u.recover.PlaybookPGID)
+			if base := u.recover.UploadingBase; base != "" {
+				if err := u.virsh.VolDelete(ctx, o.Pool, base); err != nil {
+					return err
+				}
+			}
+		}
+		if err := wipeVM(ctx, u.virsh, o.Pool, u.paths); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Stat(u.paths.Dir); errors.Is(err, os.ErrNotExist) {
+		u.created.dir = true
+	}
+	if err := ensureDir(u.paths.Dir); err != nil {
+		return err
+	}
+	if err := u.updateJournal(func(j *Journal) {}); err != nil {
+		return err
+	}
+	local, err := fetchImage(ctx, u.env.Home, o.Image, o.ImageSHA256, nil)
+	if err != nil {
+		return err
+	}
+	img := BaseImage{Path: local}
+	if img.SHA256, err = hashFile(u.env.Home, local); err != nil {
+		return err
+	}
+	if o.ImageSHA256 != "" && !strings.EqualFold(img.SHA256, o.ImageSHA256) {
+		return &usageError{msg: fmt.Sprintf("%s has sha256 %s, not %s", o.Image, img.SHA256, o.ImageSHA256)}
+	}
+	if img.Format, img.VirtualSize, err = inspectImage(ctx, u.env.Runner, local); err != nil {
+		return err
+	}
+	domType, err := u.domainType(ctx)
+	if err != nil {
+		return err
+	}
+
+	lock, err := u.globalLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	if err := u.virsh.EnsurePool(ctx, o.Pool, defaultPoolTarget(o.Connect)); err != nil {
+		return err
+	}
+	base := baseVolumeName(img)
+	exists, err := u.virsh.VolExists(ctx, o.Pool, base)
+	if err != nil {
+		return err
+	}
+	if exists {
+		out.Done("cached " + base)
+	} else {
+		// Journalled while it uploads: a killed run leaves a partial base volume
+		// that a later `up` must delete rather than use.
+		u.created.add(base)
+		u.updateJournal(func(j *Journal) { j.UploadingBase = base })
+		st, err := os.Stat(local)
+		if err != nil {
+			return err
+		}
+		if err := u.virsh.VolCreate(ctx, o.Pool, base, st.Size(), "raw", "", ""); err != nil {
+			return err
+		}
+		if err := u.virsh.VolUpload(ctx, o.Pool, base, local); err != nil {
+			return err
+		}
+		u.created.drop(base) // complete: it is the shared cache now
+		u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
+		out.Done("uploaded " + base)
+	}
+	if o.Network == "user" {
+		port, err := u.freePort()
+		if err != nil {
+			return err
+		}
+		u.updateJournal(func(j *Journal) { j.SSHHost, j.SSHPort = "127.0.0.1", port })
+	}
+	lock.Unlock()
+
+	out.Step("Creating disk and cloud-init seed")
+	size := int64(o.DiskGiB) << 30
+	if img.VirtualSize > size {
+		size = img.VirtualSize
+	}
+	u.created.add(o.Name + ".qcow2")
+	if err := u.virsh.VolCreate(ctx, o.Pool, o.Name+".qcow2", size, "qcow2", base, img.Format); err != nil {
+		return err
+	}
+	if err := u.writeSeed(ctx); err != nil {
+		return err
+	}
+	for _, f := range []struct{ src, vol string }{{o.Kernel, o.Name + "-kernel"}, {o.Initrd, o.Name + "-initrd"}} {
+		if f.src == "" {
+			continue
+		}
+		if err := u.upload(ctx, f.src, f.vol); err != nil {
+			return err
+		}
+	}
+	u.updateJournal(func(j *Journal) {
+		j.BaseVolume, j.Kernel, j.Initrd, j.Cmdline, j.DomainType = base, o.Kernel != "", o.Initrd != "", o.Cmdline, domType
+	})
+	if err := u.define(ctx, true); err != nil {
+		return err
+	}
+	out.Done("")
+	return nil
+}
+
+func (u *upRun) upload(ctx context.Context, file, vol string) error {
+	st, err := os.Stat(file)
+	if err != nil {
+		return err
+	}
+	u.created.add(vol)
+	if err := u.virsh.VolCreate(ctx, u.o.Pool, vol, st.Size(), "raw", "", ""); err != nil {
+		return err
+	}
+	return u.virsh.VolUpload(ctx, u.o.Pool, vol, file)
+}
+
+// writeSeed makes the keys and the NoCloud seed and uploads it. The host's
+// private key lives only in the seed, which is deleted after the first boot.
+func (u *upRun) writeSeed(ctx context.Context) error {
+	o := u.o
+	client, err := loadOrCreateKey(u.paths.Key(), "vmup-"+o.Name)
+	if err != nil {
+		return err
+	}
+	host, err := newSSHKey("vmup-host-" + o.Name)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(u.paths.KnownHosts(), []byte(knownHostsLine(o.Name, host.Public)), 0o600); err != nil {
+		return err
+	}
+	iso := buildISO("cidata", map[string][]byte{
+		"meta-data": metaData(o.Name),
+		"user-data": userData(o.Name, o.User, client.Public, host),
+	})
+	seedFile := u.paths.File("seed.iso")
+	if err := writeFileAtomic(seedFile, iso, 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(seedFile)
+	return u.upload(ctx, seedFile, o.Name+"-seed.iso")
+}
+
+func (u *upRun) domainType(ctx context.Context) (string, error) {
+	if u.o.DomainType != "auto" {
+		return u.o.DomainType, nil
+	}
+	if u.virsh.KVMAvailable(ctx) {
+		return "kvm", nil
+	}
+	return "qemu", ctx.Err()
+}
+
+// define (re)defines the domain from the options and the journal.
+func (u *upRun) define(ctx context.Context, withSeed bool) error {
+	o, j := u.o, u.j
+	path := func(vol string) (string, error) { return u.virsh.VolPath(ctx, o.Pool, vol) }
+	spec := DomainSpec{
+		Name: o.Name, Type: j.DomainType, CPUs: o.CPUs, MemoryMiB: o.MemoryMiB,
+		Network: j.Network, SSHPort: j.SSHPort, Forwards: o.Forwards, Restrict: o.RestrictNetwork,
+		Cmdline: j.Cmdline, ConsoleLog: u.paths.Console(),
+	}
+	var err error
+	if spec.Disk, err = path(o.Name + ".qcow2"); err != nil {
+		return err
+	}
+	if withSeed {
+		if spec.Seed, err = path(o.Name + "-seed.iso"); err != nil {
+			return err
+		}
+	}
+	if j.Kernel {
+		if spec.Kernel, err = path(o.Name + "-kernel"); err != nil {
+			return err
+		}
+	}
+	if j.Initrd {
+		if spec.Initrd, err = path(o.Name + "-initrd"); err != nil {
+			return err
+		}
+	}
+	data, err := domainXMLFor(spec)
+	if err != nil {
+		return err
+	}
+	xmlFile := u.paths.File("domain.xml")
+	if err := writeFileAtomic(xmlFile, data, 0o600); err != nil {
+		return err
+	}
+	if err := u.virsh.Define(ctx, xmlFile); err != nil {
+		return err
+	}
+	u.created.domain = true
+	return u.updateJournal(func(j *Journal) {
+		j.CPUs, j.MemoryMiB, j.DiskGiB = o.CPUs, o.MemoryMiB, o.DiskGiB
+		j.Forwards = forwardStrings(o.Forwards)
+		j.Restrict = o.RestrictNetwork
+	})
+}
+
+func forwardStrings(fs []Forward) []string {
+	var out []string
+	for _, f := range fs {
+		out = append(out, f.String())
+	}
+	return out
+}
+
+// prepareResume picks up a first boot that failed earlier: same disk and seed.
+func (u *upRun) prepareResume(ctx context.Context) error {
+	out := u.env.Out
+	out.Plan(5)
+	out.Step("Checking VM")
+	if _, err := u.virsh.DomState(ctx, u.o.Name); err != nil {
+		return err
+	}
+	out.Done("resuming its first boot")
+	return nil
+}
+
+// prepareReup checks a VM whose first boot completed, redefining it when its
+// settings changed and it is shut off.
+func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
+	out, o, j := u.env.Out, u.o, u.j
+	out.Plan(3)
+	out.Step("Checking VM")
+	state, err := u.virsh.DomState(ctx, o.Name)
+	if err != nil {
+		if errors.Is(err, errNotFound) {
+			return 0, fmt.Errorf("the domain of VM %s is gone; `vmup destroy %s` clears what is left", o.Name, o.Name)
+		}
+		return 0, err
+	}
+	running := state != "shut off" && state != "crashed"
+	changed := o.CPUs != j.CPUs || o.MemoryMiB != j.MemoryMiB || o.DiskGiB != j.DiskGiB ||
+		!slices.Equal(forwardStrings(o.Forwards), j.Forwards) || o.RestrictNetwork != j.Restrict
+	if changed && running {
+		return 0, &usageError{
+			msg:  fmt.Sprintf("VM %s is running with other settings (cpus %d, memory %d, disk %d, forwards %v)", o.Name, j.CPUs, j.MemoryMiB, j.DiskGiB, j.Forwards),
+			hint: fmt.Sprintf("run `vmup down %s` first; the new settings apply at its next start", o.Name),
+		}
+	}
+	if o.DiskGiB < j.DiskGiB {
+		return 0, &usageError{msg: fmt.Sprintf("--disk %d is smaller than the VM's disk (%d GiB); disks only grow", o.DiskGiB, j.DiskGiB)}
+	}
+	if changed {
+		if o.DiskGiB > j.DiskGiB {
+			if err := u.virsh.VolResize(ctx, o.Pool, o.Name+".qcow2", int64(o.DiskGiB)<<30); err != nil {
+				return 0, err
+			}
+		}
+		if err := u.define(ctx, false); err != nil {
+			return 0, err
+		}
+		u.created.domain = false // a redefinition is no new domain to undo
+		out.Done("settings updated")
+	} else {
+		out.Done("")
+	}
+	if running {
+		out.Plan(1)
+		return EvPreparedRunning, nil
+	}
+	return EvPreparedBoot, nil
+}
+
+// freePort picks a loopback port for SSH that no other vmup VM has journalled.
+func (u *upRun) freePort() (int, error) {
+	taken := map[int]bool{}
+	names, _ := listVMs(u.env.Home)
+	for _, n := range names {
+		if n == u.o.Name {
+			continue
+		}
+		if j, err := readJournal(pathsFor(u.env.Home, n)); err == nil && j != nil {
+			taken[j.SSHPort] = true
+		}
+	}
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !taken[port] {
+			return port, nil
+		}
+	}
+	return 0, errors.New("no free loopback port")
+}
+
+func defaultPoolTarget(uri string) string {
+	if strings.Contains(uri, "/session") {
+		if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+			return filepath.Join(d, "vmup", "pool")
+		}
+		home, _ := os.UserHomeDir()
+		return filepath.Join(home, ".local", "share", "vmup", "pool")
+	}
+	return "/var/lib/libvirt/images/vmup"
+}

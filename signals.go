@@ -1,0 +1,42 @@
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// notifySignals delivers SIGINT, SIGTERM and SIGHUP to ch. A SIGHUP that was
+// ignored when vmup started (nohup) stays ignored. Never signal.Ignore: an
+// ignored signal is inherited by children across exec.
+func notifySignals(ch chan<- os.Signal) (stop func()) {
+	sigs := []os.Signal{syscall.SIGINT, syscall.SIGTERM}
+	if !signal.Ignored(syscall.SIGHUP) {
+		sigs = append(sigs, syscall.SIGHUP)
+	}
+	signal.Notify(ch, sigs...)
+	return func() { signal.Stop(ch) }
+}
+
+// signalEvent turns a signal into the controller's event. A SIGINT is a
+// confirmation only while the first-boot window is open.
+func signalEvent(sig os.Signal, windowOpen bool) Event {
+	switch sig {
+	case syscall.SIGTERM:
+		return EvTerminate
+	case syscall.SIGHUP:
+		return EvHangup
+	}
+	if windowOpen {
+		return EvInterruptAgain
+	}
+	return EvInterrupt
+}
+
+// signalExit is the exit code for dying of sig the way shells report it.
+func signalExit(sig os.Signal) int {
+	if s, ok := sig.(syscall.Signal); ok {
+		return 128 + int(s)
+	}
+	return exitFailed
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Endpoint is where the guest's sshd is reached from this host.
+type Endpoint struct {
+	Host string
+	Port int
+}
+
+func (e Endpoint) String() string { return fmt.Sprintf("%s:%d", e.Host, e.Port) }
+
+// SSH builds every ssh command vmup runs for one VM, all pinned to the VM's
+// own host key (never StrictHostKeyChecking=no) and sharing one ControlMaster.
+type SSH struct {
+	r     Runner
+	prog  string
+	name  string
+	user  string
+	paths Paths
+	ep    Endpoint
+}
+
+func newSSH(r Runner, name, user string, paths Paths, ep Endpoint) *SSH {
+	return &SSH{r: r, prog: programFor("VMUP_SSH", "ssh"), name: name, user: user, paths: paths, ep: ep}
+}
+
+func hostKeyAlias(name string) string { return "vmup-" + name }
+
+// controlPath keeps the socket path within the kernel's 108-byte limit.
+func controlPath(p Paths) string {
+	if sock := p.ControlSocket(); len(sock) < 100 {
+		return sock
+	}
+	sum := sha256.Sum256([]byte(p.Dir))
+	return filepath.Join(os.TempDir(), fmt.Sprintf("vmup-%x.sock", sum[:6]))
+}
+
+// Options are the -o settings every vmup ssh (and ansible) connection uses.
+func (s *SSH) Options() []string {
+	return []string{
+		"-o", "IdentitiesOnly=yes", "-o", "IdentityFile=" + s.paths.Key(),
+		"-o", "UserKnownHostsFile=" + s.paths.KnownHosts(), "-o", "StrictHostKeyChecking=yes",
+		"-o", "HostKeyAlias=" + hostKeyAlias(s.name),
+		"-o", "ControlPath=" + controlPath(s.paths),
+		"-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
+		"-o", "LogLevel=ERROR",
+	}
+}
+
+func (s *SSH) target() []string {
+	return []string{"-p", strconv.Itoa(s.ep.Port), s.user + "@" + s.ep.Host}
+}
+
+// argv is an ssh command that uses a running master if there is one.
+func (s *SSH) argv(extra ...string) []string {
+	args := append([]string{s.prog, "-F", "none"}, s.Options()...)
+	args = append(args, "-o", "ControlMaster=no")
+	args = append(args, extra...)
+	return append(args, s.target()...)
+}
+
+// Master runs the ControlMaster until ctx ends. started is closed once the
+// ssh process runs; the returned error says why it ended.
+func (s *SSH) Master(ctx context.Context, started chan<- struct{}) error {
+	args := append([]string{s.prog, "-F", "none"}, s.Options()...)
+	args = append(args, "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N")
+	args = append(args, s.target()...)
+	_, err := s.r.Run(ctx, Cmd{Args: args, Started: func(int) { close(started) }})
+	return err
+}
+
+func (s *SSH) Check(ctx context.Context) error {
+	_, err := s.r.Run(ctx, Cmd{Args: s.argv("-O", "check")})
+	return err
+}
+
+// Exit closes the master; with none running it is a no-op.
+func (s *SSH) Exit(ctx context.Context) {
+	if _, err := os.Stat(controlPath(s.paths)); err != nil {
+		return
+	}
+	s.r.Run(ctx, Cmd{Args: s.argv("-O", "exit")})
+}
+
+// Exec runs a command in the guest (argv joined by ssh, as ssh always does).
+func (s *SSH) Exec(ctx context.Context, command ...string) (Result, error) {
+	return s.r.Run(ctx, Cmd{Args: append(s.argv(), append([]string{"--"}, command...)...)})
+}
+
+// WaitMaster keeps starting the ControlMaster until it holds a connection or
+// ctx ends. The master then runs until masterCtx ends; its result goes to done.
+func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration) (done <-chan error, err error) {
+	for {
+		started := make(chan struct{})
+		ended := make(chan error, 1)
+		go func() { ended <- s.Master(masterCtx, started) }()
+		select {
+		case <-started:
+		case err := <-ended:
+			return nil, err
+		}
+		for {
+			select {
+			case <-ended:
+				goto retry // sshd not up yet: the master gave up
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			default:
+			}
+			if s.Check(ctx) == nil {
+				return ended, nil
+			}
+			if err := sleepCtx(ctx, poll); err != nil {
+				return nil, err
+			}
+		}
+	retry:
+		if err := sleepCtx(ctx, poll); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// knownHostsLine pins the guest's host key under the VM's alias.
+func knownHostsLine(name, hostPublic string) string {
+	f := strings.Fields(hostPublic)
+	return hostKeyAlias(name) + " " + f[0] + " " + f[1] + "\n"
+}
+
+// sshConfig is what `vmup ssh-config` prints, for ssh -F or ~/.ssh/config.
+func (s *SSH) Config() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Host %s\n", s.name)
+	fmt.Fprintf(&b, "  HostName %s\n  Port %d\n  User %s\n", s.ep.Host, s.ep.Port, s.user)
+	opts := s.Options()
+	for i := 1; i < len(opts); i += 2 {
+		k, v, _ := strings.Cut(opts[i], "=")
+		if k == "BatchMode" || k == "LogLevel" {
+			continue
+		}
+		fmt.Fprintf(&b, "  %s %s\n", k, quoteSSHConfig(v))
+	}
+	return b.String()
+}
+
+func quoteSSHConfig(v string) string {
+	if strings.ContainsAny(v, " \t\"") {
+		return `"` + strings.ReplaceAll(v, `"`, ``) + `"`
+	}
+	return v
+}
+
+var errNoEndpoint = errors.New("the VM has no SSH endpoint yet")

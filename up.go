@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// runUp does everything `up` can decide before its controller loop starts:
+// checks that need no VM, the lock, and which path the journal calls for.
+func runUp(env Env, o *Options) int {
+	out := env.Out
+	if err := validateUp(o); err != nil {
+		return reportError(out, err)
+	}
+	paths := pathsFor(env.Home, o.Name)
+	lock, holder, err := tryLock(paths.Lock)
+	if errors.Is(err, errLocked) {
+		out.Error("VM %s is busy (pid %d)", o.Name, holder)
+		return exitBusy
+	}
+	if err != nil {
+		return reportError(out, err)
+	}
+	defer lock.Unlock()
+
+	j, err := readJournal(paths)
+	if err != nil {
+		return reportError(out, err)
+	}
+	u := &upRun{env: env, o: o, paths: paths}
+	switch {
+	case o.Reset || j == nil:
+		u.kind = startFresh
+	case j.FirstBootDone:
+		u.kind = startReup
+	case j.Phase == Failed.String() && (j.FailedIn == Starting.String() || j.FailedIn == Provisioning.String()):
+		u.kind = startResumeFirst
+	default:
+		u.kind, u.recover = startFresh, j
+	}
+	if j != nil && !o.Reset {
+		inherit(o, j)
+	}
+	u.virsh = newVirsh(env.Runner, o.Connect)
+	ctx := context.Background()
+	if err := checkLibvirt(ctx, u.virsh, out); err != nil {
+		return exitFailed
+	}
+	if u.kind == startFresh {
+		if o.Image == "" {
+			return reportError(out, usagef("give --image PATH|URL, or put \"image\" in "+configFile,
+				"--image is needed to create VM %s", o.Name))
+		}
+		if j == nil {
+			// No journal: a domain of this name is not ours to take over.
+			if _, err := u.virsh.DomState(ctx, o.Name); err == nil {
+				owned, _ := u.virsh.Owned(ctx, o.Name)
+				if !owned {
+					return reportError(out, fmt.Errorf("a domain named %s exists that vmup did not create; choose another name", o.Name))
+				}
+				if !o.Reset {
+					out.Error("domain %s exists but vmup has no state for it in %s", o.Name, paths.Dir)
+					out.Hint("`vmup destroy %s` removes it, or `vmup up %s --reset …` replaces it", o.Name, o.Name)
+					return exitFailed
+				}
+			}
+		}
+		j = &Journal{Name: o.Name, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
+			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision}
+	}
+	u.j = j
+	return u.run()
+}
+
+// inherit takes an existing VM's settings for whatever this run did not set,
+// so a bare `vmup up NAME` starts it as it was.
+func inherit(o *Options, j *Journal) {
+	o.User, o.Network, o.Connect, o.Pool = j.User, j.Network, j.Connect, j.Pool
+	if !o.set["cpus"] {
+		o.CPUs = j.CPUs
+	}
+	if !o.set["memory"] {
+		o.MemoryMiB = j.MemoryMiB
+	}
+	if !o.set["disk"] {
+		o.DiskGiB = j.DiskGiB
+	}
+	if !o.set["forward"] {
+		o.Forwards = nil
+		for _, s := range j.Forwards {
+			if f, err := parseForward(s); err == nil {
+				o.Forwards = append(o.Forwards, f)
+			}
+		}
+	}
+	if !o.set["restrict-network"] {
+		o.RestrictNetwork = j.Restrict
+	}
+	if !o.set["playbook"] {
+		o.Playbook, o.PlaybookArgs = j.Playbook, j.PlaybookArgs
+	}
+	if !o.set["no-provision"] {
+		o.NoProvision = j.NoProvision
+	}
+}
+
+// checkLibvirt turns "virsh missing" and "libvirtd down" into one clear error.
+func checkLibvirt(ctx context.Context, v *Virsh, out *Output) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := v.Reachable(ctx)
+	if err == nil {
+		return nil
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		out.Error("cannot reach libvirt at %s: %v", v.uri, err)
+		out.Hint("is libvirtd running? (try: virsh -c %s uri)", v.uri)
+	} else {
+		out.Error("%v", err)
+		out.Hint("install libvirt's client (Debian: apt-get install libvirt-clients), or set VMUP_VIRSH")
+	}
+	return err
+}
+
+// reportError prints err in vmup's voice and returns its exit code.
+func reportError(out *Output, err error) int {
+	var ue *usageError
+	if errors.As(err, &ue) {
+		out.Error("%s", ue.msg)
+		if ue.hint != "" {
+			out.Hint("%s", ue.hint)
+		}
+		return exitUsage
+	}
+	out.Error("%v", err)
+	return exitFailed
+}
+
+func absPath(p string) string {
+	if p == "" {
+		return ""
+	}
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+)
+
+// metadataURI marks the domains vmup created; vmup touches no other domain.
+const metadataURI = "http://vmup.dev/xmlns/domain/1"
+
+// Virsh runs `virsh -c URI …` through the runner.
+type Virsh struct {
+	r    Runner
+	prog string
+	uri  string
+}
+
+func newVirsh(r Runner, uri string) *Virsh {
+	return &Virsh{r: r, prog: programFor("VMUP_VIRSH", "virsh"), uri: uri}
+}
+
+func programFor(env, def string) string {
+	if p := os.Getenv(env); p != "" {
+		return p
+	}
+	return def
+}
+
+func (v *Virsh) run(ctx context.Context, args ...string) (string, error) {
+	res, err := v.r.Run(ctx, Cmd{Args: append([]string{v.prog, "-c", v.uri}, args...)})
+	return strings.TrimSpace(string(res.Stdout)), err
+}
+
+// errNotFound is a domain, pool or volume that does not exist.
+var errNotFound = errors.New("not found")
+
+var notFoundRE = regexp.MustCompile(`(?i)(failed to get (domain|vol|pool)|(domain|storage volume|storage pool) not found|no (domain|storage (pool|vol)) with matching)`)
+
+func classify(err error) error {
+	var ee *ExitError
+	if errors.As(err, &ee) && notFoundRE.MatchString(ee.Stderr) {
+		return fmt.Errorf("%w: %v", errNotFound, err)
+	}
+	return err
+}
+
+// DomState returns virsh's state word ("running", "shut off", …) or errNotFound.
+func (v *Virsh) DomState(ctx context.Context, name string) (string, error) {
+	out, err := v.run(ctx, "domstate", name)
+	return out, classify(err)
+}
+
+// Owned says whether the domain carries vmup's metadata.
+func (v *Virsh) Owned(ctx context.Context, name string) (bool, error) {
+	_, err := v.run(ctx, "metadata", name, metadataURI)
+	if err == nil {
+		return true, nil
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) && strings.Contains(ee.Stderr, "metadata") && !notFoundRE.MatchString(ee.Stderr) {
+		return false, nil // the domain exists without vmup's metadata
+	}
+	return false, classify(err)
+}
+
+func (v *Virsh) Define(ctx context.Context, xmlFile string) error {
+	_, err := v.run(ctx, "define", xmlFile)
+	return err
+}
+
+func (v *Virsh) Start(ctx context.Context, name string) error {
+	_, err := v.run(ctx, "start", name)
+	return err
+}
+
+func (v *Virsh) Shutdown(ctx context.Context, name string) error {
+	_, err := v.run(ctx, "shutdown", name, "--mode", "acpi")
+	return err
+}
+
+func (v *Virsh) Destroy(ctx context.Context, name string) error {
+	_, err := v.run(ctx, "destroy", name)
+	return classify(err)
+}
+
+func (v *Virsh) Undefine(ctx context.Context, name string) error {
+	_, err := v.run(ctx, "undefine", name)
+	return classify(err)
+}
+
+// EnsurePool creates a dir pool at target unless pool exists, and starts it.
+func (v *Virsh) EnsurePool(ctx context.Context, pool, target string) error {
+	out, err := v.run(ctx, "pool-info", pool)
+	if err == nil {
+		if regexp.MustCompile(`(?m)^State:\s+running`).MatchString(out) {
+			return nil
+		}
+		_, err = v.run(ctx, "pool-start", pool)
+		return err
+	}
+	if err = classify(err); !errors.Is(err, errNotFound) {
+		return err
+	}
+	for _, args := range [][]string{
+		{"pool-define-as", pool, "dir", "--target", target},
+		{"pool-build", pool},
+		{"pool-start", pool},
+		{"pool-autostart", pool},
+	} {
+		if _, err := v.run(ctx, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (v *Virsh) VolExists(ctx context.Context, pool, vol string) (bool, error) {
+	_, err := v.run(ctx, "vol-info", "--pool", pool, vol)
+	if err == nil {
+		return true, nil
+	}
+	if err = classify(err); errors.Is(err, errNotFound) {
+		return false, nil
+	}
+	return false, err
+}
+
+// VolCreate makes an empty volume, or with backing an overlay on that volume.
+func (v *Virsh) VolCreate(ctx context.Context, pool, vol string, bytes int64, format, backing, backingFormat string) error {
+	args := []string{"vol-create-as", pool, vol, fmt.Sprint(bytes), "--format", format}
+	if backing != "" {
+		args = append(args, "--backing-vol", backing, "--backing-vol-format", backingFormat)
+	}
+	_, err := v.run(ctx, args...)
+	return err
+}
+
+func (v *Virsh) VolResize(ctx context.Context, pool, vol string, bytes int64) error {
+	_, err := v.run(ctx, "vol-resize", "--pool", pool, vol, fmt.Sprint(bytes))
+	return err
+}
+
+func (v *Virsh) VolUpload(ctx context.Context, pool, vol, file string) error {
+	_, err := v.run(ctx, "vol-upload", "--pool", pool, vol, file)
+	return err
+}
+
+func (v *Virsh) VolPath(ctx context.Context, pool, vol string) (string, error) {
+	return v.run(ctx, "vol-path", "--pool", pool, vol)
+}
+
+// VolDelete deletes a volume; one already gone is not an error.
+func (v *Virsh) VolDelete(ctx context.Context, pool, vol string) error {
+	_, err := v.run(ctx, "vol-delete", "--pool", pool, vol)
+	if err = classify(err); errors.Is(err, errNotFound) {
+		return nil
+	}
+	return err
+}
+
+// DomIPv4 returns the guest's address from the DHCP lease, or "" while it has none.
+func (v *Virsh) DomIPv4(ctx context.Context, name string) (string, error) {
+	out, err := v.run(ctx, "domifaddr", name, "--source", "lease")
+	if err != nil {
+		return "", err
+	}
+	m := regexp.MustCompile(`ipv4\s+([0-9.]+)/`).FindStringSubmatch(out)
+	if m == nil {
+		return "", nil
+	}
+	return m[1], nil
+}
+
+// KVMAvailable says whether libvirt offers the kvm domain type.
+func (v *Virsh) KVMAvailable(ctx context.Context) bool {
+	_, err := v.run(ctx, "domcapabilities", "--virttype", "kvm")
+	return err == nil
+}
+
+// Reachable checks that libvirtd answers at all.
+func (v *Virsh) Reachable(ctx context.Context) error {
+	_, err := v.run(ctx, "uri")
+	return err
+}
