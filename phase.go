@@ -175,6 +175,7 @@ func init() {
 	row(Preparing, EvPreparedRunning, Running, 0, ActEnterRunning)
 	row(Preparing, EvPrepareFailed, Failed, exitFailed, ActReportFailure)
 	row(Preparing, EvPrepareRejected, Wiping, exitUsage, ActRemovePartial)
+	row(Preparing, EvPrepareRejected, Wiping, exitUsage, ActRemovePartial)
 
 	// First boot: one Ctrl+C only warns; a confirmed one, SIGTERM or SIGHUP wipes the VM.
 	for _, p := range []Phase{Starting, Provisioning} {
@@ -183,10 +184,9 @@ func init() {
 		for _, s := range signals[1:] {
 			row(p, s.ev, Wiping, s.exit, ActStopWork, ActWipe)
 		}
-		row(p, EvBootTimeout, Failed, exitFailed, ActStopWork, ActReportFailure)
-		row(p, EvBootFailed, Failed, exitFailed, ActStopWork, ActReportFailure)
-		row(p, EvDomainStopped, Failed, exitFailed, ActStopWork, ActReportFailure)
 	}
+	row(Starting, EvBootTimeout, Failed, exitFailed, ActStopWork, ActReportFailure)
+	row(Starting, EvBootFailed, Failed, exitFailed, ActStopWork, ActReportFailure)
 	row(Starting, EvReady, Provisioning, 0, ActRunPlaybook)
 	row(Provisioning, EvProvisioned, Running, 0, ActCompleteFirstBoot, ActEnterRunning)
 	row(Provisioning, EvProvisionFailed, Failed, exitProvision, ActReportFailure)
@@ -218,14 +218,34 @@ func init() {
 	row(Wiping, EvWipeDone, Aborted, 0)
 	row(Wiping, EvWipeFailed, Failed, exitFailed, ActReportFailure)
 
-	// Everything else is ignored on purpose: late worker results after a phase
-	// moved on (a boot timeout after Ready, a stop after Wiping began), and all
-	// events in terminal phases.
-	for p := Phase(0); p < numPhases; p++ {
-		for e := Event(0); e < numEvents; e++ {
-			if _, ok := transitions[key{p, e}]; !ok {
+	// What each phase deliberately ignores: results of work that an earlier
+	// transition already stopped or superseded, and events that cannot matter
+	// there. phase_test.go checks that this and the rows above cover every pair.
+	prepared := []Event{EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected}
+	bootResults := []Event{EvReady, EvBootTimeout, EvBootFailed}
+	provisionResults := []Event{EvProvisioned, EvProvisionFailed}
+	stopResults := []Event{EvShutdownTimeout, EvForceOffFailed}
+	wipeResults := []Event{EvWipeDone, EvWipeFailed}
+	ignore := func(p Phase, groups ...[]Event) {
+		for _, g := range groups {
+			for _, e := range g {
 				ignored[key{p, e}] = true
 			}
+		}
+	}
+	ignore(Preparing, bootResults, provisionResults, stopResults, wipeResults,
+		[]Event{EvConfirmExpired, EvDetach, EvDomainStopped})
+	// During the first boot the boot worker and the playbook notice a dead domain themselves.
+	ignore(Starting, prepared, provisionResults, stopResults, wipeResults, []Event{EvDetach, EvDomainStopped})
+	ignore(Provisioning, prepared, bootResults, stopResults, wipeResults, []Event{EvDetach, EvDomainStopped})
+	ignore(Booting, prepared, provisionResults, stopResults, wipeResults, []Event{EvConfirmExpired, EvDetach})
+	ignore(Running, prepared, bootResults, provisionResults, stopResults, wipeResults, []Event{EvConfirmExpired})
+	ignore(Stopping, prepared, bootResults, provisionResults, wipeResults, []Event{EvConfirmExpired, EvDetach})
+	ignore(Wiping, prepared, bootResults, provisionResults, stopResults,
+		[]Event{EvConfirmExpired, EvDetach, EvDomainStopped})
+	for p := Stopped; p < numPhases; p++ {
+		for e := Event(0); e < numEvents; e++ {
+			ignored[key{p, e}] = true // a terminal phase ends the loop
 		}
 	}
 }

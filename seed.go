@@ -202,6 +202,7 @@ func userData(name, user, userPublic string, host SSHKey) []byte {
 	var b bytes.Buffer
 	b.WriteString("#cloud-config\n")
 	fmt.Fprintf(&b, "hostname: %s\n", name)
+	b.WriteString("manage_etc_hosts: true\n")
 	b.WriteString("users:\n")
 	fmt.Fprintf(&b, "  - name: %s\n", user)
 	b.WriteString("    shell: /bin/bash\n")

@@ -24,6 +24,8 @@ mmdebstrap --quiet --variant=minbase --include="$packages" \
 
 cat > "$root/etc/cloud/cloud.cfg.d/90-vmup-test.cfg" <<'CFG'
 datasource_list: [NoCloud]
+# minbase has no locales package, so update-locale would fail the boot.
+locale: false
 CFG
 echo 'LABEL=vmuproot / ext4 defaults 0 1' > "$root/etc/fstab"
 echo vmup-test > "$root/etc/hostname"
