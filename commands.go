@@ -246,11 +246,12 @@ func runStatus(env Env, o *Options) int {
 	if err := requireName(o, "status"); err != nil {
 		return reportError(env.Out, err)
 	}
-	s, j := statusOf(ctx, env, o.Name)
-	if j == nil && s.Domain == "undefined" {
+	// Every vmup VM has a journal; a name without one is no vmup VM.
+	if j, _ := readJournal(pathsFor(env.Home, o.Name)); j == nil {
 		env.Out.Error("no VM named %s", o.Name)
 		return statusNoSuchVM
 	}
+	s, _ := statusOf(ctx, env, o.Name)
 	print(s)
 	if s.Domain != "running" {
 		return statusNotRunning

@@ -220,10 +220,10 @@ func (u *upRun) do(a Action, from Phase) {
 		gen := u.windowGen
 		u.windowOpen = true
 		secs := int(u.env.ConfirmWindow.Round(time.Second) / time.Second)
-		out.Say("confirm_abort", "Press Ctrl+C again within %ds to abort the first boot; the VM will be destroyed", secs)
 		u.stopWindow = u.env.Clock.AfterFunc(u.env.ConfirmWindow, func() {
 			u.events <- evMsg{ev: EvConfirmExpired, gen: gen}
 		})
+		out.Say("confirm_abort", "Press Ctrl+C again within %ds to abort the first boot; the VM will be destroyed", secs)
 	case ActSayNotConfirmed:
 		u.closeWindow()
 		out.Say("abort_not_confirmed", "abort not confirmed, continuing")

@@ -1,0 +1,374 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test binary doubles as the fake virsh, ssh, qemu-img and
+// ansible-playbook: it is linked under those names and told apart by argv[0].
+var fakePrograms = []string{"virsh", "ssh", "qemu-img", "ansible-playbook", "fake-child"}
+
+var vmupBinary string
+
+func TestMain(m *testing.M) {
+	if prog := filepath.Base(os.Args[0]); slices.Contains(fakePrograms, prog) {
+		os.Exit(fakeMain(prog, os.Args[1:]))
+	}
+	dir, err := os.MkdirTemp("", "vmup-bin-")
+	if err != nil {
+		panic(err)
+	}
+	vmupBinary = filepath.Join(dir, "vmup")
+	build := exec.Command("go", "build", "-o", vmupBinary, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building vmup: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// fakeMain is one fake program run. Its world lives in $VMUP_FAKE_DIR.
+func fakeMain(prog string, args []string) int {
+	dir := os.Getenv("VMUP_FAKE_DIR")
+	if prog == "fake-child" {
+		time.Sleep(24 * time.Hour) // a grandchild in the playbook's process group, like ansible's ssh
+		return 0
+	}
+	lockFile, _ := os.OpenFile(filepath.Join(dir, "world.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	unix.Flock(int(lockFile.Fd()), unix.LOCK_EX)
+	short := abbreviate(append([]string{prog}, args...))
+	line, _ := json.Marshal(short)
+	appendFile(filepath.Join(dir, "calls.log"), string(line)+"\n")
+	world := loadWorld(filepath.Join(dir, "world.json"))
+	unlock := func() { unix.Flock(int(lockFile.Fd()), unix.LOCK_UN) }
+
+	switch prog {
+	case "virsh":
+		out, errOut, code := world.virsh(short[1:])
+		saveWorld(filepath.Join(dir, "world.json"), world)
+		unlock()
+		fmt.Print(out)
+		fmt.Fprint(os.Stderr, errOut)
+		return code
+	case "qemu-img":
+		unlock()
+		fmt.Print(`{"format": "qcow2", "virtual-size": 1073741824}`)
+		return 0
+	case "ssh":
+		up := world.anyRunning()
+		unlock()
+		if slices.Contains(short, "master") {
+			time.Sleep(24 * time.Hour) // the ControlMaster runs until vmup stops its group
+		}
+		if !up {
+			fmt.Fprintln(os.Stderr, "ssh: connect to host 127.0.0.1: Connection refused")
+			return 255
+		}
+		return 0
+	case "ansible-playbook":
+		unlock()
+		mode := os.Getenv("VMUP_FAKE_PLAYBOOK")
+		if mode == "fail" {
+			fmt.Println("fatal: [vm]: FAILED!")
+			return 2
+		}
+		if mode != "block" {
+			fmt.Println("PLAY RECAP ok=1")
+			return 0
+		}
+		sigs := make(chan os.Signal, 4)
+		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+		child := exec.Command(filepath.Join(filepath.Dir(os.Args[0]), "fake-child"))
+		child.Start()
+		pgid, _ := unix.Getpgid(0)
+		os.WriteFile(filepath.Join(dir, "playbook.pid"), []byte(fmt.Sprintf("%d %d %d", os.Getpid(), pgid, child.Process.Pid)), 0o600)
+		// Like ansible: the first SIGINT ends the run (after a moment of cleanup).
+		sig := <-sigs
+		appendFile(filepath.Join(dir, "playbook.signals"), sig.String()+"\n")
+		return 99
+	}
+	return 127
+}
+
+func appendFile(path, s string) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return
+	}
+	f.WriteString(s)
+	f.Close()
+}
+
+type binaryRun struct {
+	t      *testing.T
+	dir    string
+	home   string
+	cmd    *exec.Cmd
+	events chan jsonEvent
+	seen   []jsonEvent
+}
+
+// startVmup runs the built binary in its own process group, as a shell with
+// job control runs a foreground job, with the fakes on its program paths.
+func startVmup(t *testing.T, playbookMode string, args ...string) *binaryRun {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	os.Mkdir(bin, 0o755)
+	self, _ := os.Executable()
+	for _, p := range fakePrograms {
+		if err := os.Symlink(self, filepath.Join(bin, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	image := filepath.Join(dir, "base.qcow2")
+	os.WriteFile(image, []byte("fake image"), 0o644)
+	play := filepath.Join(dir, "play.yml")
+	os.WriteFile(play, []byte("- hosts: all\n"), 0o644)
+	r := &binaryRun{t: t, dir: dir, home: filepath.Join(dir, "home"), events: make(chan jsonEvent, 100)}
+	all := append([]string{"up", "v1", "--image", image, "--playbook", play, "--domain-type", "qemu",
+		"--network", "user", "--json"}, args...)
+	r.cmd = exec.Command(vmupBinary, all...)
+	r.cmd.Env = append(os.Environ(),
+		"VMUP_HOME="+r.home, "VMUP_FAKE_DIR="+dir, "VMUP_FAKE_PLAYBOOK="+playbookMode, "VMUP_POLL=20ms",
+		"VMUP_VIRSH="+filepath.Join(bin, "virsh"), "VMUP_SSH="+filepath.Join(bin, "ssh"),
+		"VMUP_QEMU_IMG="+filepath.Join(bin, "qemu-img"), "VMUP_ANSIBLE_PLAYBOOK="+filepath.Join(bin, "ansible-playbook"))
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	r.cmd.Stderr = &testLogWriter{t: t}
+	stdout, err := r.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var ev jsonEvent
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				r.events <- ev
+			}
+		}
+		close(r.events)
+	}()
+	t.Cleanup(func() { unix.Kill(-r.cmd.Process.Pid, syscall.SIGKILL) })
+	return r
+}
+
+type testLogWriter struct{ t *testing.T }
+
+func (w *testLogWriter) Write(p []byte) (int, error) {
+	w.t.Logf("vmup: %s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// waitEvent reads JSON events until one named event arrives.
+func (r *binaryRun) waitEvent(event string) {
+	r.t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case ev, ok := <-r.events:
+			if !ok {
+				r.t.Fatalf("vmup ended before %q; events %v", event, r.seen)
+			}
+			r.seen = append(r.seen, ev)
+			if ev.Event == event {
+				return
+			}
+		case <-timeout:
+			r.t.Fatalf("no %q event within 20s; events %v", event, r.seen)
+		}
+	}
+}
+
+// ctrlC does what a terminal does on Ctrl+C: SIGINT to the foreground group.
+func (r *binaryRun) ctrlC() {
+	if err := unix.Kill(-r.cmd.Process.Pid, syscall.SIGINT); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *binaryRun) exitCode() int {
+	r.t.Helper()
+	for range r.events {
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.cmd.Wait() }()
+	select {
+	case <-done:
+		return r.cmd.ProcessState.ExitCode()
+	case <-time.After(30 * time.Second):
+		r.t.Fatal("vmup did not exit")
+		return -1
+	}
+}
+
+func (r *binaryRun) calls() [][]string {
+	data, _ := os.ReadFile(filepath.Join(r.dir, "calls.log"))
+	var out [][]string
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var c []string
+		json.Unmarshal([]byte(line), &c)
+		out = append(out, c)
+	}
+	return out
+}
+
+func (r *binaryRun) called(cmd string) bool {
+	want := strings.Fields(cmd)
+	for _, c := range r.calls() {
+		if len(c) >= len(want) && slices.Equal(c[:len(want)], want) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *binaryRun) playbookSignals() string {
+	data, _ := os.ReadFile(filepath.Join(r.dir, "playbook.signals"))
+	return string(data)
+}
+
+func TestBinaryDoubleCtrlCDuringPlaybook(t *testing.T) {
+	r := startVmup(t, "block")
+	var pid, pgid, child int
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		data, err := os.ReadFile(filepath.Join(r.dir, "playbook.pid"))
+		if err == nil {
+			if _, err := fmt.Sscan(string(data), &pid, &pgid, &child); err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the playbook did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pgid == r.cmd.Process.Pid {
+		t.Fatal("the playbook runs in vmup's process group: a terminal's Ctrl+C would reach it")
+	}
+
+	r.ctrlC()
+	r.waitEvent("confirm_abort")
+	if s := r.playbookSignals(); s != "" {
+		t.Fatalf("the playbook got %q from the first Ctrl+C", s)
+	}
+	if unix.Kill(pid, 0) != nil {
+		t.Fatal("the playbook died on the first Ctrl+C")
+	}
+
+	r.ctrlC()
+	if code := r.exitCode(); code != exitSIGINT {
+		t.Fatalf("exit %d, want 130", code)
+	}
+	if s := r.playbookSignals(); !strings.Contains(s, "interrupt") {
+		t.Errorf("the playbook was not sent SIGINT after the 2nd Ctrl+C (got %q)", s)
+	}
+	if err := unix.Kill(-pgid, 0); err != unix.ESRCH {
+		t.Errorf("the playbook's process group %d is still there (kill: %v)", pgid, err)
+	}
+	for _, c := range []string{"virsh destroy v1", "virsh undefine v1"} {
+		if !r.called(c) {
+			t.Errorf("fake virsh never saw %q; calls %v", c, r.calls())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(r.home, "vms", "v1")); !os.IsNotExist(err) {
+		t.Errorf("the VM's state dir is still there: %v", err)
+	}
+}
+
+func TestBinaryCtrlCAfterRunningShutsDown(t *testing.T) {
+	r := startVmup(t, "ok")
+	r.waitEvent("ready")
+	r.ctrlC()
+	if code := r.exitCode(); code != exitOK {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	if !r.called("virsh shutdown v1 --mode acpi") {
+		t.Errorf("no ACPI shutdown; calls %v", r.calls())
+	}
+	for _, c := range []string{"virsh destroy", "virsh undefine"} {
+		if r.called(c) {
+			t.Errorf("%q after Running; calls %v", c, r.calls())
+		}
+	}
+	// A later up of that VM takes the Booting path: its Ctrl+C never wipes either.
+	data, err := os.ReadFile(filepath.Join(r.home, "vms", "v1", "state.json"))
+	var j Journal
+	if err != nil || json.Unmarshal(data, &j) != nil || !j.FirstBootDone {
+		t.Errorf("journal does not record the completed first boot: %s %v", data, err)
+	}
+}
+
+func TestBinarySIGTERMDuringPlaybookWipes(t *testing.T) {
+	r := startVmup(t, "block")
+	r.waitEvent("step_started") // make sure the run is under way
+	deadline := time.Now().Add(20 * time.Second)
+	for !fileExists(filepath.Join(r.dir, "playbook.pid")) {
+		if time.Now().After(deadline) {
+			t.Fatal("the playbook did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	unix.Kill(r.cmd.Process.Pid, syscall.SIGTERM)
+	if code := r.exitCode(); code != exitSIGTERM {
+		t.Fatalf("exit %d, want 143", code)
+	}
+	if !r.called("virsh undefine v1") {
+		t.Errorf("no undefine after SIGTERM in the first boot")
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func TestBinaryUsageErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"up", "Bad_Name"}, exitUsage, `vmup: error: invalid VM name "Bad_Name"`},
+		{[]string{"up", "v1", "--image", "/nonexistent.qcow2"}, exitUsage, "vmup: error: --image /nonexistent.qcow2: no such file"},
+		{[]string{"up", "v1", "--cpus", "x"}, exitUsage, "vmup: error: invalid value"},
+		{[]string{"frobnicate"}, exitUsage, `vmup: error: unknown command "frobnicate"`},
+		{[]string{"status", "nosuchvm"}, statusNoSuchVM, "vmup: error: no VM named nosuchvm"},
+		{[]string{"down", "nosuchvm"}, exitFailed, "vmup: error: no VM named nosuchvm"},
+		{[]string{"up", "v1", "--network", "nat", "-d", "--forward", "8080:80", "--image", "/etc/hostname"}, exitUsage, "--forward"},
+	}
+	for _, c := range cases {
+		cmd := exec.Command(vmupBinary, c.args...)
+		cmd.Env = append(os.Environ(), "VMUP_HOME="+t.TempDir(), "VMUP_VIRSH=/nonexistent/virsh")
+		out, _ := cmd.CombinedOutput()
+		if got := cmd.ProcessState.ExitCode(); got != c.code || !strings.Contains(string(out), c.msg) {
+			t.Errorf("vmup %s: exit %d, output %q; want exit %d and %q", strings.Join(c.args, " "), got, out, c.code, c.msg)
+		}
+	}
+}
+
+func TestBinaryVersion(t *testing.T) {
+	out, err := exec.Command(vmupBinary, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "vmup ") {
+		t.Errorf("vmup version: %q %v", out, err)
+	}
+}
