@@ -8,7 +8,7 @@ import (
 
 // DomainSpec is what the domain XML is built from.
 type DomainSpec struct {
-	Name, Type              string // Type: kvm or qemu
+	Name, UUID, Type        string // Type: kvm or qemu; UUID "" lets libvirt choose
 	CPUs, MemoryMiB         int
 	Disk, Seed              string // volume paths; Seed "" once the first boot completed
 	Kernel, Initrd, Cmdline string
@@ -26,6 +26,7 @@ type domainXML struct {
 	Type        string       `xml:"type,attr"`
 	QemuNS      string       `xml:"xmlns:qemu,attr,omitempty"`
 	Name        string       `xml:"name"`
+	UUID        string       `xml:"uuid,omitempty"`
 	Metadata    metadataXML  `xml:"metadata"`
 	Memory      memoryXML    `xml:"memory"`
 	VCPU        int          `xml:"vcpu"`
@@ -195,6 +196,7 @@ func domainXMLFor(s DomainSpec) ([]byte, error) {
 	d := domainXML{
 		Type:       s.Type,
 		Name:       s.Name,
+		UUID:       s.UUID,
 		Metadata:   metadataXML{VM: vmupMeta{NS: metadataURI, Version: 1}},
 		Memory:     memoryXML{Unit: "MiB", Value: s.MemoryMiB},
 		VCPU:       s.CPUs,

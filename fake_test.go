@@ -109,6 +109,11 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 			}
 		}
 		return st, "", 0
+	case "domuuid":
+		if _, ok := w.Domains[arg(1)]; !ok {
+			return notFound("domain", arg(1))
+		}
+		return "00000000-0000-0000-0000-" + fmt.Sprintf("%012d", len(arg(1))), "", 0
 	case "metadata":
 		if _, ok := w.Domains[arg(1)]; !ok {
 			return notFound("domain", arg(1))

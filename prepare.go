@@ -232,7 +232,7 @@ func (u *upRun) define(ctx context.Context, withSeed bool) error {
 	o, j := u.o, u.j
 	path := func(vol string) (string, error) { return u.virsh.VolPath(ctx, o.Pool, vol) }
 	spec := DomainSpec{
-		Name: o.Name, Type: j.DomainType, CPUs: o.CPUs, MemoryMiB: o.MemoryMiB,
+		Name: o.Name, UUID: j.UUID, Type: j.DomainType, CPUs: o.CPUs, MemoryMiB: o.MemoryMiB,
 		Network: j.Network, SSHPort: j.SSHPort, Forwards: o.Forwards, Restrict: o.RestrictNetwork,
 		Cmdline: j.Cmdline, ConsoleLog: u.paths.Console(),
 	}
@@ -267,6 +267,14 @@ func (u *upRun) define(ctx context.Context, withSeed bool) error {
 		return err
 	}
 	u.created.domain = true
+	if j.UUID == "" {
+		// A redefinition must name the same UUID, or libvirt refuses it.
+		uuid, err := u.virsh.DomUUID(ctx, o.Name)
+		if err != nil {
+			return err
+		}
+		u.updateJournal(func(j *Journal) { j.UUID = uuid })
+	}
 	return u.updateJournal(func(j *Journal) {
 		j.CPUs, j.MemoryMiB, j.DiskGiB = o.CPUs, o.MemoryMiB, o.DiskGiB
 		j.Forwards = forwardStrings(o.Forwards)

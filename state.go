@@ -40,6 +40,7 @@ type Journal struct {
 	NoProvision   bool     `json:"no_provision,omitempty"`
 	Restrict      bool     `json:"restrict_network,omitempty"`
 	DomainType    string   `json:"domain_type,omitempty"`
+	UUID          string   `json:"uuid,omitempty"`
 	Kernel        bool     `json:"kernel,omitempty"`
 	Initrd        bool     `json:"initrd,omitempty"`
 	Cmdline       string   `json:"cmdline,omitempty"`
@@ -83,7 +84,7 @@ func (p Paths) File(name string) string { return filepath.Join(p.Dir, name) }
 func (p Paths) Journal() string         { return p.File("state.json") }
 func (p Paths) Key() string             { return p.File("id_ed25519") }
 func (p Paths) KnownHosts() string      { return p.File("known_hosts") }
-func (p Paths) Inventory() string       { return p.File("inventory.ini") }
+func (p Paths) Inventory() string       { return p.File("inventory.yml") }
 func (p Paths) ControlSocket() string   { return p.File("ssh.sock") }
 func (p Paths) Console() string         { return p.File("console.log") }
 func (p Paths) Logs() string            { return p.File("logs") }

@@ -237,6 +237,7 @@ func (h *harness) freshPrepare() [][]string {
 		"virsh vol-path --pool vmup v1.qcow2",
 		"virsh vol-path --pool vmup v1-seed.iso",
 		"virsh define $HOME/vms/v1/domain.xml",
+		"virsh domuuid v1",
 	)
 }
 

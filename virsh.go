@@ -72,6 +72,11 @@ func (v *Virsh) Define(ctx context.Context, xmlFile string) error {
 	return err
 }
 
+func (v *Virsh) DomUUID(ctx context.Context, name string) (string, error) {
+	out, err := v.run(ctx, "domuuid", name)
+	return out, classify(err)
+}
+
 func (v *Virsh) Start(ctx context.Context, name string) error {
 	_, err := v.run(ctx, "start", name)
 	return err
