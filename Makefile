@@ -1,0 +1,18 @@
+# The test command is `go test ./...` (README); `make e2e` adds the real end-to-end suite.
+.PHONY: build test e2e demo clean
+
+build:
+	CGO_ENABLED=0 go build -o vmup .
+
+test:
+	go test ./...
+
+e2e:
+	scripts/e2e.sh
+
+# Brings up a VM "demo" from the small test image with examples/site.yml, detached.
+demo: build
+	scripts/demo.sh
+
+clean:
+	rm -f vmup

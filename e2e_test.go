@@ -1,0 +1,381 @@
+//go:build e2e
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The end-to-end suite: real libvirtd, QEMU under TCG, the project's Debian
+// cloud-init guest and ansible-playbook. Run it with `make e2e`, which
+// installs the packages, builds the image and starts libvirtd.
+
+const uri = "qemu:///system"
+
+type e2e struct {
+	t        *testing.T
+	home     string
+	imageDir string
+	name     string
+}
+
+func newE2E(t *testing.T, name string) *e2e {
+	dir := os.Getenv("VMUP_TEST_IMAGE_DIR")
+	if dir == "" {
+		t.Fatal("VMUP_TEST_IMAGE_DIR is not set: run the suite with `make e2e`")
+	}
+	e := &e2e{t: t, home: t.TempDir(), imageDir: dir, name: name}
+	t.Cleanup(func() {
+		// Whatever the test did, leave no VM behind.
+		e.vmup(5*time.Minute, "destroy", name)
+		e.checkNothingLeft()
+	})
+	start := time.Now()
+	t.Cleanup(func() { t.Logf("TIMING %s: %.1fs", t.Name(), time.Since(start).Seconds()) })
+	return e
+}
+
+func (e *e2e) upArgs(playbook string, extra ...string) []string {
+	return append([]string{"up", e.name,
+		"--image", filepath.Join(e.imageDir, "disk.qcow2"),
+		"--kernel", filepath.Join(e.imageDir, "vmlinuz"),
+		"--initrd", filepath.Join(e.imageDir, "initrd.img"),
+		"--cmdline", "root=LABEL=vmuproot rw console=ttyS0",
+		"--domain-type", "qemu", "--network", "user", "--restrict-network",
+		"--memory", "1024", "--disk", "4", "--boot-timeout", "6m",
+		"--playbook", filepath.Join("testdata", playbook)}, extra...)
+}
+
+func (e *e2e) env() []string {
+	return append(os.Environ(), "VMUP_HOME="+e.home, "LIBVIRT_DEFAULT_URI="+uri)
+}
+
+// vmup runs vmup to completion.
+func (e *e2e) vmup(timeout time.Duration, args ...string) (stdout, stderr string, code int) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, vmupBinary, args...)
+	cmd.Env = e.env()
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	cmd.Run()
+	e.t.Logf("vmup %s -> exit %d\n%s", strings.Join(args, " "), cmd.ProcessState.ExitCode(), errOut.String())
+	return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
+}
+
+func (e *e2e) must(timeout time.Duration, args ...string) string {
+	e.t.Helper()
+	out, _, code := e.vmup(timeout, args...)
+	if code != 0 {
+		e.t.Fatalf("vmup %s: exit %d", args[0], code)
+	}
+	return out
+}
+
+func virsh(args ...string) (string, error) {
+	out, err := exec.Command("virsh", append([]string{"-c", uri}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func (e *e2e) domState() string {
+	out, err := virsh("domstate", e.name)
+	if err != nil {
+		return "undefined"
+	}
+	return out
+}
+
+// checkNothingLeft: no domain, no VM volume, no state dir, no process that
+// names the VM's state dir (ssh masters, ansible, their ssh children).
+func (e *e2e) checkNothingLeft() {
+	t := e.t
+	if st := e.domState(); st != "undefined" {
+		t.Errorf("domain %s is still defined (%s)", e.name, st)
+	}
+	vols, _ := virsh("vol-list", "vmup")
+	for _, line := range strings.Split(vols, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], e.name) {
+			t.Errorf("volume %s is left", f[0])
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.home, "vms", e.name)); !os.IsNotExist(err) {
+		t.Errorf("state dir of %s is left", e.name)
+	}
+	if procs := processesMentioning(e.home); len(procs) > 0 {
+		t.Errorf("processes left: %v", procs)
+	}
+}
+
+func processesMentioning(s string) []string {
+	var found []string
+	entries, _ := os.ReadDir("/proc")
+	for _, ent := range entries {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		cmdline := strings.ReplaceAll(string(data), "\x00", " ")
+		if strings.Contains(cmdline, s) && !isZombie(pid) {
+			found = append(found, fmt.Sprintf("%d %s", pid, cmdline))
+		}
+	}
+	return found
+}
+
+func isZombie(pid int) bool { return !processAlive(pid) }
+
+// foreground is a `vmup up` running as a terminal's foreground job.
+type foreground struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	events chan jsonEvent
+	seen   []jsonEvent
+	stderr *bytes.Buffer
+	start  time.Time
+}
+
+func (e *e2e) startUp(args ...string) *foreground {
+	f := &foreground{t: e.t, events: make(chan jsonEvent, 200), stderr: &bytes.Buffer{}, start: time.Now()}
+	f.cmd = exec.Command(vmupBinary, append(args, "--json")...)
+	f.cmd.Env = e.env()
+	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	f.cmd.Stderr = f.stderr
+	stdout, _ := f.cmd.StdoutPipe()
+	if err := f.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var ev jsonEvent
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				f.events <- ev
+			}
+		}
+		close(f.events)
+	}()
+	e.t.Cleanup(func() { unix.Kill(-f.cmd.Process.Pid, syscall.SIGKILL) })
+	return f
+}
+
+// waitEvent returns once an event of that name whose message contains part arrived.
+func (f *foreground) waitEvent(event, part string, timeout time.Duration) time.Duration {
+	f.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case ev, ok := <-f.events:
+			if !ok {
+				f.t.Fatalf("vmup ended before %s %q:\n%s", event, part, f.stderr)
+			}
+			f.seen = append(f.seen, ev)
+			if ev.Event == event && strings.Contains(ev.Message, part) {
+				return time.Since(f.start)
+			}
+		case <-deadline:
+			f.t.Fatalf("no %s %q within %s:\n%s", event, part, timeout, f.stderr)
+		}
+	}
+}
+
+func (f *foreground) signalGroup(sig syscall.Signal) {
+	if err := unix.Kill(-f.cmd.Process.Pid, sig); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *foreground) exitCode(timeout time.Duration) int {
+	f.t.Helper()
+	done := make(chan struct{})
+	go func() {
+		for ev := range f.events {
+			f.seen = append(f.seen, ev)
+		}
+		f.cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		f.t.Fatalf("vmup did not exit within %s:\n%s", timeout, f.stderr)
+	}
+	f.t.Logf("vmup up (foreground) -> exit %d\n%s", f.cmd.ProcessState.ExitCode(), f.stderr)
+	return f.cmd.ProcessState.ExitCode()
+}
+
+// guestBootToSSHD is how long the guest itself took from kernel start to sshd.
+func (e *e2e) guestBootToSSHD() time.Duration {
+	out, _, _ := e.vmup(time.Minute, "ssh", e.name, "--", "systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "ssh.service")
+	v := strings.TrimPrefix(strings.TrimSpace(out), "ActiveEnterTimestampMonotonic=")
+	us, _ := strconv.ParseInt(v, 10, 64)
+	return time.Duration(us) * time.Microsecond
+}
+
+// a. up -d, marker, status, down, up -d again without a second playbook run, destroy.
+func TestE2EDetachedLifecycle(t *testing.T) {
+	e := newE2E(t, "e2e-a")
+	start := time.Now()
+	e.must(10*time.Minute, e.upArgs("marker.yml", "-d")...)
+	ready := time.Since(start)
+	t.Logf("TIMING up -d to ready: %.1fs; guest boot to sshd: %.1fs", ready.Seconds(), e.guestBootToSSHD().Seconds())
+
+	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-marker"); !strings.Contains(out, "provisioned by vmup") {
+		t.Errorf("marker: %q", out)
+	}
+	out, _, code := e.vmup(time.Minute, "status", e.name, "--json")
+	var st vmStatus
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Domain != "running" {
+		t.Errorf("status: exit %d, %q", code, out)
+	}
+	e.must(3*time.Minute, "down", e.name)
+	if st := e.domState(); st != "shut off" {
+		t.Fatalf("after down the domain is %q", st)
+	}
+	if _, _, code := e.vmup(time.Minute, "status", e.name); code != statusNotRunning {
+		t.Errorf("status of a shut off VM: exit %d, want 3", code)
+	}
+	start = time.Now()
+	_, stderr, code := e.vmup(10*time.Minute, "up", e.name, "-d")
+	if code != 0 {
+		t.Fatalf("second up: exit %d", code)
+	}
+	t.Logf("TIMING re-up -d to ready: %.1fs", time.Since(start).Seconds())
+	if strings.Contains(stderr, "Provisioning") {
+		t.Errorf("second up provisioned again:\n%s", stderr)
+	}
+	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-runs"); strings.Count(out, "run") != 1 {
+		t.Errorf("the playbook ran %d times, want 1", strings.Count(out, "run"))
+	}
+	e.must(3*time.Minute, "destroy", e.name)
+	e.checkNothingLeft()
+	vols, _ := virsh("vol-list", "vmup")
+	if !strings.Contains(vols, "vmup-base-") {
+		t.Errorf("the shared base volume is gone:\n%s", vols)
+	}
+}
+
+// b. Ctrl+C twice during the playbook removes the VM; nothing is left running.
+func TestE2EDoubleCtrlCDuringPlaybook(t *testing.T) {
+	e := newE2E(t, "e2e-b")
+	f := e.startUp(e.upArgs("slow.yml")...)
+	f.waitEvent("step_started", "Provisioning", 10*time.Minute)
+	// Let ansible get as far as the guest: its ssh children are running then.
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(processesMentioning("inventory.yml")) == 0 || !strings.Contains(f.stderr.String(), "TASK [long task]") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the playbook did not start its task:\n%s", f.stderr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	f.signalGroup(syscall.SIGINT)
+	f.waitEvent("confirm_abort", "", 30*time.Second)
+	f.signalGroup(syscall.SIGINT)
+	if code := f.exitCode(3 * time.Minute); code != exitSIGINT {
+		t.Fatalf("exit %d, want 130", code)
+	}
+	e.checkNothingLeft()
+}
+
+// c + d. Foreground up; Ctrl+C shuts it down; a second foreground up (Booting
+// path) ends when the domain is shut down from outside.
+func TestE2EForegroundShutdownAndExternalStop(t *testing.T) {
+	e := newE2E(t, "e2e-c")
+	f := e.startUp(e.upArgs("marker.yml")...)
+	t.Logf("TIMING foreground up to ready: %.1fs", f.waitEvent("ready", "", 10*time.Minute).Seconds())
+	f.signalGroup(syscall.SIGINT)
+	if code := f.exitCode(3 * time.Minute); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	if st := e.domState(); st != "shut off" {
+		t.Fatalf("after Ctrl+C the domain is %q, want shut off", st)
+	}
+
+	f = e.startUp("up", e.name)
+	f.waitEvent("ready", "", 10*time.Minute)
+	if _, err := virsh("shutdown", e.name); err != nil {
+		t.Fatal(err)
+	}
+	if code := f.exitCode(3 * time.Minute); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	if !strings.Contains(f.stderr.String(), "VM stopped externally") {
+		t.Errorf("no 'VM stopped externally':\n%s", f.stderr)
+	}
+	if st := e.domState(); st != "shut off" {
+		t.Errorf("domain is %q, want shut off", st)
+	}
+}
+
+// e. A failing playbook exits 3 and keeps the VM running; provision with a fixed one passes.
+func TestE2EFailingPlaybookThenProvision(t *testing.T) {
+	e := newE2E(t, "e2e-e")
+	_, stderr, code := e.vmup(10*time.Minute, e.upArgs("failing.yml", "-d")...)
+	if code != exitProvision {
+		t.Fatalf("exit %d, want 3", code)
+	}
+	if st := e.domState(); st != "running" {
+		t.Fatalf("after the failed playbook the domain is %q, want running", st)
+	}
+	if !strings.Contains(stderr, "vmup destroy "+e.name) {
+		t.Errorf("no hint how to remove the VM:\n%s", stderr)
+	}
+	e.must(5*time.Minute, "provision", e.name, "--playbook", "testdata/marker.yml")
+	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-marker"); !strings.Contains(out, "provisioned by vmup") {
+		t.Errorf("marker after provision: %q", out)
+	}
+}
+
+// f. kill -9 of vmup during Starting; the next up removes that VM and starts clean.
+func TestE2EKilledDuringStartingRecovers(t *testing.T) {
+	e := newE2E(t, "e2e-f")
+	f := e.startUp(e.upArgs("marker.yml")...)
+	f.waitEvent("step_started", "Waiting for SSH", 5*time.Minute)
+	f.signalGroup(syscall.SIGKILL)
+	f.exitCode(time.Minute)
+
+	_, stderr, code := e.vmup(10*time.Minute, e.upArgs("marker.yml", "-d")...)
+	if code != 0 {
+		t.Fatalf("up after kill -9: exit %d", code)
+	}
+	if !strings.Contains(stderr, "was interrupted") {
+		t.Errorf("no word about the interrupted first boot:\n%s", stderr)
+	}
+	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-runs"); strings.Count(out, "run") != 1 {
+		t.Errorf("playbook runs: %q, want one", out)
+	}
+}
+
+// The domain XML vmup writes is valid under libvirt's schema.
+func TestE2EDomainXMLValidates(t *testing.T) {
+	for _, network := range []string{"user", "nat"} {
+		data, err := domainXMLFor(DomainSpec{Name: "x", Type: "qemu", CPUs: 1, MemoryMiB: 512, Disk: "/a.qcow2",
+			Seed: "/s.iso", Kernel: "/k", Initrd: "/i", Cmdline: "root=/dev/vda", Network: network, SSHPort: 2222,
+			Forwards: []Forward{{"127.0.0.1", 8080, 80}}, ConsoleLog: "/c.log"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join(t.TempDir(), "d.xml")
+		os.WriteFile(file, data, 0o600)
+		if out, err := exec.Command("virt-xml-validate", file, "domain").CombinedOutput(); err != nil {
+			t.Errorf("%s network: virt-xml-validate: %v\n%s\n%s", network, err, out, data)
+		}
+	}
+}
