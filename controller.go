@@ -365,7 +365,7 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 		return
 	}
 	u.ssh = newSSH(u.env.Runner, u.o.Name, u.j.User, u.paths, ep)
-	if _, err := u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll); err != nil {
+	if _, err := u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive); err != nil {
 		fail(fmt.Errorf("no SSH login on %s: %w", ep, err))
 		return
 	}
@@ -393,6 +393,18 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// domainAlive fails once the domain stopped: waiting for its SSH is pointless then.
+func (u *upRun) domainAlive(ctx context.Context) error {
+	state, err := u.virsh.DomState(ctx, u.o.Name)
+	if err != nil {
+		return err
+	}
+	if state != "running" {
+		return fmt.Errorf("the domain is %s; see the console log %s", state, u.paths.Console())
+	}
+	return nil
 }
 
 // endpoint says where to reach the guest's sshd.

@@ -122,11 +122,36 @@ type binaryRun struct {
 	cmd    *exec.Cmd
 	events chan jsonEvent
 	seen   []jsonEvent
+	env    []string
+}
+
+// vmup runs another vmup command against the same VM and fakes.
+func (r *binaryRun) vmup(args ...string) (string, int) {
+	cmd := exec.Command(vmupBinary, args...)
+	cmd.Env = r.env
+	out, _ := cmd.CombinedOutput()
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+func (r *binaryRun) waitPlaybook() {
+	r.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !fileExists(filepath.Join(r.dir, "playbook.pid")) {
+		if time.Now().After(deadline) {
+			r.t.Fatal("the playbook did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // startVmup runs the built binary in its own process group, as a shell with
 // job control runs a foreground job, with the fakes on its program paths.
 func startVmup(t *testing.T, playbookMode string, args ...string) *binaryRun {
+	return startVmupWith(t, nil, playbookMode, args...)
+}
+
+// startVmupWith runs vmup behind a wrapper command such as nohup.
+func startVmupWith(t *testing.T, wrapper []string, playbookMode string, args ...string) *binaryRun {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	os.Mkdir(bin, 0o755)
@@ -143,11 +168,13 @@ func startVmup(t *testing.T, playbookMode string, args ...string) *binaryRun {
 	r := &binaryRun{t: t, dir: dir, home: filepath.Join(dir, "home"), events: make(chan jsonEvent, 100)}
 	all := append([]string{"up", "v1", "--image", image, "--playbook", play, "--domain-type", "qemu",
 		"--network", "user", "--json"}, args...)
-	r.cmd = exec.Command(vmupBinary, all...)
-	r.cmd.Env = append(os.Environ(),
+	argv := append(append(wrapper, vmupBinary), all...)
+	r.cmd = exec.Command(argv[0], argv[1:]...)
+	r.env = append(os.Environ(),
 		"VMUP_HOME="+r.home, "VMUP_FAKE_DIR="+dir, "VMUP_FAKE_PLAYBOOK="+playbookMode, "VMUP_POLL=20ms",
 		"VMUP_VIRSH="+filepath.Join(bin, "virsh"), "VMUP_SSH="+filepath.Join(bin, "ssh"),
 		"VMUP_QEMU_IMG="+filepath.Join(bin, "qemu-img"), "VMUP_ANSIBLE_PLAYBOOK="+filepath.Join(bin, "ansible-playbook"))
+	r.cmd.Env = r.env
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	r.cmd.Stderr = &testLogWriter{t: t}
 	stdout, err := r.cmd.StdoutPipe()
@@ -370,5 +397,54 @@ func TestBinaryVersion(t *testing.T) {
 	out, err := exec.Command(vmupBinary, "version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "vmup ") {
 		t.Errorf("vmup version: %q %v", out, err)
+	}
+}
+
+// Under nohup, SIGHUP stays ignored: the first boot goes on.
+func TestBinaryNohupKeepsSIGHUPIgnored(t *testing.T) {
+	r := startVmupWith(t, []string{"nohup"}, "block")
+	r.waitPlaybook()
+	unix.Kill(r.cmd.Process.Pid, syscall.SIGHUP)
+	// SIGTERM afterwards is handled; had SIGHUP counted, vmup would be gone with 129.
+	unix.Kill(r.cmd.Process.Pid, syscall.SIGTERM)
+	if code := r.exitCode(); code != exitSIGTERM {
+		t.Fatalf("exit %d, want 143 (SIGHUP must be ignored under nohup)", code)
+	}
+}
+
+func TestBinaryDownAsksForegroundUpToStop(t *testing.T) {
+	r := startVmup(t, "ok")
+	r.waitEvent("ready")
+	out, code := r.vmup("down", "v1")
+	if code != 0 {
+		t.Fatalf("down: exit %d\n%s", code, out)
+	}
+	if code := r.exitCode(); code != 0 {
+		t.Fatalf("up: exit %d, want 0", code)
+	}
+	if !r.called("virsh shutdown v1 --mode acpi") || r.called("virsh undefine") {
+		t.Errorf("want a shutdown and no undefine; calls %v", r.calls())
+	}
+}
+
+func TestBinaryDownRefusesFirstBootDestroyAbortsIt(t *testing.T) {
+	r := startVmup(t, "block")
+	r.waitPlaybook()
+	out, code := r.vmup("down", "v1")
+	if code != exitBusy || !strings.Contains(out, "vmup: hint:") {
+		t.Fatalf("down during the first boot: exit %d, want 5 with a hint\n%s", code, out)
+	}
+	if out, code := r.vmup("up", "v1"); code != exitBusy || !strings.Contains(out, "is busy (pid") {
+		t.Errorf("a second up: exit %d, want 5\n%s", code, out)
+	}
+	out, code = r.vmup("destroy", "v1")
+	if code != 0 {
+		t.Fatalf("destroy: exit %d\n%s", code, out)
+	}
+	if code := r.exitCode(); code != exitSIGTERM {
+		t.Errorf("up: exit %d, want 143", code)
+	}
+	if _, err := os.Stat(filepath.Join(r.home, "vms", "v1")); !os.IsNotExist(err) {
+		t.Errorf("state dir left after destroy: %v", err)
 	}
 }

@@ -100,7 +100,7 @@ func (s *SSH) Exec(ctx context.Context, command ...string) (Result, error) {
 
 // WaitMaster keeps starting the ControlMaster until it holds a connection or
 // ctx ends. The master then runs until masterCtx ends; its result goes to done.
-func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration) (done <-chan error, err error) {
+func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, alive func(context.Context) error) (done <-chan error, err error) {
 	for {
 		started := make(chan struct{})
 		ended := make(chan error, 1)
@@ -126,6 +126,9 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration) (do
 			}
 		}
 	retry:
+		if err := alive(ctx); err != nil {
+			return nil, err
+		}
 		if err := sleepCtx(ctx, poll); err != nil {
 			return nil, err
 		}
