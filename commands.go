@@ -14,6 +14,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// lockVM takes the VM's lock for a command that works on it, or says who holds it.
+func lockVM(out *Output, paths Paths) (*Lock, int) {
+	lock, holder, err := tryLock(paths.Lock)
+	if errors.Is(err, errLocked) {
+		out.Error("VM %s is busy (pid %d)", paths.Name(), holder)
+		return nil, exitBusy
+	}
+	if err != nil {
+		return nil, reportError(out, err)
+	}
+	return lock, 0
+}
+
 // loadVM reads a VM's journal for the commands that need an existing VM.
 func loadVM(env Env, o *Options, cmd string) (Paths, *Journal, int) {
 	if err := requireName(o, cmd); err != nil {
@@ -311,13 +324,9 @@ func runProvision(env Env, o *Options) int {
 	if j == nil {
 		return code
 	}
-	lock, holder, err := tryLock(paths.Lock)
-	if errors.Is(err, errLocked) {
-		out.Error("VM %s is busy (pid %d)", o.Name, holder)
-		return exitBusy
-	}
-	if err != nil {
-		return reportError(out, err)
+	lock, code := lockVM(out, paths)
+	if lock == nil {
+		return code
 	}
 	defer lock.Unlock()
 	playbook, args := absPath(o.Playbook), o.PlaybookArgs

@@ -16,13 +16,9 @@ func runUp(env Env, o *Options) int {
 		return reportError(out, err)
 	}
 	paths := pathsFor(env.Home, o.Name)
-	lock, holder, err := tryLock(paths.Lock)
-	if errors.Is(err, errLocked) {
-		out.Error("VM %s is busy (pid %d)", o.Name, holder)
-		return exitBusy
-	}
-	if err != nil {
-		return reportError(out, err)
+	lock, code := lockVM(out, paths)
+	if lock == nil {
+		return code
 	}
 	defer lock.Unlock()
 
