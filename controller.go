@@ -455,19 +455,27 @@ func (u *upRun) provision(ctx context.Context) {
 }
 
 // completeFirstBoot journals, before Running is entered, that no interrupt
-// may ever wipe this VM again; then drops the seed, which holds the host key.
+// may ever wipe this VM again. Then it replaces the seed, which holds the
+// guest's private host key, by one with the same instance-id and nothing
+// else: without any seed cloud-init would take the next boot for a new
+// instance and make new host keys, which vmup's pinned known_hosts rejects.
 func (u *upRun) completeFirstBoot() {
 	if err := u.updateJournal(func(j *Journal) { j.FirstBootDone = true }); err != nil {
 		u.env.Out.Warn("cannot record the completed first boot: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := u.define(ctx, false); err != nil {
-		u.env.Out.Warn("cannot drop the cloud-init seed from the domain: %v", err)
+	vol := u.o.Name + "-seed.iso"
+	if err := u.virsh.VolDelete(ctx, u.o.Pool, vol); err != nil {
+		u.env.Out.Warn("cannot delete the cloud-init seed volume: %v", err)
 		return
 	}
-	if err := u.virsh.VolDelete(ctx, u.o.Pool, u.o.Name+"-seed.iso"); err != nil {
-		u.env.Out.Warn("cannot delete the cloud-init seed volume: %v", err)
+	iso := buildISO("cidata", map[string][]byte{
+		"meta-data": metaData(u.o.Name, u.j.InstanceID),
+		"user-data": []byte("#cloud-config\n"),
+	})
+	if err := u.uploadBytes(ctx, iso, vol); err != nil {
+		u.env.Out.Warn("cannot write the cloud-init seed for later boots: %v", err)
 	}
 }
 

@@ -205,16 +205,25 @@ func (u *upRun) writeSeed(ctx context.Context) error {
 	if err := writeFileAtomic(u.paths.KnownHosts(), []byte(knownHostsLine(o.Name, host.Public)), 0o600); err != nil {
 		return err
 	}
-	iso := buildISO("cidata", map[string][]byte{
-		"meta-data": metaData(o.Name),
-		"user-data": userData(o.Name, o.User, client.Public, host),
-	})
-	seedFile := u.paths.File("seed.iso")
-	if err := writeFileAtomic(seedFile, iso, 0o600); err != nil {
+	instanceID := fmt.Sprintf("vmup-%s-%d", o.Name, time.Now().UnixNano())
+	if err := u.updateJournal(func(j *Journal) { j.InstanceID = instanceID }); err != nil {
 		return err
 	}
-	defer os.Remove(seedFile)
-	return u.upload(ctx, seedFile, o.Name+"-seed.iso")
+	iso := buildISO("cidata", map[string][]byte{
+		"meta-data": metaData(o.Name, instanceID),
+		"user-data": userData(o.Name, o.User, client.Public, host),
+	})
+	return u.uploadBytes(ctx, iso, o.Name+"-seed.iso")
+}
+
+// uploadBytes uploads data as a new volume, through a 0600 file in the state dir.
+func (u *upRun) uploadBytes(ctx context.Context, data []byte, vol string) error {
+	file := u.paths.File("upload.tmp")
+	if err := writeFileAtomic(file, data, 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(file)
+	return u.upload(ctx, file, vol)
 }
 
 func (u *upRun) domainType(ctx context.Context) (string, error) {

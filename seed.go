@@ -222,6 +222,6 @@ func userData(name, user, userPublic string, host SSHKey) []byte {
 	return b.Bytes()
 }
 
-func metaData(name string) []byte {
-	return []byte(fmt.Sprintf("instance-id: vmup-%s-%d\nlocal-hostname: %s\n", name, time.Now().UnixNano(), name))
+func metaData(name, instanceID string) []byte {
+	return []byte(fmt.Sprintf("instance-id: %s\nlocal-hostname: %s\n", instanceID, name))
 }

@@ -41,6 +41,7 @@ type Journal struct {
 	Restrict      bool     `json:"restrict_network,omitempty"`
 	DomainType    string   `json:"domain_type,omitempty"`
 	UUID          string   `json:"uuid,omitempty"`
+	InstanceID    string   `json:"instance_id,omitempty"`
 	Kernel        bool     `json:"kernel,omitempty"`
 	Initrd        bool     `json:"initrd,omitempty"`
 	Cmdline       string   `json:"cmdline,omitempty"`

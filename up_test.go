@@ -233,7 +233,7 @@ func (h *harness) freshPrepare() [][]string {
 		"virsh vol-upload --pool vmup "+base+" $IMG/base.qcow2",
 		"virsh vol-create-as vmup v1.qcow2 4294967296 --format qcow2 --backing-vol "+base+" --backing-vol-format qcow2",
 		"virsh vol-create-as vmup v1-seed.iso 55296 --format raw",
-		"virsh vol-upload --pool vmup v1-seed.iso $HOME/vms/v1/seed.iso",
+		"virsh vol-upload --pool vmup v1-seed.iso $HOME/vms/v1/upload.tmp",
 		"virsh vol-path --pool vmup v1.qcow2",
 		"virsh vol-path --pool vmup v1-seed.iso",
 		"virsh define $HOME/vms/v1/domain.xml",
@@ -251,11 +251,12 @@ func firstBoot() [][]string {
 	)
 }
 
+// completeFirstBoot replaces the seed by one without the host's private key.
 func completeFirstBoot() [][]string {
 	return seq(
-		"virsh vol-path --pool vmup v1.qcow2",
-		"virsh define $HOME/vms/v1/domain.xml",
 		"virsh vol-delete --pool vmup v1-seed.iso",
+		"virsh vol-create-as vmup v1-seed.iso 55296 --format raw",
+		"virsh vol-upload --pool vmup v1-seed.iso $HOME/vms/v1/upload.tmp",
 	)
 }
 
