@@ -196,6 +196,26 @@ func (f *foreground) waitEvent(event, part string, timeout time.Duration) time.D
 	}
 }
 
+// logStepTimes logs how long each step took, from the events' own timestamps.
+func (f *foreground) logStepTimes() {
+	var last time.Time
+	for _, ev := range f.seen {
+		ts, err := time.Parse(time.RFC3339Nano, ev.Time)
+		if err != nil {
+			continue
+		}
+		if last.IsZero() {
+			last = ts
+		}
+		if strings.HasPrefix(ev.Event, "step_") && ev.Event != "step_started" {
+			f.t.Logf("TIMING step %s %s: %.1fs", ev.Step, ev.Message, ts.Sub(last).Seconds())
+		}
+		if ev.Event == "step_started" {
+			last = ts
+		}
+	}
+}
+
 func (f *foreground) signalGroup(sig syscall.Signal) {
 	if err := unix.Kill(-f.cmd.Process.Pid, sig); err != nil {
 		f.t.Fatal(err)
@@ -300,6 +320,8 @@ func TestE2EForegroundShutdownAndExternalStop(t *testing.T) {
 	e := newE2E(t, "e2e-c")
 	f := e.startUp(e.upArgs("marker.yml")...)
 	t.Logf("TIMING foreground up to ready: %.1fs", f.waitEvent("ready", "", 10*time.Minute).Seconds())
+	f.logStepTimes()
+	t.Logf("TIMING guest boot to sshd: %.1fs", e.guestBootToSSHD().Seconds())
 	f.signalGroup(syscall.SIGINT)
 	if code := f.exitCode(3 * time.Minute); code != 0 {
 		t.Fatalf("exit %d, want 0", code)
