@@ -171,7 +171,7 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	u.updateJournal(func(j *Journal) {
 		j.BaseVolume, j.Kernel, j.Initrd, j.Cmdline, j.DomainType = base, o.Kernel != "", o.Initrd != "", o.Cmdline, domType
 	})
-	if err := u.define(ctx, true); err != nil {
+	if err := u.define(ctx); err != nil {
 		return err
 	}
 	out.Done("")
@@ -237,7 +237,7 @@ func (u *upRun) domainType(ctx context.Context) (string, error) {
 }
 
 // define (re)defines the domain from the options and the journal.
-func (u *upRun) define(ctx context.Context, withSeed bool) error {
+func (u *upRun) define(ctx context.Context) error {
 	o, j := u.o, u.j
 	path := func(vol string) (string, error) { return u.virsh.VolPath(ctx, o.Pool, vol) }
 	spec := DomainSpec{
@@ -249,10 +249,12 @@ func (u *upRun) define(ctx context.Context, withSeed bool) error {
 	if spec.Disk, err = path(o.Name + ".qcow2"); err != nil {
 		return err
 	}
-	if withSeed {
-		if spec.Seed, err = path(o.Name + "-seed.iso"); err != nil {
-			return err
-		}
+	// The seed stays attached after the first boot too (holding only the
+	// instance-id then); a VM whose seed volume is gone boots without one.
+	if spec.Seed, err = path(o.Name + "-seed.iso"); errors.Is(classify(err), errNotFound) {
+		spec.Seed = ""
+	} else if err != nil {
+		return err
 	}
 	if j.Kernel {
 		if spec.Kernel, err = path(o.Name + "-kernel"); err != nil {
@@ -342,7 +344,7 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 				return 0, err
 			}
 		}
-		if err := u.define(ctx, false); err != nil {
+		if err := u.define(ctx); err != nil {
 			return 0, err
 		}
 		u.created.domain = false // a redefinition is no new domain to undo

@@ -645,3 +645,35 @@ func TestReupWithChangedSettingsWhileRunning(t *testing.T) {
 		t.Error("the running VM was touched")
 	}
 }
+
+// Changed settings of a shut-off VM are applied by redefining it (and growing its disk).
+func TestReupRedefinesShutOffVMWithNewSettings(t *testing.T) {
+	h := newHarness(t)
+	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
+		t.Fatalf("up: exit %d\n%s", code, h.stderr)
+	}
+	h.fake.world.Domains["v1"] = "shut off"
+	h.fake.calls = nil
+	if code := h.wait(h.up("v1", "-d", "--memory", "4096", "--disk", "8")); code != 0 {
+		t.Fatalf("re-up: exit %d\n%s", code, h.stderr)
+	}
+	h.checkCalls(seq(
+		"virsh uri",
+		"virsh domstate v1",
+		"virsh vol-resize --pool vmup v1.qcow2 8589934592",
+		"virsh vol-path --pool vmup v1.qcow2",
+		"virsh vol-path --pool vmup v1-seed.iso",
+		"virsh define $HOME/vms/v1/domain.xml",
+		"virsh domstate v1",
+		"virsh start v1",
+		"ssh master",
+		"ssh -O check",
+	))
+	xml, _ := os.ReadFile(filepath.Join(h.env.Home, "vms", "v1", "domain.xml"))
+	if !strings.Contains(string(xml), `<memory unit="MiB">4096</memory>`) || !strings.Contains(string(xml), "<uuid>") {
+		t.Errorf("redefined XML lacks the new memory or the domain's UUID:\n%s", xml)
+	}
+	if j := h.journal(); j.MemoryMiB != 4096 || j.DiskGiB != 8 {
+		t.Errorf("journal memory %d disk %d", j.MemoryMiB, j.DiskGiB)
+	}
+}
