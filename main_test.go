@@ -448,3 +448,37 @@ func TestBinaryDownRefusesFirstBootDestroyAbortsIt(t *testing.T) {
 		t.Errorf("state dir left after destroy: %v", err)
 	}
 }
+
+// Ctrl+C during `vmup provision` stops the playbook's group and keeps the VM.
+func TestBinaryProvisionInterruptKeepsVM(t *testing.T) {
+	r := startVmup(t, "ok", "-d")
+	if code := r.exitCode(); code != 0 {
+		t.Fatalf("up -d: exit %d", code)
+	}
+	cmd := exec.Command(vmupBinary, "provision", "v1")
+	cmd.Env = append(r.env, "VMUP_FAKE_PLAYBOOK=block")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stderr = &testLogWriter{t: t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	r.waitPlaybook()
+	var pid, pgid, child int
+	data, _ := os.ReadFile(filepath.Join(r.dir, "playbook.pid"))
+	fmt.Sscan(string(data), &pid, &pgid, &child)
+	unix.Kill(-cmd.Process.Pid, syscall.SIGINT)
+	cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != exitSIGINT {
+		t.Errorf("provision: exit %d, want 130", code)
+	}
+	if err := unix.Kill(-pgid, 0); err != unix.ESRCH {
+		t.Errorf("the playbook's group %d survived (kill: %v)", pgid, err)
+	}
+	if r.called("virsh destroy") || r.called("virsh undefine") {
+		t.Errorf("provision touched the VM: %v", r.calls())
+	}
+	if _, err := os.Stat(filepath.Join(r.home, "vms", "v1", "state.json")); err != nil {
+		t.Errorf("the VM's state is gone: %v", err)
+	}
+}
