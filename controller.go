@@ -338,6 +338,7 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 			return
 		}
 		if ctx.Err() != nil {
+			out.Fail("interrupted")
 			return // stopped by the controller
 		}
 		out.Fail(err.Error())
@@ -443,6 +444,7 @@ func (u *upRun) provision(ctx context.Context) {
 	u.logPath = logPath
 	u.updateJournal(func(j *Journal) { j.PlaybookPGID = 0 })
 	if ctx.Err() != nil {
+		out.Fail("interrupted")
 		return
 	}
 	if err != nil {
