@@ -76,6 +76,7 @@ type upRun struct {
 	masterCtx    context.Context
 	masterCancel context.CancelFunc
 	ssh          *SSH
+	masterDone   <-chan error
 	forwards     *forwarder
 
 	created created // what this run made, for ActRemovePartial
@@ -286,6 +287,15 @@ func (u *upRun) finish() {
 		cancel()
 	}
 	u.masterCancel()
+	if u.masterDone != nil {
+		select {
+		case <-u.masterDone:
+		case <-time.After(15 * time.Second):
+		}
+	}
+	if u.ssh != nil {
+		os.Remove(controlPath(u.paths)) // a master that died by a signal leaves its socket
+	}
 	u.workCancel()
 	switch u.phase {
 	case Stopped:
@@ -366,7 +376,9 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 		return
 	}
 	u.ssh = newSSH(u.env.Runner, u.o.Name, u.j.User, u.paths, ep)
-	if _, err := u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive); err != nil {
+	done, err := u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive)
+	u.masterDone = done
+	if err != nil {
 		fail(fmt.Errorf("no SSH login on %s: %w", ep, err))
 		return
 	}

@@ -208,7 +208,7 @@ func (w *testLogWriter) Write(p []byte) (int, error) {
 // waitEvent reads JSON events until one named event arrives.
 func (r *binaryRun) waitEvent(event string) {
 	r.t.Helper()
-	timeout := time.After(20 * time.Second)
+	timeout := time.After(60 * time.Second)
 	for {
 		select {
 		case ev, ok := <-r.events:
@@ -220,7 +220,7 @@ func (r *binaryRun) waitEvent(event string) {
 				return
 			}
 		case <-timeout:
-			r.t.Fatalf("no %q event within 20s; events %v", event, r.seen)
+			r.t.Fatalf("no %q event within 60s; events %v", event, r.seen)
 		}
 	}
 }
