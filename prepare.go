@@ -64,8 +64,11 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	out.Step("Preparing image")
 	if u.recover != nil || o.Reset {
 		if u.recover != nil {
-			out.Say("recovering", "An earlier first boot of %s was interrupted (vmup pid %d is gone): removing it and starting clean",
-				o.Name, u.recover.PID)
+			how := fmt.Sprintf("was interrupted (vmup pid %d is gone)", u.recover.PID)
+			if u.recover.Phase == Failed.String() {
+				how = "failed while " + u.recover.FailedIn
+			}
+			out.Say("recovering", "An earlier first boot of %s %s: removing it and starting clean", o.Name, how)
 			reapGroup(u.recover.PlaybookPGID)
 			if base := u.recover.UploadingBase; base != "" {
 				if err := u.virsh.VolDelete(ctx, o.Pool, base); err != nil {
