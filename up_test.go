@@ -677,3 +677,27 @@ func TestReupRedefinesShutOffVMWithNewSettings(t *testing.T) {
 		t.Errorf("journal memory %d disk %d", j.MemoryMiB, j.DiskGiB)
 	}
 }
+
+// A second Ctrl+C while the guest shuts down forces it off: still exit 0, never undefined.
+func TestSecondCtrlCWhileStoppingForcesOff(t *testing.T) {
+	h := newHarness(t)
+	h.env.Poll = 5 * time.Millisecond
+	h.fake.world.ShutdownIgnored = true
+	done := h.up(h.upArgs()...)
+	h.events.waitFor(t, "ready", "")
+	h.sigs <- syscall.SIGINT
+	h.events.waitFor(t, "stopping", "")
+	h.sigs <- syscall.SIGINT
+	if code := h.wait(done); code != 0 {
+		t.Fatalf("exit %d, want 0\n%s", code, h.stderr)
+	}
+	h.events.waitFor(t, "force_off", "")
+	if h.fake.world.Domains["v1"] != "shut off" {
+		t.Errorf("domain is %q, want shut off", h.fake.world.Domains["v1"])
+	}
+	for _, c := range h.calls() {
+		if c[0] == "virsh" && (c[1] == "undefine" || c[1] == "vol-delete" && c[len(c)-1] != "v1-seed.iso") {
+			t.Errorf("stopping touched the VM's definition: %v", c)
+		}
+	}
+}

@@ -8,6 +8,6 @@ scripts/libvirtd.sh start "$(mktemp)"   # left running for the demo VM
 ./vmup up demo --reset -d --image "$image_dir/disk.qcow2" \
   --kernel "$image_dir/vmlinuz" --initrd "$image_dir/initrd.img" \
   --cmdline "root=LABEL=vmuproot rw console=ttyS0" \
-  --domain-type qemu --network user --memory 1024 --disk 4 \
+  --domain-type qemu --network user --restrict-network --memory 1024 --disk 4 \
   --playbook examples/site.yml
 echo "Try: ./vmup ssh demo    ./vmup status    ./vmup down demo    ./vmup destroy demo"
