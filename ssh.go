@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -174,5 +173,3 @@ func quoteSSHConfig(v string) string {
 	}
 	return v
 }
-
-var errNoEndpoint = errors.New("the VM has no SSH endpoint yet")

@@ -260,6 +260,19 @@ func completeFirstBoot() [][]string {
 	)
 }
 
+// wipeCalls is what removing VM v1 runs: domain, then every volume of it.
+func wipeCalls() [][]string {
+	return seq(
+		"virsh metadata v1 "+metadataURI,
+		"virsh destroy v1",
+		"virsh undefine v1",
+		"virsh vol-delete --pool vmup v1.qcow2",
+		"virsh vol-delete --pool vmup v1-seed.iso",
+		"virsh vol-delete --pool vmup v1-kernel",
+		"virsh vol-delete --pool vmup v1-initrd",
+	)
+}
+
 func concat(parts ...[][]string) [][]string {
 	var out [][]string
 	for _, p := range parts {
@@ -385,15 +398,7 @@ func TestReupAfterKilledFirstBoot(t *testing.T) {
 		leftover.Process.Kill()
 		t.Errorf("the killed run's playbook group was not reaped")
 	}
-	wipe := seq(
-		"virsh metadata v1 "+metadataURI,
-		"virsh destroy v1",
-		"virsh undefine v1",
-		"virsh vol-delete --pool vmup v1.qcow2",
-		"virsh vol-delete --pool vmup v1-seed.iso",
-		"virsh vol-delete --pool vmup v1-kernel",
-		"virsh vol-delete --pool vmup v1-initrd",
-	)
+	wipe := wipeCalls()
 	prep := h.freshPrepare()
 	base := "vmup-base-" + h.imgHash + ".qcow2"
 	// The pool and the base volume exist from the first run.
@@ -452,15 +457,7 @@ func TestDoubleCtrlCDuringProvisioningWipes(t *testing.T) {
 	if code := h.wait(done); code != exitSIGINT {
 		t.Fatalf("exit %d, want 130\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(h.freshPrepare(), firstBoot(), seq("ansible-playbook play.yml",
-		"virsh metadata v1 "+metadataURI,
-		"virsh destroy v1",
-		"virsh undefine v1",
-		"virsh vol-delete --pool vmup v1.qcow2",
-		"virsh vol-delete --pool vmup v1-seed.iso",
-		"virsh vol-delete --pool vmup v1-kernel",
-		"virsh vol-delete --pool vmup v1-initrd",
-	)))
+	h.checkCalls(concat(h.freshPrepare(), firstBoot(), seq("ansible-playbook play.yml"), wipeCalls()))
 	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Dir); !os.IsNotExist(err) {
 		t.Errorf("state dir still there: %v", err)
 	}
@@ -597,15 +594,7 @@ func TestDownAndDestroy(t *testing.T) {
 	if code := runDestroy(env, o); code != 0 {
 		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
 	}
-	h.checkCalls(seq("virsh uri",
-		"virsh metadata v1 "+metadataURI,
-		"virsh destroy v1",
-		"virsh undefine v1",
-		"virsh vol-delete --pool vmup v1.qcow2",
-		"virsh vol-delete --pool vmup v1-seed.iso",
-		"virsh vol-delete --pool vmup v1-kernel",
-		"virsh vol-delete --pool vmup v1-initrd",
-	))
+	h.checkCalls(concat(seq("virsh uri"), wipeCalls()))
 	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Dir); !os.IsNotExist(err) {
 		t.Errorf("state dir left: %v", err)
 	}
