@@ -178,7 +178,7 @@ func (u *upRun) run() int {
 			u.setPhase(from, t.Next)
 		}
 		for _, a := range t.Actions {
-			u.do(a, from)
+			u.do(a, from, m.ev)
 		}
 	}
 	u.finish()
@@ -213,7 +213,7 @@ func (u *upRun) closeWindow() {
 	}
 }
 
-func (u *upRun) do(a Action, from Phase) {
+func (u *upRun) do(a Action, from Phase, ev Event) {
 	out := u.env.Out
 	switch a {
 	case ActWarnConfirm:
@@ -247,7 +247,9 @@ func (u *upRun) do(a Action, from Phase) {
 	case ActForceOff:
 		u.goWork(u.forceOff)
 	case ActRemovePartial:
-		if from == Preparing && u.phase == Wiping {
+		if ev == EvPrepareRejected {
+			out.Say("aborting", "Nothing was started: removing what this run created")
+		} else {
 			out.Say("aborting", "Interrupted while preparing: removing what this run created")
 		}
 		old := u.oldWorkersSnapshot()
