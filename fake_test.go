@@ -114,6 +114,13 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 			return notFound("domain", arg(1))
 		}
 		return "00000000-0000-0000-0000-" + fmt.Sprintf("%012d", len(arg(1))), "", 0
+	case "domifaddr":
+		if w.Domains[arg(1)] != "running" {
+			return "", "", 0
+		}
+		return " Name       MAC address          Protocol     Address\n" +
+			"-------------------------------------------------------------------------------\n" +
+			" vnet0      52:54:00:12:34:56    ipv4         127.0.0.1/24\n", "", 0
 	case "metadata":
 		if _, ok := w.Domains[arg(1)]; !ok {
 			return notFound("domain", arg(1))

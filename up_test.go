@@ -690,3 +690,33 @@ func TestSecondCtrlCWhileStoppingForcesOff(t *testing.T) {
 		}
 	}
 }
+
+// On the NAT network the guest's address comes from its DHCP lease.
+func TestUpNATFindsGuestAddress(t *testing.T) {
+	h := newHarness(t)
+	args := h.upArgs("-d")
+	for i, a := range args {
+		if a == "user" {
+			args[i] = "nat"
+		}
+	}
+	if code := h.wait(h.up(args...)); code != 0 {
+		t.Fatalf("exit %d\n%s", code, h.stderr)
+	}
+	calls := h.calls()
+	want := argv("virsh domifaddr v1 --source lease")
+	found := false
+	for _, c := range calls {
+		found = found || cmp.Equal(c, want)
+	}
+	if !found {
+		t.Errorf("no lease lookup; calls %v", calls)
+	}
+	if j := h.journal(); j.SSHHost != "127.0.0.1" || j.SSHPort != 22 {
+		t.Errorf("journal endpoint %s:%d, want the lease address on port 22", j.SSHHost, j.SSHPort)
+	}
+	xml, _ := os.ReadFile(filepath.Join(h.env.Home, "vms", "v1", "domain.xml"))
+	if !strings.Contains(string(xml), `<source network="default"></source>`) || strings.Contains(string(xml), "qemu:commandline") {
+		t.Errorf("NAT domain XML:\n%s", xml)
+	}
+}
