@@ -176,7 +176,7 @@ func runDestroy(env Env, o *Options) int {
 		}
 	}
 	if j != nil {
-		reapGroup(j.PlaybookPGID)
+		reapGroup(j.PlaybookPGID, paths)
 	}
 	if err := wipeVM(ctx, v, pool, paths); err != nil {
 		return reportError(out, err)

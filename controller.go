@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -589,7 +591,7 @@ func (u *upRun) wipe(_ context.Context, old []*sync.WaitGroup) {
 	u.waitOldWorkers(old)
 	// Cleanup must finish even though the run was interrupted.
 	ctx := context.Background()
-	reapGroup(u.j.PlaybookPGID)
+	reapGroup(u.j.PlaybookPGID, u.paths)
 	if u.ssh != nil {
 		u.ssh.Exit(ctx)
 	}
@@ -637,10 +639,26 @@ func (u *upRun) removePartial(old []*sync.WaitGroup) {
 	u.send(EvWipeDone, nil)
 }
 
-// reapGroup kills what is left of a process group vmup started earlier.
-func reapGroup(pgid int) {
-	if pgid > 1 {
-		unix.Kill(-pgid, syscall.SIGKILL)
+// reapGroup kills what is left of a process group that an earlier vmup
+// started for this VM. A recorded group id may have been reused since, so only
+// members whose command line names the VM's state dir are killed.
+func reapGroup(pgid int, p Paths) {
+	if pgid <= 1 {
+		return
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := unix.Getpgid(pid); err != nil || g != pgid {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), p.Dir) {
+			unix.Kill(pid, syscall.SIGKILL)
+		}
 	}
 }
 

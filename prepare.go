@@ -69,7 +69,7 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 				how = "failed while " + u.recover.FailedIn
 			}
 			out.Say("recovering", "An earlier first boot of %s %s: removing it and starting clean", o.Name, how)
-			reapGroup(u.recover.PlaybookPGID)
+			reapGroup(u.recover.PlaybookPGID, u.paths)
 			if base := u.recover.UploadingBase; base != "" {
 				if err := u.virsh.VolDelete(ctx, o.Pool, base); err != nil {
 					return err

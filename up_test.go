@@ -366,11 +366,25 @@ func TestReupAfterKilledFirstBoot(t *testing.T) {
 	<-h.fake.playbookStarted
 	// Simulate `kill -9` of that vmup: its journal stays, its process is gone.
 	paths := pathsFor(h.env.Home, "v1")
-	leftover := exec.Command("sleep", "60")
+	// A leftover of that run: a process in the playbook's group that names the
+	// VM's state dir, as ansible and its ssh children do.
+	self, _ := os.Executable()
+	child := filepath.Join(paths.Dir, "fake-child")
+	if err := os.Symlink(self, child); err != nil {
+		t.Fatal(err)
+	}
+	leftover := exec.Command(child)
 	leftover.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	bystander := exec.Command("sleep", "60") // same group, nothing of the VM: must survive
+	bystander.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := leftover.Start(); err != nil {
 		t.Fatal(err)
 	}
+	bystander.SysProcAttr.Pgid = leftover.Process.Pid
+	if err := bystander.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer bystander.Process.Kill()
 	dead := exec.Command("true")
 	dead.Run()
 	j := h.journal()
@@ -397,6 +411,9 @@ func TestReupAfterKilledFirstBoot(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		leftover.Process.Kill()
 		t.Errorf("the killed run's playbook group was not reaped")
+	}
+	if err := bystander.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("a process of that group that is no part of the VM was killed: %v", err)
 	}
 	wipe := wipeCalls()
 	prep := h.freshPrepare()
