@@ -97,7 +97,10 @@ func fakeMain(prog string, args []string) int {
 		child := exec.Command(filepath.Join(filepath.Dir(os.Args[0]), "fake-child"))
 		child.Start()
 		pgid, _ := unix.Getpgid(0)
-		os.WriteFile(filepath.Join(dir, "playbook.pid"), []byte(fmt.Sprintf("%d %d %d", os.Getpid(), pgid, child.Process.Pid)), 0o600)
+		// Written whole or not at all: the test polls for this file.
+		pidFile := filepath.Join(dir, "playbook.pid")
+		os.WriteFile(pidFile+".tmp", []byte(fmt.Sprintf("%d %d %d", os.Getpid(), pgid, child.Process.Pid)), 0o600)
+		os.Rename(pidFile+".tmp", pidFile)
 		// Like ansible: the first SIGINT ends the run (after a moment of cleanup).
 		sig := <-sigs
 		appendFile(filepath.Join(dir, "playbook.signals"), sig.String()+"\n")
@@ -133,10 +136,18 @@ func (r *binaryRun) vmup(args ...string) (string, int) {
 	return string(out), cmd.ProcessState.ExitCode()
 }
 
-func (r *binaryRun) waitPlaybook() {
+// waitPlaybook polls until the fake playbook runs and returns its pid, its
+// process group and its child's pid.
+func (r *binaryRun) waitPlaybook() (pid, pgid, child int) {
 	r.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !fileExists(filepath.Join(r.dir, "playbook.pid")) {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		data, err := os.ReadFile(filepath.Join(r.dir, "playbook.pid"))
+		if err == nil {
+			if _, err := fmt.Sscan(string(data), &pid, &pgid, &child); err == nil {
+				return pid, pgid, child
+			}
+		}
 		if time.Now().After(deadline) {
 			r.t.Fatal("the playbook did not start")
 		}
@@ -275,20 +286,7 @@ func (r *binaryRun) playbookSignals() string {
 
 func TestBinaryDoubleCtrlCDuringPlaybook(t *testing.T) {
 	r := startVmup(t, "block")
-	var pid, pgid, child int
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		data, err := os.ReadFile(filepath.Join(r.dir, "playbook.pid"))
-		if err == nil {
-			if _, err := fmt.Sscan(string(data), &pid, &pgid, &child); err == nil {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the playbook did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	pid, pgid, _ := r.waitPlaybook()
 	if pgid == r.cmd.Process.Pid {
 		t.Fatal("the playbook runs in vmup's process group: a terminal's Ctrl+C would reach it")
 	}
@@ -347,14 +345,7 @@ func TestBinaryCtrlCAfterRunningShutsDown(t *testing.T) {
 
 func TestBinarySIGTERMDuringPlaybookWipes(t *testing.T) {
 	r := startVmup(t, "block")
-	r.waitEvent("step_started") // make sure the run is under way
-	deadline := time.Now().Add(20 * time.Second)
-	for !fileExists(filepath.Join(r.dir, "playbook.pid")) {
-		if time.Now().After(deadline) {
-			t.Fatal("the playbook did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	r.waitPlaybook()
 	unix.Kill(r.cmd.Process.Pid, syscall.SIGTERM)
 	if code := r.exitCode(); code != exitSIGTERM {
 		t.Fatalf("exit %d, want 143", code)
@@ -364,10 +355,6 @@ func TestBinarySIGTERMDuringPlaybookWipes(t *testing.T) {
 	}
 }
 
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
 
 func TestBinaryUsageErrors(t *testing.T) {
 	cases := []struct {
@@ -463,10 +450,7 @@ func TestBinaryProvisionInterruptKeepsVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-	r.waitPlaybook()
-	var pid, pgid, child int
-	data, _ := os.ReadFile(filepath.Join(r.dir, "playbook.pid"))
-	fmt.Sscan(string(data), &pid, &pgid, &child)
+	_, pgid, _ := r.waitPlaybook()
 	unix.Kill(-cmd.Process.Pid, syscall.SIGINT)
 	cmd.Wait()
 	if code := cmd.ProcessState.ExitCode(); code != exitSIGINT {
