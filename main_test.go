@@ -355,7 +355,6 @@ func TestBinarySIGTERMDuringPlaybookWipes(t *testing.T) {
 	}
 }
 
-
 func TestBinaryUsageErrors(t *testing.T) {
 	cases := []struct {
 		args []string
