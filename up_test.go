@@ -737,3 +737,35 @@ func TestUpNATFindsGuestAddress(t *testing.T) {
 		t.Errorf("NAT domain XML:\n%s", xml)
 	}
 }
+
+// Once the journal says the first boot completed, nothing else in it can send
+// a later up down the first-boot path: not a phase left from a crash.
+func TestCompletedFirstBootNeverWipedByLaterUp(t *testing.T) {
+	h := newHarness(t)
+	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
+		t.Fatalf("up: exit %d\n%s", code, h.stderr)
+	}
+	paths := pathsFor(h.env.Home, "v1")
+	j := h.journal()
+	dead := exec.Command("true")
+	dead.Run()
+	j.Phase, j.PID = "provisioning", dead.Process.Pid
+	writeJournal(paths, j)
+	h.fake.calls = nil
+
+	done := h.up("v1")
+	h.events.waitFor(t, "phase", "preparing -> running") // the domain still runs
+	h.sigs <- syscall.SIGINT
+	h.sigs <- syscall.SIGINT
+	if code := h.wait(done); code != 0 {
+		t.Fatalf("exit %d, want 0\n%s", code, h.stderr)
+	}
+	for _, c := range h.calls() {
+		if c[0] == "virsh" && (c[1] == "undefine" || c[1] == "vol-delete") {
+			t.Errorf("a later up removed parts of a completed VM: %v", c)
+		}
+	}
+	if h.has("confirm_abort") || h.has("recovering") {
+		t.Errorf("a later up took the first-boot path: %v", h.events.names())
+	}
+}
