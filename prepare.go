@@ -341,6 +341,21 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 	if o.DiskGiB < j.DiskGiB {
 		return 0, &usageError{msg: fmt.Sprintf("--disk %d is smaller than the VM's disk (%d GiB); disks only grow", o.DiskGiB, j.DiskGiB)}
 	}
+	// Something else may have taken the SSH port while the VM was off.
+	if !running && j.Network == "user" && !portFree(j.SSHPort) {
+		lock, err := u.globalLock(ctx)
+		if err != nil {
+			return 0, err
+		}
+		port, err := u.freePort()
+		lock.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		out.Say("ssh_port", "SSH port %d is taken now; VM %s moves to %d", j.SSHPort, o.Name, port)
+		u.updateJournal(func(j *Journal) { j.SSHPort = port })
+		changed = true
+	}
 	if changed {
 		if o.DiskGiB > j.DiskGiB {
 			if err := u.virsh.VolResize(ctx, o.Pool, o.Name+".qcow2", int64(o.DiskGiB)<<30); err != nil {
@@ -386,6 +401,15 @@ func (u *upRun) freePort() (int, error) {
 		}
 	}
 	return 0, errors.New("no free loopback port")
+}
+
+func portFree(port int) bool {
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
 
 func defaultPoolTarget(uri string) string {

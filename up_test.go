@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -767,5 +768,28 @@ func TestCompletedFirstBootNeverWipedByLaterUp(t *testing.T) {
 	}
 	if h.has("confirm_abort") || h.has("recovering") {
 		t.Errorf("a later up took the first-boot path: %v", h.events.names())
+	}
+}
+
+// A shut-off VM whose SSH port was taken meanwhile gets a free one.
+func TestReupMovesOffATakenSSHPort(t *testing.T) {
+	h := newHarness(t)
+	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
+		t.Fatalf("up: exit %d\n%s", code, h.stderr)
+	}
+	h.fake.world.Domains["v1"] = "shut off"
+	old := h.journal().SSHPort
+	squatter, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	if code := h.wait(h.up("v1", "-d")); code != 0 {
+		t.Fatalf("re-up: exit %d\n%s", code, h.stderr)
+	}
+	port := h.journal().SSHPort
+	xml, _ := os.ReadFile(filepath.Join(h.env.Home, "vms", "v1", "domain.xml"))
+	if port == old || !strings.Contains(string(xml), fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:22", port)) {
+		t.Errorf("SSH port %d (was %d); domain XML:\n%s", port, old, xml)
 	}
 }
