@@ -1,8 +1,10 @@
 # The test command is `go test ./...` (README); `make e2e` adds the real end-to-end suite.
 .PHONY: build test e2e demo clean
 
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
 build:
-	CGO_ENABLED=0 go build -o vmup .
+	CGO_ENABLED=0 go build -ldflags "-X main.version=$(VERSION)" -o vmup .
 
 test:
 	go test ./...
