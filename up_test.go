@@ -173,6 +173,14 @@ func (h *harness) up(args ...string) chan int {
 	return done
 }
 
+// createDetached brings v1 up with -d, as the setup of tests about later commands.
+func (h *harness) createDetached() {
+	h.t.Helper()
+	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
+		h.t.Fatalf("up: exit %d\n%s", code, h.stderr)
+	}
+}
+
 func (h *harness) wait(done chan int) int {
 	h.t.Helper()
 	select {
@@ -334,9 +342,7 @@ func TestUpForegroundCtrlCAfterRunningShutsDown(t *testing.T) {
 // Re-up of a completed VM boots it without the playbook; Ctrl+C there never wipes.
 func TestReupOfCompletedVM(t *testing.T) {
 	h := newHarness(t)
-	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
-		t.Fatalf("first up: exit %d\n%s", code, h.stderr)
-	}
+	h.createDetached()
 	h.fake.world.Domains["v1"] = "shut off"
 	h.fake.calls = nil
 
@@ -595,9 +601,7 @@ func TestBusyVM(t *testing.T) {
 
 func TestDownAndDestroy(t *testing.T) {
 	h := newHarness(t)
-	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
-		t.Fatalf("up: exit %d\n%s", code, h.stderr)
-	}
+	h.createDetached()
 	h.fake.calls = nil
 	env := h.env
 	env.Out = h.out()
@@ -638,9 +642,7 @@ func TestDestroyRefusesForeignDomain(t *testing.T) {
 
 func TestReupWithChangedSettingsWhileRunning(t *testing.T) {
 	h := newHarness(t)
-	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
-		t.Fatalf("up: exit %d\n%s", code, h.stderr)
-	}
+	h.createDetached()
 	code := h.wait(h.up("v1", "--memory", "4096"))
 	if code != exitUsage {
 		t.Fatalf("exit %d, want 2\n%s", code, h.stderr)
@@ -656,9 +658,7 @@ func TestReupWithChangedSettingsWhileRunning(t *testing.T) {
 // Changed settings of a shut-off VM are applied by redefining it (and growing its disk).
 func TestReupRedefinesShutOffVMWithNewSettings(t *testing.T) {
 	h := newHarness(t)
-	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
-		t.Fatalf("up: exit %d\n%s", code, h.stderr)
-	}
+	h.createDetached()
 	h.fake.world.Domains["v1"] = "shut off"
 	h.fake.calls = nil
 	if code := h.wait(h.up("v1", "-d", "--memory", "4096", "--disk", "8")); code != 0 {
@@ -743,9 +743,7 @@ func TestUpNATFindsGuestAddress(t *testing.T) {
 // a later up down the first-boot path: not a phase left from a crash.
 func TestCompletedFirstBootNeverWipedByLaterUp(t *testing.T) {
 	h := newHarness(t)
-	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
-		t.Fatalf("up: exit %d\n%s", code, h.stderr)
-	}
+	h.createDetached()
 	paths := pathsFor(h.env.Home, "v1")
 	j := h.journal()
 	dead := exec.Command("true")
@@ -774,9 +772,7 @@ func TestCompletedFirstBootNeverWipedByLaterUp(t *testing.T) {
 // A shut-off VM whose SSH port was taken meanwhile gets a free one.
 func TestReupMovesOffATakenSSHPort(t *testing.T) {
 	h := newHarness(t)
-	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
-		t.Fatalf("up: exit %d\n%s", code, h.stderr)
-	}
+	h.createDetached()
 	h.fake.world.Domains["v1"] = "shut off"
 	old := h.journal().SSHPort
 	squatter, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", old))
