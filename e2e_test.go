@@ -31,6 +31,18 @@ type e2e struct {
 	home     string
 	imageDir string
 	name     string
+	netns    string // run vmup inside this network namespace
+}
+
+// command runs vmup with args, inside e.netns when there is one.
+func (e *e2e) command(ctx context.Context, args ...string) *exec.Cmd {
+	argv := append([]string{vmupBinary}, args...)
+	if e.netns != "" {
+		argv = append([]string{"ip", "netns", "exec", e.netns}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = e.env()
+	return cmd
 }
 
 func newE2E(t *testing.T, name string) *e2e {
@@ -68,8 +80,7 @@ func (e *e2e) env() []string {
 func (e *e2e) vmup(timeout time.Duration, args ...string) (stdout, stderr string, code int) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, vmupBinary, args...)
-	cmd.Env = e.env()
+	cmd := e.command(ctx, args...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	cmd.Run()
@@ -154,8 +165,7 @@ type foreground struct {
 
 func (e *e2e) startUp(args ...string) *foreground {
 	f := &foreground{t: e.t, events: make(chan jsonEvent, 200), stderr: &bytes.Buffer{}, start: time.Now()}
-	f.cmd = exec.Command(vmupBinary, append(args, "--json")...)
-	f.cmd.Env = e.env()
+	f.cmd = e.command(context.Background(), append(args, "--json")...)
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	f.cmd.Stderr = f.stderr
 	stdout, _ := f.cmd.StdoutPipe()
@@ -417,5 +427,57 @@ func TestE2EZNothingLeft(t *testing.T) {
 	}
 	if out, _ := exec.Command("ip", "netns", "list").Output(); len(bytes.TrimSpace(out)) > 0 {
 		t.Logf("network namespaces present (none made by this suite): %s", out)
+	}
+}
+
+// NAT network, run by scripts/e2e.sh with libvirtd inside a network namespace
+// of its own: vmup runs in there too, finds the guest's address from its DHCP
+// lease, and serves --forward itself while up runs in the foreground.
+func TestNATInNetns(t *testing.T) {
+	ns := os.Getenv("VMUP_NAT_NETNS")
+	if ns == "" {
+		t.Fatal("VMUP_NAT_NETNS is not set: run the suite with `make e2e`")
+	}
+	if out, err := virsh("net-start", "default"); err != nil && !strings.Contains(out, "already active") {
+		t.Fatalf("net-start default: %v %s", err, out)
+	}
+	t.Cleanup(func() { virsh("net-destroy", "default") })
+	e := newE2E(t, "e2e-nat")
+	e.netns = ns
+	args := e.upArgs("marker.yml", "-d")
+	for i, a := range args {
+		if a == "--restrict-network" {
+			args = append(args[:i], args[i+1:]...)
+			break
+		}
+	}
+	for i, a := range args {
+		if a == "user" {
+			args[i] = "nat"
+		}
+	}
+	start := time.Now()
+	e.must(10*time.Minute, args...)
+	t.Logf("TIMING nat up -d to ready: %.1fs", time.Since(start).Seconds())
+	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-marker"); !strings.Contains(out, "provisioned by vmup") {
+		t.Errorf("marker: %q", out)
+	}
+	out, _, _ := e.vmup(time.Minute, "status", e.name, "--json")
+	var st vmStatus
+	if json.Unmarshal([]byte(out), &st) != nil || !strings.HasPrefix(st.SSH, "192.168.122.") {
+		t.Errorf("status: %q; want the lease address", out)
+	}
+	e.must(3*time.Minute, "down", e.name)
+
+	f := e.startUp("up", e.name, "--forward", "18022:22")
+	f.waitEvent("ready", "127.0.0.1:18022 -> 22", 10*time.Minute)
+	banner, err := exec.Command("ip", "netns", "exec", ns, "bash", "-c",
+		"exec 3<>/dev/tcp/127.0.0.1/18022 && head -c 8 <&3").Output()
+	if err != nil || string(banner) != "SSH-2.0-" {
+		t.Errorf("through the forward: %q %v", banner, err)
+	}
+	f.signalGroup(syscall.SIGINT)
+	if code := f.exitCode(3 * time.Minute); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
 	}
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Starts virtlogd and libvirtd if none runs (this machine has no systemd), and
-# stops what it started: `libvirtd.sh start STATEFILE` / `libvirtd.sh stop STATEFILE`.
+# stops what it started: `libvirtd.sh start STATEFILE [NETNS]` / `libvirtd.sh stop STATEFILE`.
+# With NETNS, libvirtd runs in that network namespace, so its NAT network and
+# guests live there and nothing they send can leave it.
 # KVM guests hang here, so libvirtd gets a /dev/kvm it cannot open: without
 # that it re-probes QEMU on every define and start, which takes seconds.
 set -euo pipefail
-cmd=$1 state=$2
+cmd=$1 state=$2 netns=${3:-}
 
 running() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
@@ -20,10 +22,12 @@ start)
     grep -q '^namespaces = \[\]' "$conf" || echo 'namespaces = []' >> "$conf"
     blocker=/run/vmup-no-kvm
     [ -e "$blocker" ] || { touch "$blocker"; chmod 000 "$blocker"; }
+    in_netns=()
+    [ -n "$netns" ] && in_netns=(ip netns exec "$netns")
     if [ -e /dev/kvm ]; then
-      unshare -m --propagation private sh -c "mount --bind $blocker /dev/kvm && exec libvirtd -d"
+      "${in_netns[@]}" unshare -m --propagation private sh -c "mount --bind $blocker /dev/kvm && exec libvirtd -d"
     else
-      libvirtd -d
+      "${in_netns[@]}" libvirtd -d
     fi
     echo "libvirtd $(pgrep -x -n libvirtd)" >> "$state"
   fi
