@@ -21,7 +21,7 @@ type BaseImage struct {
 
 // fetchImage returns a local path for --image, downloading a URL once into
 // the cache (as NAME.part, renamed when complete and verified).
-func fetchImage(ctx context.Context, home, image, wantSHA string, progress io.Writer) (string, error) {
+func fetchImage(ctx context.Context, home, image, wantSHA string) (string, error) {
 	if !isURL(image) {
 		return image, nil
 	}

@@ -25,18 +25,18 @@ func TestFetchImageFromURL(t *testing.T) {
 	home := t.TempDir()
 	url := srv.URL + "/debian.qcow2"
 
-	path, err := fetchImage(context.Background(), home, url, hex.EncodeToString(sum[:]), nil)
+	path, err := fetchImage(context.Background(), home, url, hex.EncodeToString(sum[:]))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(path); string(got) != string(body) || filepath.Dir(path) != filepath.Join(home, "cache") {
 		t.Errorf("cached %s = %q", path, got)
 	}
-	if again, err := fetchImage(context.Background(), home, url, "", nil); err != nil || again != path || hits != 1 {
+	if again, err := fetchImage(context.Background(), home, url, ""); err != nil || again != path || hits != 1 {
 		t.Errorf("second fetch: %s %v, %d downloads; want the cached file and one download", again, err, hits)
 	}
 
-	_, err = fetchImage(context.Background(), home, srv.URL+"/other.qcow2", hex.EncodeToString(make([]byte, 32)), nil)
+	_, err = fetchImage(context.Background(), home, srv.URL+"/other.qcow2", hex.EncodeToString(make([]byte, 32)))
 	var ue *usageError
 	if !errors.As(err, &ue) {
 		t.Fatalf("checksum mismatch: err %v, want a usage error", err)

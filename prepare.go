@@ -89,7 +89,7 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	if err := u.updateJournal(func(j *Journal) {}); err != nil {
 		return err
 	}
-	local, err := fetchImage(ctx, u.env.Home, o.Image, o.ImageSHA256, nil)
+	local, err := fetchImage(ctx, u.env.Home, o.Image, o.ImageSHA256)
 	if err != nil {
 		return err
 	}
