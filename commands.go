@@ -53,7 +53,9 @@ func askOwnerToStop(env Env, paths Paths, pid int, timeout time.Duration) (*Lock
 			return nil, fmt.Errorf("cannot signal vmup pid %d: %w", pid, err)
 		}
 	}
-	l, err := waitLock(paths.Lock, timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	l, err := waitLock(ctx, paths.Lock)
 	if errors.Is(err, errLocked) {
 		return nil, fmt.Errorf("vmup pid %d did not stop within %s", pid, timeout)
 	}
@@ -196,16 +198,16 @@ type vmStatus struct {
 	PID      int      `json:"pid,omitempty"`
 }
 
-func statusOf(ctx context.Context, env Env, name string) (vmStatus, *Journal) {
+func statusOf(ctx context.Context, env Env, name string) vmStatus {
 	paths := pathsFor(env.Home, name)
 	s := vmStatus{Name: name, Phase: "unknown", Domain: "unknown", Forwards: []string{}}
 	j, _ := readJournal(paths)
 	connect := defaultOptions().Connect
 	if j != nil {
 		s.Phase, connect = j.Phase, j.Connect
-		if _, holder, err := tryLock(paths.Lock); errors.Is(err, errLocked) {
+		if holder, held := lockHolder(paths.Lock); held {
 			s.PID = holder
-		} else if err == nil && (s.Phase == Running.String() || s.Phase == Booting.String()) {
+		} else if s.Phase == Running.String() || s.Phase == Booting.String() {
 			s.Phase = "detached" // its vmup is gone; the VM may still run
 		}
 		if j.SSHPort != 0 {
@@ -222,7 +224,7 @@ func statusOf(ctx context.Context, env Env, name string) (vmStatus, *Journal) {
 	case err == nil:
 		s.Domain = state
 	}
-	return s, j
+	return s
 }
 
 func runStatus(env Env, o *Options) int {
@@ -251,7 +253,7 @@ func runStatus(env Env, o *Options) int {
 			fmt.Printf("%-20s %-13s %-10s %-21s %s\n", "NAME", "PHASE", "DOMAIN", "SSH", "FORWARDS")
 		}
 		for _, n := range names {
-			s, _ := statusOf(ctx, env, n)
+			s := statusOf(ctx, env, n)
 			print(s)
 		}
 		return exitOK
@@ -264,7 +266,7 @@ func runStatus(env Env, o *Options) int {
 		env.Out.Error("no VM named %s", o.Name)
 		return statusNoSuchVM
 	}
-	s, _ := statusOf(ctx, env, o.Name)
+	s := statusOf(ctx, env, o.Name)
 	print(s)
 	if s.Domain != "running" {
 		return statusNotRunning

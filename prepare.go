@@ -46,16 +46,11 @@ func (u *upRun) prepare(ctx context.Context) {
 
 // globalLock guards what VMs share: the pool, base volumes, port choice.
 func (u *upRun) globalLock(ctx context.Context) (*Lock, error) {
-	path := filepath.Join(u.env.Home, "locks", "_global.lock")
-	for {
-		l, _, err := tryLock(path)
-		if !errors.Is(err, errLocked) {
-			return l, err
-		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
-			return nil, err
-		}
+	l, err := waitLock(ctx, filepath.Join(u.env.Home, "locks", "_global.lock"))
+	if errors.Is(err, errLocked) {
+		return nil, ctx.Err()
 	}
+	return l, err
 }
 
 func (u *upRun) prepareFresh(ctx context.Context) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -184,16 +185,33 @@ func tryLock(path string) (*Lock, int, error) {
 	return &Lock{f}, 0, nil
 }
 
-// waitLock polls for the lock until the deadline.
-func waitLock(path string, timeout time.Duration) (*Lock, error) {
-	deadline := time.Now().Add(timeout)
+// waitLock polls for the lock until it is free or ctx ends.
+func waitLock(ctx context.Context, path string) (*Lock, error) {
 	for {
 		l, _, err := tryLock(path)
-		if err == nil || !errors.Is(err, errLocked) || time.Now().After(deadline) {
+		if !errors.Is(err, errLocked) {
 			return l, err
 		}
-		time.Sleep(100 * time.Millisecond)
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return nil, errLocked
+		}
 	}
+}
+
+// lockHolder says whether a process holds the lock, and its pid, without
+// taking the lock for longer than the probe or writing to it.
+func lockHolder(path string) (pid int, held bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
+		return 0, false // closing f releases it
+	}
+	data, _ := os.ReadFile(path)
+	pid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid, true
 }
 
 func (l *Lock) Unlock() {
@@ -201,26 +219,6 @@ func (l *Lock) Unlock() {
 		l.f.Close()
 		l.f = nil
 	}
-}
-
-// processAlive says whether pid still runs (a zombie counts as gone).
-func processAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	if err := unix.Kill(pid, 0); err != nil && !errors.Is(err, unix.EPERM) {
-		return false
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	// The state follows the command name in parentheses, which may hold spaces.
-	s := string(data)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2] != 'Z'
-	}
-	return true
 }
 
 // listVMs names every VM with a state dir.
