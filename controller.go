@@ -398,18 +398,11 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 			// 2: cloud-init finished with recoverable errors (deprecated keys and such).
 			out.Done("finished with warnings")
 		default:
-			fail(fmt.Errorf("cloud-init: %s", strings.TrimSpace(string(res.Stdout)+" "+errString(err))))
+			fail(fmt.Errorf("cloud-init: %s", strings.TrimSpace(string(res.Stdout)+" "+err.Error())))
 			return
 		}
 	}
 	u.send(EvReady, nil)
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
 
 // domainAlive fails once the domain stopped: waiting for its SSH is pointless then.

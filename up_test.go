@@ -181,6 +181,16 @@ func (h *harness) createDetached() {
 	}
 }
 
+// upBlockedInPlaybook starts a foreground first boot and returns once its
+// playbook runs (and keeps running until stopped).
+func (h *harness) upBlockedInPlaybook() chan int {
+	h.t.Helper()
+	h.fake.playbook = "block"
+	done := h.up(h.upArgs()...)
+	<-h.fake.playbookStarted
+	return done
+}
+
 func (h *harness) wait(done chan int) int {
 	h.t.Helper()
 	select {
@@ -368,9 +378,7 @@ func TestReupOfCompletedVM(t *testing.T) {
 // playbook group, removes the VM and starts clean.
 func TestReupAfterKilledFirstBoot(t *testing.T) {
 	h := newHarness(t)
-	h.fake.playbook = "block"
-	done := h.up(h.upArgs()...)
-	<-h.fake.playbookStarted
+	done := h.upBlockedInPlaybook()
 	// Simulate `kill -9` of that vmup: its journal stays, its process is gone.
 	paths := pathsFor(h.env.Home, "v1")
 	// A leftover of that run: a process in the playbook's group that names the
@@ -469,9 +477,7 @@ func TestFailedPlaybookKeepsVMAndReupRetries(t *testing.T) {
 // First boot: one Ctrl+C warns and keeps going; a second within the window wipes.
 func TestDoubleCtrlCDuringProvisioningWipes(t *testing.T) {
 	h := newHarness(t)
-	h.fake.playbook = "block"
-	done := h.up(h.upArgs()...)
-	<-h.fake.playbookStarted
+	done := h.upBlockedInPlaybook()
 	h.sigs <- syscall.SIGINT
 	h.events.waitFor(t, "confirm_abort", "Press Ctrl+C again")
 	if h.has("aborting") {
@@ -492,9 +498,7 @@ func (h *harness) has(event string) bool { return h.events.has(event) }
 // The window closes after its time: the next Ctrl+C warns again instead of wiping.
 func TestConfirmWindowExpires(t *testing.T) {
 	h := newHarness(t)
-	h.fake.playbook = "block"
-	done := h.up(h.upArgs()...)
-	<-h.fake.playbookStarted
+	done := h.upBlockedInPlaybook()
 	h.sigs <- syscall.SIGINT
 	h.events.waitFor(t, "confirm_abort", "")
 	h.clock.fire()
