@@ -81,6 +81,7 @@ func versionString() string {
 }
 
 func main() {
+	surviveClosedOutput()
 	os.Exit(run(os.Args[1:]))
 }
 

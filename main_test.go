@@ -161,8 +161,12 @@ func startVmup(t *testing.T, playbookMode string, args ...string) *binaryRun {
 	return startVmupWith(t, nil, playbookMode, args...)
 }
 
-// startVmupWith runs vmup behind a wrapper command such as nohup.
-func startVmupWith(t *testing.T, wrapper []string, playbookMode string, args ...string) *binaryRun {
+// newBinaryRun prepares `vmup up v1 …` with the fakes, not yet started.
+func newBinaryRun(t *testing.T, playbookMode string, args ...string) *binaryRun {
+	return newBinaryRunWith(t, nil, playbookMode, args...)
+}
+
+func newBinaryRunWith(t *testing.T, wrapper []string, playbookMode string, args ...string) *binaryRun {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	os.Mkdir(bin, 0o755)
@@ -187,6 +191,12 @@ func startVmupWith(t *testing.T, wrapper []string, playbookMode string, args ...
 		"VMUP_QEMU_IMG="+filepath.Join(bin, "qemu-img"), "VMUP_ANSIBLE_PLAYBOOK="+filepath.Join(bin, "ansible-playbook"))
 	r.cmd.Env = r.env
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return r
+}
+
+// startVmupWith runs vmup behind a wrapper command such as nohup.
+func startVmupWith(t *testing.T, wrapper []string, playbookMode string, args ...string) *binaryRun {
+	r := newBinaryRunWith(t, wrapper, playbookMode, args...)
 	r.cmd.Stderr = &testLogWriter{t: t}
 	stdout, err := r.cmd.StdoutPipe()
 	if err != nil {

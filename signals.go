@@ -18,6 +18,15 @@ func notifySignals(ch chan<- os.Signal) (stop func()) {
 	return func() { signal.Stop(ch) }
 }
 
+// surviveClosedOutput keeps vmup alive when the reader of its stdout or
+// stderr is gone (`vmup up | tee` after Ctrl+C, `--json | head`): Go kills a
+// program that writes to a broken pipe on fd 1 or 2 unless SIGPIPE is
+// notified; with it, such writes fail with EPIPE, which progress output
+// ignores. Notify, not Ignore: children get SIGPIPE's default back on exec.
+func surviveClosedOutput() {
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+}
+
 // signalEvent turns a signal into the controller's event. A SIGINT is a
 // confirmation only while the first-boot window is open.
 func signalEvent(sig os.Signal, windowOpen bool) Event {

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pipedRun is `vmup up … 2>&1 | reader` as a shell with job control runs it:
+// vmup and the reader share one process group, the terminal's foreground job.
+type pipedRun struct {
+	*binaryRun
+	reader *exec.Cmd
+	log    string // what the reader copied
+}
+
+// startVmupPiped runs vmup with stdout and stderr into a pipe read by a `cat`
+// (SIGINT at default, like tee) in vmup's own process group.
+func startVmupPiped(t *testing.T, playbookMode string, args ...string) *pipedRun {
+	t.Helper()
+	r := newBinaryRun(t, playbookMode, args...)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cmd.Stdout, r.cmd.Stderr = pw, pw
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(-r.cmd.Process.Pid, syscall.SIGKILL) })
+	p := &pipedRun{binaryRun: r, log: filepath.Join(r.dir, "tee.log")}
+	logFile, err := os.Create(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.reader = exec.Command("cat")
+	p.reader.Stdin, p.reader.Stdout = pr, logFile
+	p.reader.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: r.cmd.Process.Pid}
+	if err := p.reader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pr.Close()
+	pw.Close()
+	logFile.Close()
+	return p
+}
+
+// readerGone waits until the pipe's reader has died of the Ctrl+C.
+func (p *pipedRun) readerGone() {
+	p.t.Helper()
+	done := make(chan struct{})
+	go func() { p.reader.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		p.t.Fatal("the pipe's reader did not die of SIGINT")
+	}
+}
+
+// waitExit returns vmup's own exit status (not the pipeline's); -1 for a signal death.
+func (p *pipedRun) waitExit() (int, string) {
+	p.t.Helper()
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		p.t.Fatal("vmup did not exit")
+	}
+	ws := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		return -1, ws.Signal().String()
+	}
+	return ws.ExitStatus(), ""
+}
+
+// waitJournalPhase polls the journal until it names phase.
+func (r *binaryRun) waitJournalPhase(phase string) {
+	r.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		data, _ := os.ReadFile(filepath.Join(r.home, "vms", "v1", "state.json"))
+		var j struct{ Phase string }
+		if json.Unmarshal(data, &j) == nil && j.Phase == phase {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("the journal never said %q (last: %s)", phase, data)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Item 1: `vmup up … 2>&1 | tee`, Ctrl+C: tee dies too. The first Ctrl+C of a
+// first boot only warns, and a second one still ends in a complete wipe.
+func TestClosedPipeDuringFirstBootChangesNothing(t *testing.T) {
+	p := startVmupPiped(t, "block")
+	pid, pgid, _ := p.waitPlaybook()
+	p.ctrlC()
+	p.readerGone()
+	// Writes to the dead pipe happen from here on; vmup must go on regardless.
+	p.waitJournalPhase("provisioning")
+	if unix.Kill(p.cmd.Process.Pid, 0) != nil || unix.Kill(pid, 0) != nil {
+		code, sig := p.waitExit()
+		t.Fatalf("after one Ctrl+C vmup or the playbook is gone (vmup exit %d %s)", code, sig)
+	}
+	if s := p.playbookSignals(); s != "" {
+		t.Fatalf("the playbook got %q from the first Ctrl+C", s)
+	}
+	p.ctrlC()
+	if code, sig := p.waitExit(); code != exitSIGINT {
+		t.Fatalf("vmup exit %d %s, want 130", code, sig)
+	}
+	if err := unix.Kill(-pgid, 0); err != unix.ESRCH {
+		t.Errorf("the playbook's process group %d is still there (kill: %v)", pgid, err)
+	}
+	for _, c := range []string{"virsh destroy v1", "virsh undefine v1"} {
+		if !p.called(c) {
+			t.Errorf("fake virsh never saw %q; calls %v", c, p.calls())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(p.home, "vms", "v1")); !os.IsNotExist(err) {
+		t.Errorf("the VM's state dir is still there: %v", err)
+	}
+}
+
+// Item 1: Ctrl+C of a piped foreground up while Running shuts the VM down.
+func TestClosedPipeWhileRunningStillShutsDown(t *testing.T) {
+	p := startVmupPiped(t, "ok")
+	p.waitJournalPhase("running")
+	p.ctrlC()
+	p.readerGone()
+	if code, sig := p.waitExit(); code != exitOK {
+		t.Fatalf("vmup exit %d %s, want 0", code, sig)
+	}
+	if !p.called("virsh shutdown v1 --mode acpi") {
+		t.Errorf("no ACPI shutdown; calls %v", p.calls())
+	}
+	p.waitJournalPhase("stopped")
+}
+
+// Item 1: `vmup up … --json | head -n 3` closes stdout while preparing; the
+// run ends exactly as it would have with a reader.
+func TestClosedStdoutFromStartChangesNothing(t *testing.T) {
+	r := newBinaryRun(t, "ok", "-d")
+	stdout, err := r.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(-r.cmd.Process.Pid, syscall.SIGKILL) })
+	sc := bufio.NewScanner(stdout)
+	for i := 0; i < 3 && sc.Scan(); i++ {
+	}
+	stdout.Close() // head exits after three lines
+	p := &pipedRun{binaryRun: r}
+	if code, sig := p.waitExit(); code != exitOK {
+		t.Fatalf("vmup exit %d %s, want 0", code, sig)
+	}
+	data, _ := os.ReadFile(filepath.Join(r.home, "vms", "v1", "state.json"))
+	if !strings.Contains(string(data), `"first_boot_done": true`) {
+		t.Errorf("the first boot did not complete: %s", data)
+	}
+}
