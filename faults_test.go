@@ -23,8 +23,10 @@ type pipedRun struct {
 }
 
 // startVmupPiped runs vmup with stdout and stderr into a pipe read by a `cat`
-// (SIGINT at default, like tee) in vmup's own process group.
-func startVmupPiped(t *testing.T, playbookMode string, args ...string) *pipedRun {
+// (SIGINT at default, like tee) in vmup's own process group. With
+// jsonToTest, stdout (the JSON events) comes to the test instead, so it can
+// see what vmup did after the reader died.
+func startVmupPiped(t *testing.T, jsonToTest bool, playbookMode string, args ...string) *pipedRun {
 	t.Helper()
 	r := newBinaryRun(t, playbookMode, args...)
 	pr, pw, err := os.Pipe()
@@ -32,6 +34,12 @@ func startVmupPiped(t *testing.T, playbookMode string, args ...string) *pipedRun
 		t.Fatal(err)
 	}
 	r.cmd.Stdout, r.cmd.Stderr = pw, pw
+	if jsonToTest {
+		r.cmd.Stdout = nil
+		r.readEvents()
+	} else {
+		close(r.events)
+	}
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +77,12 @@ func (p *pipedRun) readerGone() {
 func (p *pipedRun) waitExit() (int, string) {
 	p.t.Helper()
 	done := make(chan struct{})
-	go func() { p.cmd.Wait(); close(done) }()
+	go func() {
+		for range p.events {
+		}
+		p.cmd.Wait()
+		close(done)
+	}()
 	select {
 	case <-done:
 	case <-time.After(60 * time.Second):
@@ -102,12 +115,12 @@ func (r *binaryRun) waitJournalPhase(phase string) {
 // Item 1: `vmup up … 2>&1 | tee`, Ctrl+C: tee dies too. The first Ctrl+C of a
 // first boot only warns, and a second one still ends in a complete wipe.
 func TestClosedPipeDuringFirstBootChangesNothing(t *testing.T) {
-	p := startVmupPiped(t, "block")
+	p := startVmupPiped(t, true, "block")
 	pid, pgid, _ := p.waitPlaybook()
 	p.ctrlC()
+	p.waitEvent("confirm_abort")
 	p.readerGone()
 	// Writes to the dead pipe happen from here on; vmup must go on regardless.
-	p.waitJournalPhase("provisioning")
 	if unix.Kill(p.cmd.Process.Pid, 0) != nil || unix.Kill(pid, 0) != nil {
 		code, sig := p.waitExit()
 		t.Fatalf("after one Ctrl+C vmup or the playbook is gone (vmup exit %d %s)", code, sig)
@@ -134,7 +147,7 @@ func TestClosedPipeDuringFirstBootChangesNothing(t *testing.T) {
 
 // Item 1: Ctrl+C of a piped foreground up while Running shuts the VM down.
 func TestClosedPipeWhileRunningStillShutsDown(t *testing.T) {
-	p := startVmupPiped(t, "ok")
+	p := startVmupPiped(t, false, "ok")
 	p.waitJournalPhase("running")
 	p.ctrlC()
 	p.readerGone()
@@ -163,6 +176,7 @@ func TestClosedStdoutFromStartChangesNothing(t *testing.T) {
 	for i := 0; i < 3 && sc.Scan(); i++ {
 	}
 	stdout.Close() // head exits after three lines
+	close(r.events)
 	p := &pipedRun{binaryRun: r}
 	if code, sig := p.waitExit(); code != exitOK {
 		t.Fatalf("vmup exit %d %s, want 0", code, sig)

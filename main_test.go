@@ -198,12 +198,19 @@ func newBinaryRunWith(t *testing.T, wrapper []string, playbookMode string, args 
 func startVmupWith(t *testing.T, wrapper []string, playbookMode string, args ...string) *binaryRun {
 	r := newBinaryRunWith(t, wrapper, playbookMode, args...)
 	r.cmd.Stderr = &testLogWriter{t: t}
-	stdout, err := r.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	r.readEvents()
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(-r.cmd.Process.Pid, syscall.SIGKILL) })
+	return r
+}
+
+// readEvents sends the JSON events vmup writes on stdout to r.events.
+func (r *binaryRun) readEvents() {
+	stdout, err := r.cmd.StdoutPipe()
+	if err != nil {
+		r.t.Fatal(err)
 	}
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -215,8 +222,6 @@ func startVmupWith(t *testing.T, wrapper []string, playbookMode string, args ...
 		}
 		close(r.events)
 	}()
-	t.Cleanup(func() { unix.Kill(-r.cmd.Process.Pid, syscall.SIGKILL) })
-	return r
 }
 
 type testLogWriter struct{ t *testing.T }
