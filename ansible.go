@@ -43,6 +43,14 @@ func writeInventory(p Paths, name, user string, ep Endpoint) error {
 	return writeFileAtomic(p.Inventory(), append(data, '\n'), 0o600)
 }
 
+// bestEffort writes what it can and never fails the writer it is part of.
+type bestEffort struct{ w io.Writer }
+
+func (b bestEffort) Write(p []byte) (int, error) {
+	b.w.Write(p)
+	return len(p), nil
+}
+
 // shellQuote quotes one word for ansible's shlex-split ssh_args.
 func shellQuote(s string) string {
 	if s != "" && !strings.ContainsAny(s, " \t\n'\"\\$`;&|<>()*?[]{}~#!") {
@@ -63,7 +71,8 @@ func (a *Ansible) Run(ctx context.Context, p Paths, s *SSH, playbook string, ext
 		return "", err
 	}
 	defer logFile.Close()
-	w := io.MultiWriter(out, logFile)
+	// A full disk must not turn a playbook that succeeded into a failure.
+	w := io.MultiWriter(out, bestEffort{logFile})
 
 	// ansible's default ssh_args start a ControlPersist master that would outlive
 	// vmup; these replace them, so ansible rides vmup's own master.

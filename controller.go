@@ -113,8 +113,13 @@ func (c *created) drop(vol string) {
 }
 
 func vmVolumes(name string) []string {
-	return []string{name + ".qcow2", name + "-seed.iso", name + "-kernel", name + "-initrd"}
+	return []string{name + ".qcow2", firstSeedVolume(name), laterSeedVolume(name), name + "-kernel", name + "-initrd"}
 }
+
+// The first boot's seed holds the guest's private host key; the seed of later
+// boots only the instance id.
+func firstSeedVolume(name string) string { return name + "-seed.iso" }
+func laterSeedVolume(name string) string { return name + "-seed-boot.iso" }
 
 func (u *upRun) send(ev Event, err error) { u.events <- evMsg{ev: ev, err: err} }
 
@@ -238,8 +243,6 @@ func (u *upRun) do(a Action, from Phase, ev Event) {
 		u.goWork(func(ctx context.Context) { u.boot(ctx, false) })
 	case ActRunPlaybook:
 		u.goWork(u.provision)
-	case ActCompleteFirstBoot:
-		u.completeFirstBoot()
 	case ActEnterRunning:
 		u.enterRunning()
 	case ActStopWork:
@@ -249,7 +252,7 @@ func (u *upRun) do(a Action, from Phase, ev Event) {
 	case ActForceOff:
 		u.goWork(u.forceOff)
 	case ActRemovePartial:
-		if ev == EvPrepareRejected {
+		if ev == EvPrepareRejected || ev == EvPrepareFailed {
 			out.Say("aborting", "Nothing was started: removing what this run created")
 		} else {
 			out.Say("aborting", "Interrupted while preparing: removing what this run created")
@@ -263,7 +266,7 @@ func (u *upRun) do(a Action, from Phase, ev Event) {
 	case ActSayStoppedExternally:
 		out.Say("stopped_externally", "VM stopped externally")
 	case ActReportFailure:
-		u.reportFailure(from)
+		u.reportFailure(from, ev)
 	}
 }
 
@@ -316,10 +319,13 @@ func (u *upRun) finish() {
 	out.Exit(u.exit, u.phase.String())
 }
 
-func (u *upRun) reportFailure(from Phase) {
+func (u *upRun) reportFailure(from Phase, ev Event) {
 	out := u.env.Out
 	name := u.o.Name
 	switch {
+	case ev == EvRecordFailed:
+		out.Error("the playbook passed, but the completed first boot could not be recorded: %s", u.failure)
+		out.Hint("free space in %s, then run `vmup up %s`: it runs the first boot's playbook again", u.env.Home, name)
 	case u.phase == StopFailed:
 		out.Error("VM %s could not be stopped: %s", name, u.failure)
 		out.Hint("try: virsh -c %s destroy %s", u.o.Connect, name)
@@ -328,7 +334,7 @@ func (u *upRun) reportFailure(from Phase) {
 		out.Hint("run: vmup destroy %s", name)
 	case from == Preparing:
 		out.Error("preparing VM %s failed: %s", name, u.failure)
-		out.Hint("`vmup up %s` again starts it clean; `vmup destroy %s` removes what was made", name, name)
+		out.Hint("fix the cause, then run `vmup up %s` again", name)
 	default:
 		out.Error("%s failed: %s", from, u.failure)
 		if from == Provisioning && u.logPath != "" {
@@ -439,13 +445,19 @@ func (u *upRun) provision(ctx context.Context) {
 	if u.o.Playbook == "" || u.o.NoProvision {
 		out.Step("Provisioning")
 		out.Skip("no playbook")
-		u.send(EvProvisioned, nil)
+		u.completeFirstBoot(ctx)
 		return
 	}
 	out.Step("Provisioning with " + u.o.Playbook)
 	if err := writeInventory(u.paths, u.o.Name, u.j.User, u.ssh.ep); err != nil {
 		out.Fail(err.Error())
 		u.send(EvProvisionFailed, err)
+		return
+	}
+	// While there is space: the playbook may fill the disk.
+	if err := u.prepareCompletion(); err != nil {
+		out.Fail(err.Error())
+		u.send(EvProvisionFailed, fmt.Errorf("cannot prepare the record of the completed first boot: %w", err))
 		return
 	}
 	logPath, err := newAnsible(u.env.Runner).Run(ctx, u.paths, u.ssh, u.o.Playbook, u.o.PlaybookArgs,
@@ -462,31 +474,67 @@ func (u *upRun) provision(ctx context.Context) {
 		return
 	}
 	out.Done("")
+	u.completeFirstBoot(ctx)
+}
+
+func (u *upRun) prepareCompletion() error {
+	u.jmu.Lock()
+	defer u.jmu.Unlock()
+	return prepareCompletion(u.paths, *u.j)
+}
+
+// completeFirstBoot records on disk, before Running is entered, that no
+// interrupt may ever wipe this VM again, unless an abort took hold first.
+// Then the seed that holds the guest's private host key goes.
+func (u *upRun) completeFirstBoot(ctx context.Context) {
+	u.jmu.Lock()
+	if ctx.Err() != nil {
+		u.jmu.Unlock()
+		return // a confirmed abort came first: the VM is being removed
+	}
+	err := commitCompletion(u.paths)
+	if err != nil {
+		// No prepared record (no playbook ran): write the journal itself.
+		done := *u.j
+		done.FirstBootDone, done.PlaybookPGID = true, 0
+		err = writeJournal(u.paths, &done)
+	}
+	if err == nil {
+		u.j.FirstBootDone, u.j.PlaybookPGID = true, 0
+	}
+	u.jmu.Unlock()
+	if err != nil {
+		u.send(EvRecordFailed, err)
+		return
+	}
+	// Not cancellable: once recorded, the VM is kept, so this finishes too.
+	seedCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	u.replaceSeed(seedCtx)
+	cancel()
 	u.send(EvProvisioned, nil)
 }
 
-// completeFirstBoot journals, before Running is entered, that no interrupt
-// may ever wipe this VM again. Then it replaces the seed, which holds the
-// guest's private host key, by one with the same instance-id and nothing
-// else: without any seed cloud-init would take the next boot for a new
-// instance and make new host keys, which vmup's pinned known_hosts rejects.
-func (u *upRun) completeFirstBoot() {
-	if err := u.updateJournal(func(j *Journal) { j.FirstBootDone = true }); err != nil {
-		u.env.Out.Warn("cannot record the completed first boot: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	vol := u.o.Name + "-seed.iso"
-	if err := u.virsh.VolDelete(ctx, u.o.Pool, vol); err != nil {
-		u.env.Out.Warn("cannot delete the cloud-init seed volume: %v", err)
+// replaceSeed attaches the seed of later boots, made in Preparing, then
+// deletes the first-boot seed, which holds the guest's private host key. In
+// that order, the VM always has a seed: without one cloud-init would take
+// the next boot for a new instance and make new host keys, which the pinned
+// known_hosts rejects. A later up finishes what fails here.
+func (u *upRun) replaceSeed(ctx context.Context) {
+	later := laterSeedVolume(u.o.Name)
+	if u.j.SeedVolume == later {
 		return
 	}
-	iso := buildISO("cidata", map[string][]byte{
-		"meta-data": metaData(u.o.Name, u.j.InstanceID),
-		"user-data": []byte("#cloud-config\n"),
-	})
-	if err := u.uploadBytes(ctx, iso, vol); err != nil {
-		u.env.Out.Warn("cannot write the cloud-init seed for later boots: %v", err)
+	err := u.ensureLaterSeed(ctx)
+	if err == nil {
+		err = u.virsh.Define(ctx, u.paths.File("domain-later.xml"))
+	}
+	if err != nil {
+		u.env.Out.Warn("the cloud-init seed still holds the guest's private host key (%v); `vmup up %s` replaces it later", err, u.o.Name)
+		return
+	}
+	u.updateJournal(func(j *Journal) { j.SeedVolume = later })
+	if err := u.virsh.VolDelete(ctx, u.o.Pool, firstSeedVolume(u.o.Name)); err != nil {
+		u.env.Out.Warn("cannot delete the first boot's cloud-init seed: %v", err)
 	}
 }
 
@@ -582,6 +630,14 @@ func (u *upRun) forceOff(ctx context.Context) {
 
 func (u *upRun) wipe(_ context.Context, old []*sync.WaitGroup) {
 	u.waitOldWorkers(old)
+	u.jmu.Lock()
+	completed := u.j.FirstBootDone
+	u.jmu.Unlock()
+	if completed {
+		u.env.Out.Say("kept", "The first boot of VM %s completed before the abort took hold: it is kept", u.o.Name)
+		u.send(EvCompletedMeanwhile, nil)
+		return
+	}
 	// Cleanup must finish even though the run was interrupted.
 	ctx := context.Background()
 	reapGroup(u.j.PlaybookPGID, u.paths)

@@ -23,10 +23,18 @@ type fakeWorld struct {
 	ShutdownIgnored bool
 	// ExternalStop makes the domain shut off after this many domstate calls.
 	ExternalStop int
+	// Uploaded names the volumes that hold uploaded content ("pool/vol").
+	Uploaded map[string]bool
+	// XML is each domain's last definition.
+	XML map[string]string
+	// Fail makes a virsh command fail: its words (without -c URI) joined by
+	// spaces start with a key; the value is virsh's error text.
+	Fail map[string]string
 }
 
 func newFakeWorld() *fakeWorld {
-	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{}}
+	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{},
+		Uploaded: map[string]bool{}, XML: map[string]string{}, Fail: map[string]string{}}
 }
 
 // abbreviate keeps what a test asserts on: virsh without its -c URI, ssh
@@ -92,6 +100,11 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 		}
 		return pool + "/" + vol
 	}
+	for prefix, msg := range w.Fail {
+		if strings.HasPrefix(strings.Join(args, " "), prefix) {
+			return "", msg, 1
+		}
+	}
 	switch args[0] {
 	case "uri":
 		return "qemu:///system", "", 0
@@ -139,6 +152,7 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 			w.Domains[name] = "shut off"
 		}
 		w.Owned[name] = strings.Contains(string(data), metadataURI)
+		w.XML[name] = string(data)
 		return "Domain '" + name + "' defined", "", 0
 	case "start":
 		if _, ok := w.Domains[arg(1)]; !ok {
@@ -170,6 +184,7 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 		}
 		delete(w.Domains, arg(1))
 		delete(w.Owned, arg(1))
+		delete(w.XML, arg(1))
 		return "", "", 0
 	case "pool-info":
 		if !w.Pools[arg(1)] {
@@ -188,11 +203,18 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 		}
 		return "/pool/" + pv, "", 0
 	case "vol-create-as":
+		if w.Volumes[arg(1)+"/"+arg(2)] {
+			return "", "error: Failed to create vol " + arg(2) + "\nerror: storage volume name '" + arg(2) + "' already in use.", 1
+		}
 		w.Volumes[arg(1)+"/"+arg(2)] = true
+		delete(w.Uploaded, arg(1)+"/"+arg(2))
 		return "", "", 0
 	case "vol-upload", "vol-resize":
 		if !w.Volumes[poolVol()] {
 			return notFound("vol", poolVol())
+		}
+		if args[0] == "vol-upload" {
+			w.Uploaded[poolVol()] = true
 		}
 		return "", "", 0
 	case "vol-delete":
@@ -201,6 +223,7 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 			return notFound("vol", pv)
 		}
 		delete(w.Volumes, pv)
+		delete(w.Uploaded, pv)
 		return "", "", 0
 	}
 	return "", "fake virsh: unknown command " + args[0], 1
@@ -231,6 +254,10 @@ type fakeRunner struct {
 	playbook string
 	// playbookStarted is closed when a playbook starts.
 	playbookStarted chan struct{}
+	// onPlaybook, when set, runs while the playbook runs.
+	onPlaybook func()
+	// onCall, when set, sees each argv (abbreviated) before it is answered.
+	onCall func(args []string)
 }
 
 func newFakeRunner() *fakeRunner {
@@ -241,7 +268,11 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	f.mu.Lock()
 	short := abbreviate(c.Args)
 	f.calls = append(f.calls, short)
+	onCall := f.onCall
 	f.mu.Unlock()
+	if onCall != nil {
+		onCall(short)
+	}
 	if c.Started != nil {
 		c.Started(999999)
 	}
@@ -273,6 +304,9 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		return Result{}, nil
 	case "ansible-playbook":
 		f.playbookStarted <- struct{}{}
+		if f.onPlaybook != nil {
+			f.onPlaybook()
+		}
 		switch f.playbook {
 		case "fail":
 			fmt.Fprintln(c.Stdout, "fatal: [vm]: FAILED!")

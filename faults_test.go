@@ -186,3 +186,62 @@ func TestClosedStdoutFromStartChangesNothing(t *testing.T) {
 		t.Errorf("the first boot did not complete: %s", data)
 	}
 }
+
+// waitFile polls until the fakes wrote name in the run's dir.
+func (r *binaryRun) waitFile(name string) {
+	r.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(r.dir, name)); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("no %s within 60s", name)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Item 4: Ctrl+C while a re-up redefines a shut-off completed VM removes
+// nothing of it: the domain stays defined and the next up starts it.
+func TestInterruptedRedefinitionKeepsCompletedDomain(t *testing.T) {
+	r := startVmup(t, "ok", "-d")
+	if code := r.exitCode(); code != 0 {
+		t.Fatalf("up -d: exit %d", code)
+	}
+	if out, code := r.vmup("down", "v1"); code != 0 {
+		t.Fatalf("down: exit %d\n%s", code, out)
+	}
+	// A journal without the domain's UUID (as an earlier vmup wrote it): the
+	// redefinition then asks libvirt for it, and the Ctrl+C lands there, after
+	// libvirt accepted the new definition.
+	journal := filepath.Join(r.home, "vms", "v1", "state.json")
+	data, _ := os.ReadFile(journal)
+	var j map[string]any
+	json.Unmarshal(data, &j)
+	delete(j, "uuid")
+	data, _ = json.Marshal(j)
+	os.WriteFile(journal, data, 0o600)
+	up := exec.Command(vmupBinary, "up", "v1", "--cpus", "4", "-d")
+	up.Env = append(r.env, "VMUP_FAKE_BLOCK=domuuid")
+	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	up.Stderr = &testLogWriter{t: t}
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(-up.Process.Pid, syscall.SIGKILL) })
+	r.waitFile("blocked")
+	unix.Kill(-up.Process.Pid, syscall.SIGINT)
+	up.Wait()
+	if code := up.ProcessState.ExitCode(); code != exitSIGINT {
+		t.Errorf("interrupted re-up: exit %d, want 130", code)
+	}
+	for _, c := range []string{"virsh undefine", "virsh destroy", "virsh vol-delete --pool vmup v1.qcow2"} {
+		if r.called(c) {
+			t.Errorf("an interrupted re-up ran %q; calls %v", c, r.calls())
+		}
+	}
+	if out, code := r.vmup("up", "v1", "-d"); code != 0 {
+		t.Errorf("the next up: exit %d\n%s", code, out)
+	}
+}

@@ -50,6 +50,11 @@ func fakeMain(prog string, args []string) int {
 		time.Sleep(24 * time.Hour) // a grandchild in the playbook's process group, like ansible's ssh
 		return 0
 	}
+	if prog == "virsh" && len(args) > 2 && args[2] == os.Getenv("VMUP_FAKE_BLOCK") {
+		// A virsh call that hangs (a slow libvirtd) until vmup stops its group.
+		os.WriteFile(filepath.Join(dir, "blocked"), []byte(args[2]), 0o600)
+		time.Sleep(24 * time.Hour)
+	}
 	lockFile, _ := os.OpenFile(filepath.Join(dir, "world.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	unix.Flock(int(lockFile.Fd()), unix.LOCK_EX)
 	short := abbreviate(append([]string{prog}, args...))
@@ -84,6 +89,13 @@ func fakeMain(prog string, args []string) int {
 	case "ansible-playbook":
 		unlock()
 		mode := os.Getenv("VMUP_FAKE_PLAYBOOK")
+		if mode == "fill" {
+			// A playbook whose output fills the disk VMUP_HOME is on.
+			f, _ := os.Create(filepath.Join(os.Getenv("VMUP_HOME"), "filler"))
+			for _, err := f.Write(make([]byte, 64<<10)); err == nil; _, err = f.Write(make([]byte, 64<<10)) {
+			}
+			f.Close()
+		}
 		if mode == "fail" {
 			fmt.Println("fatal: [vm]: FAILED!")
 			return 2

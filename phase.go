@@ -64,8 +64,9 @@ const (
 	EvReady           // SSH login works and cloud-init finished
 	EvBootTimeout
 	EvBootFailed
-	EvProvisioned
+	EvProvisioned // the playbook passed and the completed first boot is on disk
 	EvProvisionFailed
+	EvRecordFailed   // the completed first boot could not be recorded
 	EvConfirmExpired // the first-boot confirmation window closed without a second Ctrl+C
 	EvDetach
 	EvDomainStopped // the domain is no longer running
@@ -73,6 +74,7 @@ const (
 	EvForceOffFailed
 	EvWipeDone
 	EvWipeFailed
+	EvCompletedMeanwhile // a wipe found the first boot recorded complete before the abort took hold
 	numEvents
 )
 
@@ -80,9 +82,11 @@ var eventNames = [numEvents]string{
 	EvInterrupt: "interrupt", EvInterruptAgain: "interrupt_again", EvTerminate: "terminate", EvHangup: "hangup",
 	EvPreparedFirstBoot: "prepared_first_boot", EvPreparedBoot: "prepared_boot", EvPreparedRunning: "prepared_running",
 	EvPrepareFailed: "prepare_failed", EvPrepareRejected: "prepare_rejected", EvReady: "ready", EvBootTimeout: "boot_timeout", EvBootFailed: "boot_failed",
-	EvProvisioned: "provisioned", EvProvisionFailed: "provision_failed", EvConfirmExpired: "abort_not_confirmed",
-	EvDetach: "detach", EvDomainStopped: "domain_stopped", EvShutdownTimeout: "shutdown_timeout",
+	EvProvisioned: "provisioned", EvProvisionFailed: "provision_failed", EvRecordFailed: "record_failed",
+	EvConfirmExpired: "abort_not_confirmed",
+	EvDetach:         "detach", EvDomainStopped: "domain_stopped", EvShutdownTimeout: "shutdown_timeout",
 	EvForceOffFailed: "force_off_failed", EvWipeDone: "wipe_done", EvWipeFailed: "wipe_failed",
+	EvCompletedMeanwhile: "completed_meanwhile",
 }
 
 func (e Event) String() string {
@@ -101,14 +105,13 @@ const (
 	ActSayAlreadyAborting               // a signal during Wiping changes nothing
 	ActStartFirstBoot                   // start the domain, wait for SSH + cloud-init
 	ActStartBoot                        // start the domain (if needed), wait for SSH
-	ActRunPlaybook
-	ActCompleteFirstBoot // journal: first boot done; delete the seed (it holds the host key)
-	ActEnterRunning      // report ready; detach, or watch the domain and serve forwards
-	ActShutdown          // ACPI shutdown and start the shutdown timer
-	ActForceOff          // virsh destroy
-	ActStopWork          // stop every worker and child process group (escalating)
-	ActRemovePartial     // remove what this run created before anything ran
-	ActWipe              // destroy, undefine, delete volumes and state of this VM
+	ActRunPlaybook                      // run the playbook, then record the completed first boot
+	ActEnterRunning                     // report ready; detach, or watch the domain and serve forwards
+	ActShutdown                         // ACPI shutdown and start the shutdown timer
+	ActForceOff                         // virsh destroy
+	ActStopWork                         // stop every worker and child process group (escalating)
+	ActRemovePartial                    // remove what this run created before anything ran
+	ActWipe                             // destroy, undefine, delete volumes and state of this VM
 	ActSayStoppedExternally
 	ActReportFailure // tell the user how to inspect and remove the kept VM
 )
@@ -116,7 +119,7 @@ const (
 var actionNames = []string{
 	ActWarnConfirm: "warn_confirm", ActSayNotConfirmed: "say_not_confirmed", ActSayAlreadyAborting: "say_already_aborting",
 	ActStartFirstBoot: "start_first_boot", ActStartBoot: "start_boot", ActRunPlaybook: "run_playbook",
-	ActCompleteFirstBoot: "complete_first_boot", ActEnterRunning: "enter_running", ActShutdown: "shutdown",
+	ActEnterRunning: "enter_running", ActShutdown: "shutdown",
 	ActForceOff: "force_off", ActStopWork: "stop_work", ActRemovePartial: "remove_partial", ActWipe: "wipe",
 	ActSayStoppedExternally: "say_stopped_externally", ActReportFailure: "report_failure",
 }
@@ -173,8 +176,8 @@ func init() {
 	row(Preparing, EvPreparedFirstBoot, Starting, 0, ActStartFirstBoot)
 	row(Preparing, EvPreparedBoot, Booting, 0, ActStartBoot)
 	row(Preparing, EvPreparedRunning, Running, 0, ActEnterRunning)
-	row(Preparing, EvPrepareFailed, Failed, exitFailed, ActReportFailure)
-	row(Preparing, EvPrepareRejected, Wiping, exitUsage, ActRemovePartial)
+	// A failure leaves nothing of this run behind either (a seed holds a private key).
+	row(Preparing, EvPrepareFailed, Wiping, exitFailed, ActReportFailure, ActRemovePartial)
 	row(Preparing, EvPrepareRejected, Wiping, exitUsage, ActRemovePartial)
 
 	// First boot: one Ctrl+C only warns; a confirmed one, SIGTERM or SIGHUP wipes the VM.
@@ -188,8 +191,10 @@ func init() {
 	row(Starting, EvBootTimeout, Failed, exitFailed, ActStopWork, ActReportFailure)
 	row(Starting, EvBootFailed, Failed, exitFailed, ActStopWork, ActReportFailure)
 	row(Starting, EvReady, Provisioning, 0, ActRunPlaybook)
-	row(Provisioning, EvProvisioned, Running, 0, ActCompleteFirstBoot, ActEnterRunning)
+	// EvProvisioned comes only once the completed first boot is on disk.
+	row(Provisioning, EvProvisioned, Running, 0, ActEnterRunning)
 	row(Provisioning, EvProvisionFailed, Failed, exitProvision, ActReportFailure)
+	row(Provisioning, EvRecordFailed, Failed, exitFailed, ActReportFailure)
 
 	// Booting and Running: the first boot is over, so no interrupt can wipe anything.
 	for _, p := range []Phase{Booting, Running} {
@@ -217,15 +222,17 @@ func init() {
 	}
 	row(Wiping, EvWipeDone, Aborted, 0)
 	row(Wiping, EvWipeFailed, Failed, exitFailed, ActReportFailure)
+	// An abort that came after the first boot was recorded complete keeps the VM.
+	row(Wiping, EvCompletedMeanwhile, Stopping, 0, ActShutdown)
 
 	// What each phase deliberately ignores: results of work that an earlier
 	// transition already stopped or superseded, and events that cannot matter
 	// there. phase_test.go checks that this and the rows above cover every pair.
 	prepared := []Event{EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected}
 	bootResults := []Event{EvReady, EvBootTimeout, EvBootFailed}
-	provisionResults := []Event{EvProvisioned, EvProvisionFailed}
+	provisionResults := []Event{EvProvisioned, EvProvisionFailed, EvRecordFailed}
 	stopResults := []Event{EvShutdownTimeout, EvForceOffFailed}
-	wipeResults := []Event{EvWipeDone, EvWipeFailed}
+	wipeResults := []Event{EvWipeDone, EvWipeFailed, EvCompletedMeanwhile}
 	ignore := func(p Phase, groups ...[]Event) {
 		for _, g := range groups {
 			for _, e := range g {

@@ -28,7 +28,7 @@ func TestTransitionRows(t *testing.T) {
 	add(Preparing, EvPreparedFirstBoot, T(Starting, 0, ActStartFirstBoot))
 	add(Preparing, EvPreparedBoot, T(Booting, 0, ActStartBoot))
 	add(Preparing, EvPreparedRunning, T(Running, 0, ActEnterRunning))
-	add(Preparing, EvPrepareFailed, T(Failed, 1, ActReportFailure))
+	add(Preparing, EvPrepareFailed, T(Wiping, 1, ActReportFailure, ActRemovePartial))
 	add(Preparing, EvPrepareRejected, T(Wiping, 2, ActRemovePartial))
 
 	// First boot: a first Ctrl+C only warns.
@@ -42,8 +42,9 @@ func TestTransitionRows(t *testing.T) {
 	add(Starting, EvReady, T(Provisioning, 0, ActRunPlaybook))
 	add(Starting, EvBootTimeout, T(Failed, 1, ActStopWork, ActReportFailure))
 	add(Starting, EvBootFailed, T(Failed, 1, ActStopWork, ActReportFailure))
-	add(Provisioning, EvProvisioned, T(Running, 0, ActCompleteFirstBoot, ActEnterRunning))
+	add(Provisioning, EvProvisioned, T(Running, 0, ActEnterRunning))
 	add(Provisioning, EvProvisionFailed, T(Failed, 3, ActReportFailure))
+	add(Provisioning, EvRecordFailed, T(Failed, 1, ActReportFailure))
 
 	// After the first boot no signal can wipe: every one shuts down.
 	for _, p := range []Phase{Booting, Running} {
@@ -68,6 +69,7 @@ func TestTransitionRows(t *testing.T) {
 	}
 	add(Wiping, EvWipeDone, T(Aborted, 0))
 	add(Wiping, EvWipeFailed, T(Failed, 1, ActReportFailure))
+	add(Wiping, EvCompletedMeanwhile, T(Stopping, 0, ActShutdown))
 
 	seen := map[key]bool{}
 	for _, r := range rows {

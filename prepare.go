@@ -172,6 +172,9 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	if err := u.define(ctx); err != nil {
 		return err
 	}
+	if err := u.writeLaterDefinition(ctx); err != nil {
+		return err
+	}
 	out.Done("")
 	return nil
 }
@@ -211,7 +214,39 @@ func (u *upRun) writeSeed(ctx context.Context) error {
 		"meta-data": metaData(o.Name, instanceID),
 		"user-data": userData(o.Name, o.User, client.Public, host),
 	})
-	return u.uploadBytes(ctx, iso, o.Name+"-seed.iso")
+	if err := u.uploadBytes(ctx, iso, firstSeedVolume(o.Name)); err != nil {
+		return err
+	}
+	// Made now, while there is space, for when the first boot completed.
+	return u.uploadBytes(ctx, u.laterSeedISO(), laterSeedVolume(o.Name))
+}
+
+// laterSeedISO is the seed of the boots after the first: the same instance id
+// (so cloud-init keeps the host keys) and no secrets.
+func (u *upRun) laterSeedISO() []byte {
+	return buildISO("cidata", map[string][]byte{
+		"meta-data": metaData(u.o.Name, u.j.InstanceID),
+		"user-data": []byte("#cloud-config\n"),
+	})
+}
+
+// ensureLaterSeed makes what replaceSeed attaches, where an earlier run did
+// not: the seed volume of later boots and the definition that names it.
+func (u *upRun) ensureLaterSeed(ctx context.Context) error {
+	later := laterSeedVolume(u.o.Name)
+	exists, err := u.virsh.VolExists(ctx, u.o.Pool, later)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		if err := u.uploadBytes(ctx, u.laterSeedISO(), later); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Stat(u.paths.File("domain-later.xml")); err == nil && u.kind != startReup {
+		return nil
+	}
+	return u.writeLaterDefinition(ctx) // a re-up may have changed the settings
 }
 
 // uploadBytes uploads data as a new volume, through a 0600 file in the state dir.
@@ -234,8 +269,26 @@ func (u *upRun) domainType(ctx context.Context) (string, error) {
 	return "qemu", ctx.Err()
 }
 
-// define (re)defines the domain from the options and the journal.
-func (u *upRun) define(ctx context.Context) error {
+// seedVolume is the seed the domain boots with now.
+func (u *upRun) seedVolume() string {
+	if u.j.SeedVolume != "" {
+		return u.j.SeedVolume
+	}
+	return firstSeedVolume(u.o.Name)
+}
+
+// writeLaterDefinition prepares domain-later.xml: the definition the domain
+// gets once its first boot completed, with the seed of later boots.
+func (u *upRun) writeLaterDefinition(ctx context.Context) error {
+	data, err := u.domainXML(ctx, laterSeedVolume(u.o.Name))
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(u.paths.File("domain-later.xml"), data, 0o600)
+}
+
+// domainXML builds the domain's definition from the options and the journal.
+func (u *upRun) domainXML(ctx context.Context, seedVol string) ([]byte, error) {
 	o, j := u.o, u.j
 	path := func(vol string) (string, error) { return u.virsh.VolPath(ctx, o.Pool, vol) }
 	spec := DomainSpec{
@@ -245,26 +298,32 @@ func (u *upRun) define(ctx context.Context) error {
 	}
 	var err error
 	if spec.Disk, err = path(o.Name + ".qcow2"); err != nil {
-		return err
+		return nil, err
 	}
 	// The seed stays attached after the first boot too (holding only the
 	// instance-id then); a VM whose seed volume is gone boots without one.
-	if spec.Seed, err = path(o.Name + "-seed.iso"); errors.Is(classify(err), errNotFound) {
+	if spec.Seed, err = path(seedVol); errors.Is(classify(err), errNotFound) {
 		spec.Seed = ""
 	} else if err != nil {
-		return err
+		return nil, err
 	}
 	if j.Kernel {
 		if spec.Kernel, err = path(o.Name + "-kernel"); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if j.Initrd {
 		if spec.Initrd, err = path(o.Name + "-initrd"); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	data, err := domainXMLFor(spec)
+	return domainXMLFor(spec)
+}
+
+// define (re)defines the domain from the options and the journal.
+func (u *upRun) define(ctx context.Context) error {
+	o, j := u.o, u.j
+	data, err := u.domainXML(ctx, u.seedVolume())
 	if err != nil {
 		return err
 	}
@@ -275,7 +334,11 @@ func (u *upRun) define(ctx context.Context) error {
 	if err := u.virsh.Define(ctx, xmlFile); err != nil {
 		return err
 	}
-	u.created.domain = true
+	// Only a domain that did not exist before is this run's to undo: an
+	// interrupted redefinition of an existing VM must never undefine it.
+	if u.kind == startFresh {
+		u.created.domain = true
+	}
 	if j.UUID == "" {
 		// A redefinition must name the same UUID, or libvirt refuses it.
 		uuid, err := u.virsh.DomUUID(ctx, o.Name)
@@ -360,10 +423,12 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		if err := u.define(ctx); err != nil {
 			return 0, err
 		}
-		u.created.domain = false // a redefinition is no new domain to undo
 		out.Done("settings updated")
 	} else {
 		out.Done("")
+	}
+	if u.j.SeedVolume != laterSeedVolume(o.Name) {
+		u.replaceSeed(ctx) // what the completion of the first boot could not do
 	}
 	if running {
 		out.Plan(1)

@@ -47,6 +47,10 @@ type Journal struct {
 	Initrd        bool     `json:"initrd,omitempty"`
 	Cmdline       string   `json:"cmdline,omitempty"`
 	BaseVolume    string   `json:"base_volume,omitempty"`
+	// SeedVolume is the seed the domain boots with: the first-boot seed
+	// (empty: NAME-seed.iso) until the first boot completed, then the seed
+	// of later boots.
+	SeedVolume string `json:"seed_volume,omitempty"`
 	// UploadingBase names a shared base volume while it is uploaded: if this
 	// run dies, the volume is partial and a later `up` deletes it.
 	UploadingBase string    `json:"uploading_base,omitempty"`
@@ -91,6 +95,10 @@ func (p Paths) ControlSocket() string   { return p.File("ssh.sock") }
 func (p Paths) Console() string         { return p.File("console.log") }
 func (p Paths) Logs() string            { return p.File("logs") }
 
+// CompletedJournal is state.json as it reads once the first boot completed,
+// written ahead while there is space, so that completing is a rename.
+func (p Paths) CompletedJournal() string { return p.File("state.json.complete") }
+
 // readJournal returns (nil, nil) when the VM has no journal.
 func readJournal(p Paths) (*Journal, error) {
 	data, err := os.ReadFile(p.Journal())
@@ -117,6 +125,35 @@ func writeJournal(p Paths, j *Journal) error {
 	return writeFileAtomic(p.Journal(), append(data, '\n'), 0o600)
 }
 
+// prepareCompletion writes the journal that commitCompletion puts in place.
+func prepareCompletion(p Paths, j Journal) error {
+	j.FirstBootDone, j.FailedIn, j.PlaybookPGID = true, "", 0
+	j.Updated = time.Now().UTC()
+	data, err := json.MarshalIndent(j, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(p.CompletedJournal(), append(data, '\n'), 0o600)
+}
+
+// commitCompletion makes the prepared journal state.json: a rename needs no
+// free space, and after the directory's fsync it survives a crash.
+func commitCompletion(p Paths) error {
+	if err := os.Rename(p.CompletedJournal(), p.Journal()); err != nil {
+		return err
+	}
+	return syncDir(p.Dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
@@ -141,11 +178,7 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
-	if dir, err := os.Open(filepath.Dir(path)); err == nil {
-		dir.Sync()
-		dir.Close()
-	}
-	return nil
+	return syncDir(filepath.Dir(path))
 }
 
 func ensureDir(dir string) error {

@@ -32,10 +32,12 @@ func runUp(env Env, o *Options) int {
 		u.kind = startFresh
 	case j.FirstBootDone:
 		u.kind = startReup
-	case j.Phase == Failed.String() && (j.FailedIn == Starting.String() || j.FailedIn == Provisioning.String()):
-		u.kind = startResumeFirst
-	default:
+	case diedMidFirstBoot(j):
 		u.kind, u.recover = startFresh, j
+	default:
+		// A first boot that failed and was kept (and maybe stopped with
+		// `down` since), or a journal that cannot say: retried, never wiped.
+		u.kind = startResumeFirst
 	}
 	if j != nil && !o.Reset {
 		inherit(o, j)
@@ -69,6 +71,20 @@ func runUp(env Env, o *Options) int {
 	}
 	u.j = j
 	return u.run()
+}
+
+// diedMidFirstBoot says whether the journal is that of a first boot whose vmup
+// died before it ended (this run holds the VM's lock, so that vmup is gone),
+// or of one that failed before anything booted. Only those are wiped and
+// started clean; every other unfinished first boot is kept and retried.
+func diedMidFirstBoot(j *Journal) bool {
+	switch p, _ := parsePhase(j.Phase); p {
+	case Preparing, Starting, Provisioning, Wiping:
+		return j.Phase == p.String()
+	case Failed:
+		return j.FailedIn == Preparing.String() || j.FailedIn == Wiping.String()
+	}
+	return false
 }
 
 // inherit takes an existing VM's settings for whatever this run did not set,

@@ -29,6 +29,8 @@ type eventLog struct {
 	cond   *sync.Cond
 	events []jsonEvent
 	buf    bytes.Buffer
+	// onEvent, when set, sees each event as it is written.
+	onEvent func(jsonEvent)
 }
 
 func newEventLog() *eventLog {
@@ -46,6 +48,9 @@ func (l *eventLog) Write(p []byte) (int, error) {
 		var ev jsonEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err == nil {
 			l.events = append(l.events, ev)
+			if l.onEvent != nil {
+				l.onEvent(ev)
+			}
 		}
 	}
 	l.buf.Reset()
@@ -253,10 +258,14 @@ func (h *harness) freshPrepare() [][]string {
 		"virsh vol-create-as vmup v1.qcow2 4294967296 --format qcow2 --backing-vol "+base+" --backing-vol-format qcow2",
 		"virsh vol-create-as vmup v1-seed.iso 55296 --format raw",
 		"virsh vol-upload --pool vmup v1-seed.iso $HOME/vms/v1/upload.tmp",
+		"virsh vol-create-as vmup v1-seed-boot.iso 55296 --format raw",
+		"virsh vol-upload --pool vmup v1-seed-boot.iso $HOME/vms/v1/upload.tmp",
 		"virsh vol-path --pool vmup v1.qcow2",
 		"virsh vol-path --pool vmup v1-seed.iso",
 		"virsh define $HOME/vms/v1/domain.xml",
 		"virsh domuuid v1",
+		"virsh vol-path --pool vmup v1.qcow2",
+		"virsh vol-path --pool vmup v1-seed-boot.iso",
 	)
 }
 
@@ -270,12 +279,13 @@ func firstBoot() [][]string {
 	)
 }
 
-// completeFirstBoot replaces the seed by one without the host's private key.
+// completeFirstBoot attaches the seed of later boots, made in Preparing, and
+// then deletes the first one, which holds the host's private key.
 func completeFirstBoot() [][]string {
 	return seq(
+		"virsh vol-info --pool vmup v1-seed-boot.iso",
+		"virsh define $HOME/vms/v1/domain-later.xml",
 		"virsh vol-delete --pool vmup v1-seed.iso",
-		"virsh vol-create-as vmup v1-seed.iso 55296 --format raw",
-		"virsh vol-upload --pool vmup v1-seed.iso $HOME/vms/v1/upload.tmp",
 	)
 }
 
@@ -287,6 +297,7 @@ func wipeCalls() [][]string {
 		"virsh undefine v1",
 		"virsh vol-delete --pool vmup v1.qcow2",
 		"virsh vol-delete --pool vmup v1-seed.iso",
+		"virsh vol-delete --pool vmup v1-seed-boot.iso",
 		"virsh vol-delete --pool vmup v1-kernel",
 		"virsh vol-delete --pool vmup v1-initrd",
 	)
@@ -673,7 +684,7 @@ func TestReupRedefinesShutOffVMWithNewSettings(t *testing.T) {
 		"virsh domstate v1",
 		"virsh vol-resize --pool vmup v1.qcow2 8589934592",
 		"virsh vol-path --pool vmup v1.qcow2",
-		"virsh vol-path --pool vmup v1-seed.iso",
+		"virsh vol-path --pool vmup v1-seed-boot.iso",
 		"virsh define $HOME/vms/v1/domain.xml",
 		"virsh domstate v1",
 		"virsh start v1",
