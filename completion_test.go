@@ -177,3 +177,74 @@ func TestConfirmedAbortAfterCompletionKeepsVM(t *testing.T) {
 		t.Error("the journal lost the completed first boot")
 	}
 }
+
+func (h *harness) destroy() int {
+	env := h.env
+	env.Out = h.out()
+	o, _, _ := parseCommand("destroy", []string{"v1"})
+	return runDestroy(env, o)
+}
+
+// Item 19: destroy removes what someone made by hand with virsh too: internal
+// snapshots and a managed save image. Never half.
+func TestDestroyRemovesSnapshotsAndSavedState(t *testing.T) {
+	h := newHarness(t)
+	h.createDetached()
+	h.fake.world.Snapshots["v1"] = []string{"before-upgrade internal", "later internal"}
+	h.fake.world.ManagedSave["v1"], h.fake.world.Domains["v1"] = true, "shut off"
+	if code := h.destroy(); code != 0 {
+		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
+	}
+	if _, ok := h.fake.world.Domains["v1"]; ok || len(h.fake.world.Snapshots["v1"]) > 0 {
+		t.Errorf("left: domain %v, snapshots %v", h.fake.world.Domains, h.fake.world.Snapshots)
+	}
+	for v := range h.fake.world.Volumes {
+		if strings.HasPrefix(v, "vmup/v1") {
+			t.Errorf("volume %s left", v)
+		}
+	}
+}
+
+// Item 19: external snapshots name files vmup did not make: destroy refuses
+// before it changes anything, and says what to do.
+func TestDestroyRefusesExternalSnapshotsBeforeChangingAnything(t *testing.T) {
+	h := newHarness(t)
+	h.createDetached()
+	h.fake.world.Snapshots["v1"] = []string{"backup external"}
+	h.fake.calls = nil
+	if code := h.destroy(); code != exitFailed {
+		t.Fatalf("destroy: exit %d, want 1\n%s", code, h.stderr)
+	}
+	for _, c := range h.calls() {
+		if c[0] == "virsh" && (c[1] == "destroy" || c[1] == "undefine" || c[1] == "vol-delete" || c[1] == "snapshot-delete") {
+			t.Errorf("destroy changed something before refusing: %v", c)
+		}
+	}
+	if h.fake.world.Domains["v1"] != "running" || !strings.Contains(h.stderr.String(), "vmup: hint:") {
+		t.Errorf("domain %q; stderr:\n%s", h.fake.world.Domains["v1"], h.stderr)
+	}
+	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Journal()); err != nil {
+		t.Errorf("the VM's state is gone: %v", err)
+	}
+}
+
+// Item 16: when define fails in Preparing, the volumes this run made go,
+// the seed with the guest's private host key among them.
+func TestFailedDefineRemovesWhatTheRunMade(t *testing.T) {
+	h := newHarness(t)
+	h.fake.world.Fail["define"] = "error: Failed to define domain from domain.xml\nerror: unsupported configuration"
+	if code := h.wait(h.up(h.upArgs("-d")...)); code != exitFailed {
+		t.Fatalf("exit %d, want 1\n%s", code, h.stderr)
+	}
+	for v := range h.fake.world.Volumes {
+		if !strings.HasPrefix(v, "vmup/vmup-base-") {
+			t.Errorf("volume %s left behind", v)
+		}
+	}
+	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Dir); !os.IsNotExist(err) {
+		t.Errorf("state dir (with the private key) left behind: %v", err)
+	}
+	if !strings.Contains(h.stderr.String(), "vmup: error: preparing VM v1 failed") {
+		t.Errorf("no error line:\n%s", h.stderr)
+	}
+}

@@ -723,10 +723,7 @@ func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths) error {
 	case !owned:
 		return fmt.Errorf("domain %s was not created by vmup; not touching it", name)
 	default:
-		if err := v.Destroy(ctx, name); err != nil && !errors.Is(err, errNotFound) && !isNotRunning(err) {
-			return err
-		}
-		if err := v.Undefine(ctx, name); err != nil && !errors.Is(err, errNotFound) {
+		if err := removeDomain(ctx, v, name); err != nil {
 			return err
 		}
 	}
@@ -737,6 +734,39 @@ func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths) error {
 	}
 	os.Remove(controlPath(p))
 	return os.RemoveAll(p.Dir)
+}
+
+// removeDomain stops and undefines a domain with what virsh users may have
+// added by hand: internal snapshots, a managed save image, UEFI NVRAM.
+// External snapshots name files vmup did not make: refused before anything
+// is changed.
+func removeDomain(ctx context.Context, v *Virsh, name string) error {
+	external, err := v.Snapshots(ctx, name, "--external")
+	if err != nil && !errors.Is(err, errNotFound) {
+		return err
+	}
+	if len(external) > 0 {
+		return &hintedError{
+			msg:  fmt.Sprintf("domain %s has external snapshots that vmup did not make (%s); nothing was removed", name, strings.Join(external, ", ")),
+			hint: fmt.Sprintf("remove them with `virsh -c %s snapshot-delete %s NAME`, or merge them into the disk, then run the command again", v.uri, name),
+		}
+	}
+	if err := v.Destroy(ctx, name); err != nil && !errors.Is(err, errNotFound) && !isNotRunning(err) {
+		return err
+	}
+	internal, err := v.Snapshots(ctx, name, "--internal")
+	if err != nil && !errors.Is(err, errNotFound) {
+		return err
+	}
+	for _, snap := range internal {
+		if err := v.SnapshotDelete(ctx, name, snap); err != nil && !errors.Is(err, errNotFound) {
+			return err
+		}
+	}
+	if err := v.Undefine(ctx, name); err != nil && !errors.Is(err, errNotFound) {
+		return err
+	}
+	return nil
 }
 
 func isNotRunning(err error) bool {

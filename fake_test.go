@@ -30,11 +30,16 @@ type fakeWorld struct {
 	// Fail makes a virsh command fail: its words (without -c URI) joined by
 	// spaces start with a key; the value is virsh's error text.
 	Fail map[string]string
+	// Snapshots are each domain's snapshots, "NAME internal" or "NAME external".
+	Snapshots map[string][]string
+	// ManagedSave names the domains with a managed save image.
+	ManagedSave map[string]bool
 }
 
 func newFakeWorld() *fakeWorld {
 	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{},
-		Uploaded: map[string]bool{}, XML: map[string]string{}, Fail: map[string]string{}}
+		Uploaded: map[string]bool{}, XML: map[string]string{}, Fail: map[string]string{},
+		Snapshots: map[string][]string{}, ManagedSave: map[string]bool{}}
 }
 
 // abbreviate keeps what a test asserts on: virsh without its -c URI, ssh
@@ -182,9 +187,44 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 		if _, ok := w.Domains[arg(1)]; !ok {
 			return notFound("domain", arg(1))
 		}
+		if n := len(w.Snapshots[arg(1)]); n > 0 && !slices.Contains(args, "--snapshots-metadata") {
+			return "", fmt.Sprintf("error: Failed to undefine domain '%s'\nerror: Requested operation is not valid: cannot delete inactive domain with %d snapshots", arg(1), n), 1
+		}
+		if w.ManagedSave[arg(1)] && !slices.Contains(args, "--managed-save") {
+			return "", "error: Failed to undefine domain '" + arg(1) + "'\nerror: Requested operation is not valid: Refusing to undefine while domain managed save image exists", 1
+		}
+		delete(w.Snapshots, arg(1))
+		delete(w.ManagedSave, arg(1))
 		delete(w.Domains, arg(1))
 		delete(w.Owned, arg(1))
 		delete(w.XML, arg(1))
+		return "", "", 0
+	case "snapshot-list":
+		if _, ok := w.Domains[arg(1)]; !ok {
+			return notFound("domain", arg(1))
+		}
+		var names []string
+		for _, s := range w.Snapshots[arg(1)] {
+			name, kind, _ := strings.Cut(s, " ")
+			if slices.Contains(args, "--"+kind) {
+				names = append(names, name)
+			}
+		}
+		return strings.Join(names, "\n"), "", 0
+	case "snapshot-delete":
+		snaps := w.Snapshots[arg(1)]
+		for i, s := range snaps {
+			if strings.HasPrefix(s, arg(2)+" ") {
+				w.Snapshots[arg(1)] = append(snaps[:i:i], snaps[i+1:]...)
+				return "Domain snapshot " + arg(2) + " deleted", "", 0
+			}
+		}
+		return "", "error: Domain snapshot not found: no domain snapshot with matching name '" + arg(2) + "'", 1
+	case "managedsave":
+		if w.Domains[arg(1)] != "running" {
+			return "", "error: Requested operation is not valid: domain is not running", 1
+		}
+		w.ManagedSave[arg(1)], w.Domains[arg(1)] = true, "shut off"
 		return "", "", 0
 	case "pool-info":
 		if !w.Pools[arg(1)] {

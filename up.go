@@ -138,6 +138,11 @@ func checkLibvirt(ctx context.Context, v *Virsh, out *Output) error {
 	return err
 }
 
+// hintedError is a failure (exit 1) that comes with what to do about it.
+type hintedError struct{ msg, hint string }
+
+func (e *hintedError) Error() string { return e.msg }
+
 // reportError prints err in vmup's voice and returns its exit code.
 func reportError(out *Output, err error) int {
 	var ue *usageError
@@ -147,6 +152,12 @@ func reportError(out *Output, err error) int {
 			out.Hint("%s", ue.hint)
 		}
 		return exitUsage
+	}
+	var he *hintedError
+	if errors.As(err, &he) {
+		out.Error("%s", he.msg)
+		out.Hint("%s", he.hint)
+		return exitFailed
 	}
 	out.Error("%v", err)
 	return exitFailed

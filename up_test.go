@@ -293,8 +293,10 @@ func completeFirstBoot() [][]string {
 func wipeCalls() [][]string {
 	return seq(
 		"virsh metadata v1 "+metadataURI,
+		"virsh snapshot-list v1 --external --name",
 		"virsh destroy v1",
-		"virsh undefine v1",
+		"virsh snapshot-list v1 --internal --name",
+		"virsh undefine v1 --snapshots-metadata --managed-save --nvram",
 		"virsh vol-delete --pool vmup v1.qcow2",
 		"virsh vol-delete --pool vmup v1-seed.iso",
 		"virsh vol-delete --pool vmup v1-seed-boot.iso",

@@ -92,8 +92,24 @@ func (v *Virsh) Destroy(ctx context.Context, name string) error {
 	return classify(err)
 }
 
+// Undefine removes the definition with its snapshots' metadata, managed save
+// image and NVRAM, none of which libvirt lets outlive it.
 func (v *Virsh) Undefine(ctx context.Context, name string) error {
-	_, err := v.run(ctx, "undefine", name)
+	_, err := v.run(ctx, "undefine", name, "--snapshots-metadata", "--managed-save", "--nvram")
+	return classify(err)
+}
+
+// Snapshots names the domain's snapshots of one kind: --internal or --external.
+func (v *Virsh) Snapshots(ctx context.Context, name, kind string) ([]string, error) {
+	out, err := v.run(ctx, "snapshot-list", name, kind, "--name")
+	if err != nil {
+		return nil, classify(err)
+	}
+	return strings.Fields(out), nil
+}
+
+func (v *Virsh) SnapshotDelete(ctx context.Context, name, snap string) error {
+	_, err := v.run(ctx, "snapshot-delete", name, snap)
 	return classify(err)
 }
 
