@@ -649,10 +649,35 @@ func reapGroup(pgid int, p Paths) {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), p.Dir) {
+		if err == nil && namesDir(cmdline, p.Dir) {
 			unix.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// namesDir says whether an argv word names dir or a path in it: dir must be a
+// whole path component (vms/web is not vms/web2). It may start a word, follow
+// '=' (-o IdentityFile=…) or stand in ansible's joined, quoted ssh_args.
+func namesDir(cmdline []byte, dir string) bool {
+	if dir == "" {
+		return false
+	}
+	for _, arg := range strings.Split(string(cmdline), "\x00") {
+		for i := 0; ; {
+			j := strings.Index(arg[i:], dir)
+			if j < 0 {
+				break
+			}
+			start, end := i+j, i+j+len(dir)
+			before := start == 0 || strings.ContainsRune("= '\"", rune(arg[start-1]))
+			after := end == len(arg) || strings.ContainsRune("/ '\"", rune(arg[end]))
+			if before && after {
+				return true
+			}
+			i = start + 1
+		}
+	}
+	return false
 }
 
 // wipeVM removes a vmup VM: domain, volumes, state. Nothing of it is left
