@@ -88,7 +88,7 @@ func fakeMain(prog string, args []string) int {
 			fmt.Println("fatal: [vm]: FAILED!")
 			return 2
 		}
-		if mode != "block" {
+		if mode != "block" && mode != "fail-bg" {
 			fmt.Println("PLAY RECAP ok=1")
 			return 0
 		}
@@ -101,6 +101,11 @@ func fakeMain(prog string, args []string) int {
 		pidFile := filepath.Join(dir, "playbook.pid")
 		os.WriteFile(pidFile+".tmp", []byte(fmt.Sprintf("%d %d %d", os.Getpid(), pgid, child.Process.Pid)), 0o600)
 		os.Rename(pidFile+".tmp", pidFile)
+		if mode == "fail-bg" {
+			// A task's `sleep 300 &`: the playbook fails and leaves it behind.
+			fmt.Println("fatal: [vm]: FAILED!")
+			return 2
+		}
 		// Like ansible: the first SIGINT ends the run (after a moment of cleanup).
 		sig := <-sigs
 		appendFile(filepath.Join(dir, "playbook.signals"), sig.String()+"\n")
@@ -463,5 +468,20 @@ func TestBinaryProvisionInterruptKeepsVM(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(r.home, "vms", "v1", "state.json")); err != nil {
 		t.Errorf("the VM's state is gone: %v", err)
+	}
+}
+
+// A playbook that fails at once leaves a background process in its group;
+// vmup stops it before it exits (nothing vmup started outlives it).
+func TestPlaybookGrandchildReapedAfterNormalExit(t *testing.T) {
+	r := startVmup(t, "fail-bg")
+	_, _, child := r.waitPlaybook()
+	t.Cleanup(func() { unix.Kill(child, syscall.SIGKILL) })
+	if code := r.exitCode(); code != exitProvision {
+		t.Fatalf("exit %d, want 3", code)
+	}
+	// Dead by the time vmup exited: gone, or a zombie init has yet to reap.
+	if !dead(child) {
+		t.Fatalf("the playbook's grandchild %d outlived vmup", child)
 	}
 }
