@@ -371,7 +371,9 @@ func sshFor(env Env, o *Options, cmd string) (*SSH, int) {
 		env.Out.Hint("start it with `vmup up %s`", o.Name)
 		return nil, exitFailed
 	}
-	return newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort}), -1
+	s := newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort})
+	s.control = controlPath(paths, j)
+	return s, -1
 }
 
 // runSSH replaces vmup with ssh, so the terminal, signals and exit status are ssh's.
@@ -440,6 +442,7 @@ func runProvision(env Env, o *Options) int {
 		return exitFailed
 	}
 	s := newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort})
+	s.control = controlPath(paths, j)
 	if err := writeInventory(paths, o.Name, j.User, s.ep); err != nil {
 		return reportError(out, err)
 	}

@@ -227,6 +227,7 @@ type fakeRunner struct {
 	mu    sync.Mutex
 	world *fakeWorld
 	calls [][]string
+	raw   [][]string // the same calls, unabbreviated
 	// playbook decides what ansible-playbook does: "ok", "fail" or "block".
 	playbook string
 	// playbookStarted is closed when a playbook starts.
@@ -241,6 +242,7 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	f.mu.Lock()
 	short := abbreviate(c.Args)
 	f.calls = append(f.calls, short)
+	f.raw = append(f.raw, slices.Clone(c.Args))
 	f.mu.Unlock()
 	if c.Started != nil {
 		c.Started(999999)

@@ -51,8 +51,11 @@ type Journal struct {
 	BaseVolume    string   `json:"base_volume,omitempty"`
 	// UploadingBase names a shared base volume while it is uploaded: if this
 	// run dies, the volume is partial and a later `up` deletes it.
-	UploadingBase string    `json:"uploading_base,omitempty"`
-	Updated       time.Time `json:"updated"`
+	UploadingBase string `json:"uploading_base,omitempty"`
+	// ControlDir is the private dir of the ControlMaster's socket while an
+	// up runs, when the state dir's path is too long for a socket.
+	ControlDir string    `json:"control_dir,omitempty"`
+	Updated    time.Time `json:"updated"`
 }
 
 // Paths names every file vmup keeps for one VM.
