@@ -7,16 +7,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // lockVM takes the VM's lock for a command that works on it, or says who holds it.
-func lockVM(out *Output, paths Paths) (*Lock, int) {
-	lock, holder, err := tryLock(paths.Lock)
+func lockVM(out *Output, paths Paths, cmd string) (*Lock, int) {
+	lock, holder, err := tryLock(paths.Lock, cmd)
 	if errors.Is(err, errLocked) {
 		out.Error("VM %s is busy (pid %d)", paths.Name(), holder)
 		return nil, exitBusy
@@ -45,21 +45,85 @@ func loadVM(env Env, o *Options, cmd string) (Paths, *Journal, int) {
 	return paths, j, -1
 }
 
-// askOwnerToStop sends SIGTERM to the `up` holding the VM's lock and waits
-// for it to let go.
-func askOwnerToStop(env Env, paths Paths, pid int, timeout time.Duration) (*Lock, error) {
-	if pid > 0 {
-		if err := unix.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
-			return nil, fmt.Errorf("cannot signal vmup pid %d: %w", pid, err)
+// busyWait is how long down and destroy wait for a holder of the VM's lock
+// that they may not ask to stop.
+const busyWait = 5 * time.Second
+
+// upHolding returns the `up` that holds the VM's lock, proven to be that very
+// process: its record says up, its pid still has the recorded start time and
+// runs `vmup up`, and the lock is still held. A pid that a stale record names
+// may be anyone's now.
+func upHolding(path string) (lockRecord, bool) {
+	data, _ := os.ReadFile(path)
+	rec, ok := parseLockRecord(data)
+	if !ok || rec.Command != "up" || !rec.alive() || !runsUp(rec.PID) {
+		return rec, false
+	}
+	_, held := lockHolder(path)
+	return rec, held
+}
+
+// runsUp says whether pid's command line is `vmup up …`.
+func runsUp(pid int) bool {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	args := strings.Split(string(data), "\x00")
+	return err == nil && len(args) > 1 && args[1] == "up"
+}
+
+// terminate sends SIGTERM to the recorded process and to no other: through a
+// pidfd, opened before the start time is checked again, a pid reused after
+// the check is never the one signalled.
+func (r lockRecord) terminate() error {
+	fd, err := unix.PidfdOpen(r.PID, 0)
+	if errors.Is(err, unix.ENOSYS) { // before Linux 5.3
+		if !r.alive() {
+			return unix.ESRCH
 		}
+		return unix.Kill(r.PID, unix.SIGTERM)
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if !r.alive() {
+		return unix.ESRCH
+	}
+	return unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0)
+}
+
+// askOwnerToStop sends SIGTERM to the `up` holding the VM's lock (as
+// upHolding proved) and waits for it to let go.
+func askOwnerToStop(env Env, paths Paths, up lockRecord, cmd string, timeout time.Duration) (*Lock, error) {
+	if err := up.terminate(); err != nil && !errors.Is(err, unix.ESRCH) {
+		return nil, fmt.Errorf("cannot signal vmup pid %d: %w", up.PID, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	l, err := waitLock(ctx, paths.Lock)
+	l, err := waitLock(ctx, paths.Lock, cmd)
 	if errors.Is(err, errLocked) {
-		return nil, fmt.Errorf("vmup pid %d did not stop within %s", pid, timeout)
+		return nil, fmt.Errorf("vmup pid %d did not stop within %s", up.PID, timeout)
 	}
 	return l, err
+}
+
+// waitBusy waits a few seconds for a holder of the VM's lock that is no
+// proven `up`: a destroy, down or provision at work, or a holder its record
+// does not name. It is never signalled: a destroy killed halfway leaves a
+// half-destroyed VM.
+func waitBusy(env Env, paths Paths, cmd string) (*Lock, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), busyWait)
+	defer cancel()
+	l, err := waitLock(ctx, paths.Lock, cmd)
+	if errors.Is(err, errLocked) {
+		rec, _ := lockHolder(paths.Lock)
+		env.Out.Error("VM %s is busy: %s is working on it", paths.Name(), rec.describe())
+		env.Out.Hint("wait for it to finish, then run the command again")
+		return nil, exitBusy
+	}
+	if err != nil {
+		return nil, reportError(env.Out, err)
+	}
+	return l, 0
 }
 
 func runDown(env Env, o *Options) int {
@@ -68,28 +132,39 @@ func runDown(env Env, o *Options) int {
 	if j == nil {
 		return code
 	}
-	lock, holder, err := tryLock(paths.Lock)
+	lock, _, err := tryLock(paths.Lock, "down")
 	if errors.Is(err, errLocked) {
-		cur, _ := readJournal(paths)
-		if cur != nil {
-			if p, ok := parsePhase(cur.Phase); ok && (p == Preparing || p.FirstBoot() || p == Wiping) {
-				out.Error("VM %s is in its first boot (vmup pid %d); down would leave it half made", o.Name, holder)
-				out.Hint("press Ctrl+C twice in that terminal to abort it, or run `vmup destroy %s`", o.Name)
-				return exitBusy
+		if up, ok := upHolding(paths.Lock); ok {
+			cur, _ := readJournal(paths)
+			if cur != nil {
+				if p, ok := parsePhase(cur.Phase); ok && (p == Preparing || p.FirstBoot() || p == Wiping) {
+					out.Error("VM %s is in its first boot (vmup pid %d); down would leave it half made", o.Name, up.PID)
+					out.Hint("press Ctrl+C twice in that terminal to abort it, or run `vmup destroy %s`", o.Name)
+					return exitBusy
+				}
 			}
+			out.Say("stopping", "Asking vmup pid %d to shut VM %s down", up.PID, o.Name)
+			lock, err = askOwnerToStop(env, paths, up, "down", o.ShutdownTimeout+30*time.Second)
+			if err != nil {
+				return reportError(out, err)
+			}
+			lock.Unlock()
+			return exitOK
 		}
-		out.Say("stopping", "Asking vmup pid %d to shut VM %s down", holder, o.Name)
-		lock, err = askOwnerToStop(env, paths, holder, o.ShutdownTimeout+30*time.Second)
-		if err != nil {
-			return reportError(out, err)
+		if lock, code = waitBusy(env, paths, "down"); lock == nil {
+			return code
 		}
-		lock.Unlock()
-		return exitOK
+		// Its holder may have changed or removed the VM meanwhile.
+		j, err = readJournal(paths)
 	}
+	defer lock.Unlock()
 	if err != nil {
 		return reportError(out, err)
 	}
-	defer lock.Unlock()
+	if j == nil {
+		out.Say("stopped", "VM %s is gone", o.Name)
+		return exitOK
+	}
 	v := newVirsh(env.Runner, j.Connect)
 	ctx := context.Background()
 	if err := checkLibvirt(ctx, v, out); err != nil {
@@ -148,10 +223,18 @@ func runDestroy(env Env, o *Options) int {
 		return reportError(out, err)
 	}
 	paths := pathsFor(env.Home, o.Name)
-	lock, holder, err := tryLock(paths.Lock)
+	lock, _, err := tryLock(paths.Lock, "destroy")
 	if errors.Is(err, errLocked) {
-		out.Say("stopping", "Asking vmup pid %d to stop VM %s first", holder, o.Name)
-		lock, err = askOwnerToStop(env, paths, holder, 2*time.Minute)
+		if up, ok := upHolding(paths.Lock); ok {
+			out.Say("stopping", "Asking vmup pid %d to stop VM %s first", up.PID, o.Name)
+			lock, err = askOwnerToStop(env, paths, up, "destroy", 2*time.Minute)
+		} else {
+			var code int
+			if lock, code = waitBusy(env, paths, "destroy"); lock == nil {
+				return code
+			}
+			err = nil
+		}
 	}
 	if err != nil {
 		return reportError(out, err)
@@ -196,6 +279,8 @@ type vmStatus struct {
 	SSH      string   `json:"ssh,omitempty"`
 	Forwards []string `json:"forwards"`
 	PID      int      `json:"pid,omitempty"`
+	// Holder is the vmup command that holds the VM's lock: up, down, destroy, provision.
+	Holder string `json:"holder,omitempty"`
 }
 
 func statusOf(ctx context.Context, env Env, name string) vmStatus {
@@ -205,9 +290,11 @@ func statusOf(ctx context.Context, env Env, name string) vmStatus {
 	connect := defaultOptions().Connect
 	if j != nil {
 		s.Phase, connect = j.Phase, j.Connect
-		if holder, held := lockHolder(paths.Lock); held {
-			s.PID = holder
-		} else if s.Phase == Running.String() || s.Phase == Booting.String() {
+		rec, held := lockHolder(paths.Lock)
+		if held && rec.alive() {
+			s.PID, s.Holder = rec.PID, rec.Command
+		}
+		if (!held || rec.Command != "up") && (s.Phase == Running.String() || s.Phase == Booting.String()) {
 			s.Phase = "detached" // its vmup is gone; the VM may still run
 		}
 		if j.SSHPort != 0 {
@@ -284,7 +371,9 @@ func sshFor(env Env, o *Options, cmd string) (*SSH, int) {
 		env.Out.Hint("start it with `vmup up %s`", o.Name)
 		return nil, exitFailed
 	}
-	return newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort}), -1
+	s := newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort})
+	s.control = controlPath(paths, j)
+	return s, -1
 }
 
 // runSSH replaces vmup with ssh, so the terminal, signals and exit status are ssh's.
@@ -326,7 +415,7 @@ func runProvision(env Env, o *Options) int {
 	if j == nil {
 		return code
 	}
-	lock, code := lockVM(out, paths)
+	lock, code := lockVM(out, paths, "provision")
 	if lock == nil {
 		return code
 	}
@@ -353,6 +442,7 @@ func runProvision(env Env, o *Options) int {
 		return exitFailed
 	}
 	s := newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort})
+	s.control = controlPath(paths, j)
 	if err := writeInventory(paths, o.Name, j.User, s.ep); err != nil {
 		return reportError(out, err)
 	}

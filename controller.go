@@ -294,14 +294,19 @@ func (u *upRun) finish() {
 		cancel()
 	}
 	u.masterCancel()
+	masterEnded := true
 	if u.masterDone != nil {
 		select {
 		case <-u.masterDone:
 		case <-time.After(15 * time.Second):
+			masterEnded = false
 		}
 	}
-	if u.ssh != nil {
-		os.Remove(controlPath(u.paths)) // a master that died by a signal leaves its socket
+	if u.ssh != nil && u.ssh.control != "" {
+		os.Remove(u.ssh.control) // a master that died by a signal leaves its socket
+	}
+	if masterEnded {
+		u.removeControlDir()
 	}
 	u.workCancel()
 	switch u.phase {
@@ -386,6 +391,10 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 		return
 	}
 	u.ssh = newSSH(u.env.Runner, u.o.Name, u.j.User, u.paths, ep)
+	if u.ssh.control, err = u.controlSocket(); err != nil {
+		fail(fmt.Errorf("cannot make a dir for the ssh ControlMaster's socket: %w", err))
+		return
+	}
 	done, err := u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive)
 	u.masterDone = done
 	if err != nil {
@@ -409,6 +418,45 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 		}
 	}
 	u.send(EvReady, nil)
+}
+
+// controlSocket picks this run's ControlMaster socket. When the state dir's
+// path is too long for one, it lives in a private dir in the temp dir,
+// journalled so `vmup ssh` finds it and a wipe removes it.
+func (u *upRun) controlSocket() (string, error) {
+	if sock := controlPath(u.paths, nil); sock != "" {
+		return sock, nil
+	}
+	u.jmu.Lock()
+	sock := controlPath(u.paths, u.j)
+	u.jmu.Unlock()
+	if sock != "" {
+		os.Remove(sock) // left by a killed run's master; this run holds the VM's lock
+		return sock, nil
+	}
+	dir, err := newControlDir()
+	if err != nil {
+		return "", err
+	}
+	if err := u.updateJournal(func(j *Journal) { j.ControlDir = dir }); err != nil {
+		os.Remove(dir)
+		return "", err
+	}
+	return filepath.Join(dir, "ssh.sock"), nil
+}
+
+// removeControlDir removes the private socket dir once no master uses it.
+func (u *upRun) removeControlDir() {
+	u.jmu.Lock()
+	dir := u.j.ControlDir
+	u.jmu.Unlock()
+	if dir == "" {
+		return
+	}
+	if validControlDir(dir) == nil {
+		os.RemoveAll(dir)
+	}
+	u.updateJournal(func(j *Journal) { j.ControlDir = "" })
 }
 
 // domainAlive fails once the domain stopped: waiting for its SSH is pointless then.
@@ -705,10 +753,35 @@ func reapGroup(pgid int, p Paths) {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), p.Dir) {
+		if err == nil && namesDir(cmdline, p.Dir) {
 			unix.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// namesDir says whether an argv word names dir or a path in it: dir must be a
+// whole path component (vms/web is not vms/web2). It may start a word, follow
+// '=' (-o IdentityFile=…) or stand in ansible's joined, quoted ssh_args.
+func namesDir(cmdline []byte, dir string) bool {
+	if dir == "" {
+		return false
+	}
+	for _, arg := range strings.Split(string(cmdline), "\x00") {
+		for i := 0; ; {
+			j := strings.Index(arg[i:], dir)
+			if j < 0 {
+				break
+			}
+			start, end := i+j, i+j+len(dir)
+			before := start == 0 || strings.ContainsRune("= '\"", rune(arg[start-1]))
+			after := end == len(arg) || strings.ContainsRune("/ '\"", rune(arg[end]))
+			if before && after {
+				return true
+			}
+			i = start + 1
+		}
+	}
+	return false
 }
 
 // wipeVM removes a vmup VM: domain, volumes, state. Nothing of it is left
@@ -732,7 +805,10 @@ func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths) error {
 			return err
 		}
 	}
-	os.Remove(controlPath(p))
+	// A private socket dir (see controlPath) goes with the VM.
+	if j, err := readJournal(p); err == nil && j != nil && validControlDir(j.ControlDir) == nil {
+		os.RemoveAll(j.ControlDir)
+	}
 	return os.RemoveAll(p.Dir)
 }
 

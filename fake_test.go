@@ -290,6 +290,7 @@ type fakeRunner struct {
 	mu    sync.Mutex
 	world *fakeWorld
 	calls [][]string
+	raw   [][]string // the same calls, unabbreviated
 	// playbook decides what ansible-playbook does: "ok", "fail" or "block".
 	playbook string
 	// playbookStarted is closed when a playbook starts.
@@ -308,6 +309,7 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	f.mu.Lock()
 	short := abbreviate(c.Args)
 	f.calls = append(f.calls, short)
+	f.raw = append(f.raw, slices.Clone(c.Args))
 	onCall := f.onCall
 	f.mu.Unlock()
 	if onCall != nil {

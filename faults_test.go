@@ -187,21 +187,6 @@ func TestClosedStdoutFromStartChangesNothing(t *testing.T) {
 	}
 }
 
-// waitFile polls until the fakes wrote name in the run's dir.
-func (r *binaryRun) waitFile(name string) {
-	r.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(r.dir, name)); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("no %s within 60s", name)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // Item 4: Ctrl+C while a re-up redefines a shut-off completed VM removes
 // nothing of it: the domain stays defined and the next up starts it.
 func TestInterruptedRedefinitionKeepsCompletedDomain(t *testing.T) {
@@ -222,15 +207,16 @@ func TestInterruptedRedefinitionKeepsCompletedDomain(t *testing.T) {
 	delete(j, "uuid")
 	data, _ = json.Marshal(j)
 	os.WriteFile(journal, data, 0o600)
+	waiting, _ := r.gate("domuuid")
 	up := exec.Command(vmupBinary, "up", "v1", "--cpus", "4", "-d")
-	up.Env = append(r.env, "VMUP_FAKE_BLOCK=domuuid")
+	up.Env = r.env
 	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	up.Stderr = &testLogWriter{t: t}
 	if err := up.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Kill(-up.Process.Pid, syscall.SIGKILL) })
-	r.waitFile("blocked")
+	waiting()
 	unix.Kill(-up.Process.Pid, syscall.SIGINT)
 	up.Wait()
 	if code := up.ProcessState.ExitCode(); code != exitSIGINT {

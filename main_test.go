@@ -50,14 +50,12 @@ func fakeMain(prog string, args []string) int {
 		time.Sleep(24 * time.Hour) // a grandchild in the playbook's process group, like ansible's ssh
 		return 0
 	}
-	if prog == "virsh" && len(args) > 2 && args[2] == os.Getenv("VMUP_FAKE_BLOCK") {
-		// A virsh call that hangs (a slow libvirtd) until vmup stops its group.
-		os.WriteFile(filepath.Join(dir, "blocked"), []byte(args[2]), 0o600)
-		time.Sleep(24 * time.Hour)
+	short := abbreviate(append([]string{prog}, args...))
+	if prog == "virsh" && len(short) > 1 {
+		waitGate(filepath.Join(dir, "gate-virsh-"+short[1]))
 	}
 	lockFile, _ := os.OpenFile(filepath.Join(dir, "world.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	unix.Flock(int(lockFile.Fd()), unix.LOCK_EX)
-	short := abbreviate(append([]string{prog}, args...))
 	line, _ := json.Marshal(short)
 	appendFile(filepath.Join(dir, "calls.log"), string(line)+"\n")
 	world := loadWorld(filepath.Join(dir, "world.json"))
@@ -100,7 +98,7 @@ func fakeMain(prog string, args []string) int {
 			fmt.Println("fatal: [vm]: FAILED!")
 			return 2
 		}
-		if mode != "block" {
+		if mode != "block" && mode != "fail-bg" {
 			fmt.Println("PLAY RECAP ok=1")
 			return 0
 		}
@@ -113,12 +111,70 @@ func fakeMain(prog string, args []string) int {
 		pidFile := filepath.Join(dir, "playbook.pid")
 		os.WriteFile(pidFile+".tmp", []byte(fmt.Sprintf("%d %d %d", os.Getpid(), pgid, child.Process.Pid)), 0o600)
 		os.Rename(pidFile+".tmp", pidFile)
+		if mode == "fail-bg" {
+			// A task's `sleep 300 &`: the playbook fails and leaves it behind.
+			fmt.Println("fatal: [vm]: FAILED!")
+			return 2
+		}
 		// Like ansible: the first SIGINT ends the run (after a moment of cleanup).
 		sig := <-sigs
 		appendFile(filepath.Join(dir, "playbook.signals"), sig.String()+"\n")
 		return 99
 	}
 	return 127
+}
+
+// waitGate holds a fake program while the test keeps the gate file: the
+// program says it waits (gate.waiting) and goes on once the gate is removed.
+// Like a slow libvirt, it holds no lock of the fake world meanwhile.
+func waitGate(gate string) {
+	if _, err := os.Stat(gate); err != nil {
+		return
+	}
+	os.WriteFile(gate+".waiting", nil, 0o600)
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(gate); err != nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// gate makes the fake `virsh CMD` wait until the returned open is called.
+func (r *binaryRun) gate(cmd string) (waiting func(), open func()) {
+	path := filepath.Join(r.dir, "gate-virsh-"+cmd)
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		r.t.Fatal(err)
+	}
+	waiting = func() {
+		r.t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			if _, err := os.Stat(path + ".waiting"); err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				r.t.Fatalf("virsh %s never ran", cmd)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return waiting, func() { os.Remove(path) }
+}
+
+// start runs another vmup command in the background, in its own process group.
+func (r *binaryRun) start(args ...string) (*exec.Cmd, *strings.Builder) {
+	cmd := exec.Command(vmupBinary, args...)
+	cmd.Env = r.env
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { unix.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	return cmd, out
 }
 
 func appendFile(path, s string) {
@@ -490,5 +546,90 @@ func TestBinaryProvisionInterruptKeepsVM(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(r.home, "vms", "v1", "state.json")); err != nil {
 		t.Errorf("the VM's state is gone: %v", err)
+	}
+}
+
+// A playbook that fails at once leaves a background process in its group;
+// vmup stops it before it exits (nothing vmup started outlives it).
+func TestPlaybookGrandchildReapedAfterNormalExit(t *testing.T) {
+	r := startVmup(t, "fail-bg")
+	_, _, child := r.waitPlaybook()
+	t.Cleanup(func() { unix.Kill(child, syscall.SIGKILL) })
+	if code := r.exitCode(); code != exitProvision {
+		t.Fatalf("exit %d, want 3", code)
+	}
+	// Dead by the time vmup exited: gone, or a zombie init has yet to reap.
+	if !dead(child) {
+		t.Fatalf("the playbook's grandchild %d outlived vmup", child)
+	}
+}
+
+// `down` while `destroy` works on the VM never signals the destroy (killed
+// between `virsh destroy` and `undefine`, it would leave a half-destroyed VM):
+// down waits a few seconds, then says who is busy with the VM.
+func TestDownNeverSignalsADestroyInProgress(t *testing.T) {
+	r := startVmup(t, "ok", "-d")
+	if code := r.exitCode(); code != 0 {
+		t.Fatalf("up -d: exit %d", code)
+	}
+	waiting, open := r.gate("destroy")
+	destroy, destroyOut := r.start("destroy", "v1")
+	waiting()
+
+	out, code := r.vmup("down", "v1")
+	want := fmt.Sprintf("vmup: error: VM v1 is busy: vmup destroy (pid %d) is working on it", destroy.Process.Pid)
+	if code != exitBusy || !strings.Contains(out, want) ||
+		!strings.Contains(out, "vmup: hint: wait for it to finish, then run the command again") {
+		t.Errorf("down during a destroy: exit %d, want 5 with %q and a hint\n%s", code, want, out)
+	}
+	open()
+	destroy.Wait()
+	if code := destroy.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("destroy: exit %d (%v), want 0\n%s", code, destroy.ProcessState, destroyOut)
+	}
+	if !r.called("virsh undefine v1") {
+		t.Errorf("the destroy never undefined the domain; calls %v", r.calls())
+	}
+}
+
+// A lock file naming a pid that is now an unrelated process (here a sleep)
+// never gets that process signalled, even while the lock is held.
+func TestStalePidInLockNeverSignalled(t *testing.T) {
+	r := startVmup(t, "ok", "-d")
+	if code := r.exitCode(); code != 0 {
+		t.Fatalf("up -d: exit %d", code)
+	}
+	bystander := exec.Command("sleep", "60")
+	if err := bystander.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bystander.Process.Kill() })
+	exited := make(chan struct{})
+	go func() { bystander.Wait(); close(exited) }()
+	// The lock is held (by this test), its record left by an earlier vmup
+	// whose pid the sleep has now.
+	lockPath := filepath.Join(r.home, "locks", "v1.lock")
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(0)
+	fmt.Fprintf(f, "%d\n", bystander.Process.Pid)
+
+	out, code := r.vmup("destroy", "v1")
+	if code != exitBusy || !strings.Contains(out, "vmup: error: VM v1 is busy") || !strings.Contains(out, "vmup: hint:") {
+		t.Errorf("destroy: exit %d, want 5 with a hint\n%s", code, out)
+	}
+	select {
+	case <-exited:
+		t.Errorf("destroy signalled pid %d, an unrelated process named by a stale lock record: %v", bystander.Process.Pid, bystander.ProcessState)
+	default:
+	}
+	if r.called("virsh destroy") || r.called("virsh undefine") {
+		t.Errorf("destroy went on without the lock; calls %v", r.calls())
 	}
 }

@@ -46,7 +46,7 @@ func (u *upRun) prepare(ctx context.Context) {
 
 // globalLock guards what VMs share: the pool, base volumes, port choice.
 func (u *upRun) globalLock(ctx context.Context) (*Lock, error) {
-	l, err := waitLock(ctx, filepath.Join(u.env.Home, "locks", "_global.lock"))
+	l, err := waitLock(ctx, filepath.Join(u.env.Home, "locks", "_global.lock"), "up")
 	if errors.Is(err, errLocked) {
 		return nil, ctx.Err()
 	}

@@ -34,7 +34,7 @@ type Result struct {
 
 // Runner runs every external program vmup uses (except `vmup ssh`, which
 // replaces itself with ssh). Cancelling ctx stops the child's whole process
-// group; Run returns only once that group is gone.
+// group; Run returns only once that group is gone, cancelled or not.
 type Runner interface {
 	Run(ctx context.Context, c Cmd) (Result, error)
 }
@@ -58,8 +58,9 @@ func (e *ExitError) Error() string {
 }
 
 // execRunner starts children in their own process group, with stdin from
-// /dev/null and a parent-death signal, and stops a cancelled child's group by
-// escalating SIGINT, SIGTERM, SIGKILL, each given Grace to work.
+// /dev/null and a parent-death signal, and stops a cancelled child's group, or
+// what is left of it once the child exited, by escalating SIGINT, SIGTERM,
+// SIGKILL, each given Grace to work.
 type execRunner struct {
 	Grace time.Duration
 }
@@ -105,6 +106,13 @@ func (r execRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	var waitErr error
 	select {
 	case waitErr = <-waited:
+		// The child is gone, but what it started in its group (a playbook's
+		// `cmd &`) is not: it gets the same escalation as a cancelled child.
+		if unix.Kill(-pgid, 0) != unix.ESRCH {
+			exited := make(chan error, 1)
+			exited <- waitErr
+			waitErr = stopGroup(pgid, r.grace(), exited)
+		}
 	case <-ctx.Done():
 		waitErr = stopGroup(pgid, r.grace(), waited)
 	}

@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -28,33 +28,86 @@ type SSH struct {
 	user  string
 	paths Paths
 	ep    Endpoint
+	// control is the ControlMaster's socket; "" means none (ssh connects by itself).
+	control string
 }
 
 func newSSH(r Runner, name, user string, paths Paths, ep Endpoint) *SSH {
-	return &SSH{r: r, prog: programFor("VMUP_SSH", "ssh"), name: name, user: user, paths: paths, ep: ep}
+	return &SSH{r: r, prog: programFor("VMUP_SSH", "ssh"), name: name, user: user, paths: paths, ep: ep,
+		control: controlPath(paths, nil)}
 }
 
 func hostKeyAlias(name string) string { return "vmup-" + name }
 
-// controlPath keeps the socket path within the kernel's 108-byte limit.
-func controlPath(p Paths) string {
-	if sock := p.ControlSocket(); len(sock) < 100 {
+// maxSocketPath keeps a socket's path within the kernel's 108 bytes.
+const maxSocketPath = 100
+
+// controlPath says where the ControlMaster's socket is: in the VM's state dir,
+// or, when that path is too long for a socket, in the private dir the journal
+// names, if it passes validControlDir. "" means no master to use.
+func controlPath(p Paths, j *Journal) string {
+	if sock := p.ControlSocket(); len(sock) < maxSocketPath {
 		return sock
 	}
-	sum := sha256.Sum256([]byte(p.Dir))
-	return filepath.Join(os.TempDir(), fmt.Sprintf("vmup-%x.sock", sum[:6]))
+	if j != nil && validControlDir(j.ControlDir) == nil {
+		return filepath.Join(j.ControlDir, "ssh.sock")
+	}
+	return ""
+}
+
+// newControlDir makes a private dir for the socket with a random name: a
+// predictable name in the world-writable temp dir is another user's to take.
+func newControlDir() (string, error) {
+	dir, err := os.MkdirTemp(os.TempDir(), "vmup-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		os.Remove(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
+// validControlDir accepts only what newControlDir makes: a vmup-* dir right
+// in the temp dir, a real dir (no symlink), this user's, mode 0700. A journal
+// naming anything else is not followed, for ssh nor for removal.
+func validControlDir(dir string) error {
+	tmp := filepath.Clean(os.TempDir())
+	if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir || filepath.Dir(dir) != tmp ||
+		!strings.HasPrefix(filepath.Base(dir), "vmup-") {
+		return fmt.Errorf("control dir %q is not a vmup-* dir in %s", dir, tmp)
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	switch {
+	case !st.IsDir():
+		return fmt.Errorf("control dir %s is no directory", dir)
+	case !ok || int(sys.Uid) != os.Getuid():
+		return fmt.Errorf("control dir %s is not owned by uid %d", dir, os.Getuid())
+	case st.Mode().Perm() != 0o700:
+		return fmt.Errorf("control dir %s has mode %v, not 0700", dir, st.Mode().Perm())
+	}
+	return nil
 }
 
 // Options are the -o settings every vmup ssh (and ansible) connection uses.
 func (s *SSH) Options() []string {
-	return []string{
+	opts := []string{
 		"-o", "IdentitiesOnly=yes", "-o", "IdentityFile=" + s.paths.Key(),
 		"-o", "UserKnownHostsFile=" + s.paths.KnownHosts(), "-o", "StrictHostKeyChecking=yes",
 		"-o", "HostKeyAlias=" + hostKeyAlias(s.name),
-		"-o", "ControlPath=" + controlPath(s.paths),
+	}
+	if s.control != "" {
+		opts = append(opts, "-o", "ControlPath="+s.control)
+	}
+	return append(opts,
 		"-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
 		"-o", "LogLevel=ERROR",
-	}
+	)
 }
 
 func (s *SSH) target() []string {
@@ -86,7 +139,10 @@ func (s *SSH) Check(ctx context.Context) error {
 
 // Exit closes the master; with none running it is a no-op.
 func (s *SSH) Exit(ctx context.Context) {
-	if _, err := os.Stat(controlPath(s.paths)); err != nil {
+	if s.control == "" {
+		return
+	}
+	if _, err := os.Stat(s.control); err != nil {
 		return
 	}
 	s.r.Run(ctx, Cmd{Args: s.argv("-O", "exit")})
@@ -160,6 +216,11 @@ func (s *SSH) Config() string {
 	for i := 1; i < len(opts); i += 2 {
 		k, v, _ := strings.Cut(opts[i], "=")
 		if k == "BatchMode" || k == "LogLevel" {
+			continue
+		}
+		// A config is kept: a socket in the temp dir has a name another user
+		// may take once this up ended and removed its dir.
+		if k == "ControlPath" && v != s.paths.ControlSocket() {
 			continue
 		}
 		fmt.Fprintf(&b, "  %s %s\n", k, quoteSSHConfig(v))

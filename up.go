@@ -16,7 +16,7 @@ func runUp(env Env, o *Options) int {
 		return reportError(out, err)
 	}
 	paths := pathsFor(env.Home, o.Name)
-	lock, code := lockVM(out, paths)
+	lock, code := lockVM(out, paths, "up")
 	if lock == nil {
 		return code
 	}

@@ -603,7 +603,7 @@ func TestShutdownTimeoutForcesOff(t *testing.T) {
 
 func TestBusyVM(t *testing.T) {
 	h := newHarness(t)
-	lock, _, err := tryLock(pathsFor(h.env.Home, "v1").Lock)
+	lock, _, err := tryLock(pathsFor(h.env.Home, "v1").Lock, "up")
 	if err != nil {
 		t.Fatal(err)
 	}
