@@ -248,3 +248,23 @@ func TestFailedDefineRemovesWhatTheRunMade(t *testing.T) {
 		t.Errorf("no error line:\n%s", h.stderr)
 	}
 }
+
+// A socket left by a killed up's ControlMaster is gone before the next master
+// starts: ssh refuses to listen on an existing path.
+func TestStaleControlSocketRemovedBeforeMaster(t *testing.T) {
+	h := newHarness(t)
+	h.createDetached()
+	h.fake.world.Domains["v1"] = "shut off"
+	sock := pathsFor(h.env.Home, "v1").ControlSocket()
+	os.WriteFile(sock, nil, 0o600)
+	h.fake.onCall = func(args []string) {
+		if args[0] == "ssh" && len(args) > 1 && args[1] == "master" {
+			if _, err := os.Stat(sock); err == nil {
+				t.Error("the ControlMaster started with a stale socket in place")
+			}
+		}
+	}
+	if code := h.wait(h.up("v1", "-d")); code != 0 {
+		t.Fatalf("exit %d\n%s", code, h.stderr)
+	}
+}

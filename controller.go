@@ -424,14 +424,13 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 // path is too long for one, it lives in a private dir in the temp dir,
 // journalled so `vmup ssh` finds it and a wipe removes it.
 func (u *upRun) controlSocket() (string, error) {
-	if sock := controlPath(u.paths, nil); sock != "" {
-		return sock, nil
-	}
 	u.jmu.Lock()
 	sock := controlPath(u.paths, u.j)
 	u.jmu.Unlock()
 	if sock != "" {
-		os.Remove(sock) // left by a killed run's master; this run holds the VM's lock
+		// Left by a killed run's master (this run holds the VM's lock): ssh
+		// would refuse to be a master on it, and no probe would ever pass.
+		os.Remove(sock)
 		return sock, nil
 	}
 	dir, err := newControlDir()
