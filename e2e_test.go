@@ -315,8 +315,19 @@ func TestE2EDetachedLifecycle(t *testing.T) {
 	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-runs"); strings.Count(out, "run") != 1 {
 		t.Errorf("the playbook ran %d times, want 1", strings.Count(out, "run"))
 	}
+	// Someone snapshots the VM and saves it by hand: destroy removes that too.
+	for _, args := range [][]string{{"snapshot-create-as", e.name, "by-hand"}, {"managedsave", e.name}} {
+		if out, err := virsh(args...); err != nil {
+			t.Fatalf("virsh %v: %v %s", args, err, out)
+		}
+	}
+	start = time.Now()
 	e.must(3*time.Minute, "destroy", e.name)
+	t.Logf("TIMING destroy of a snapshotted, saved VM: %.1fs", time.Since(start).Seconds())
 	e.checkNothingLeft()
+	if saves, _ := filepath.Glob("/var/lib/libvirt/qemu/save/" + e.name + "*"); len(saves) > 0 {
+		t.Errorf("managed save image left: %v", saves)
+	}
 	vols, _ := virsh("vol-list", "vmup")
 	if !strings.Contains(vols, "vmup-base-") {
 		t.Errorf("the shared base volume is gone:\n%s", vols)
@@ -343,6 +354,118 @@ func TestE2EDoubleCtrlCDuringPlaybook(t *testing.T) {
 		t.Fatalf("exit %d, want 130", code)
 	}
 	e.checkNothingLeft()
+}
+
+// Item 1 of the faults issue: `vmup up … 2>&1 | tee log` in a terminal. Ctrl+C
+// reaches vmup and tee (one job, one process group): tee dies, vmup writes on
+// into a dead pipe and must behave exactly as with a live terminal.
+func TestE2EPipedToTeeCtrlCTwiceDuringPlaybook(t *testing.T) {
+	e := newE2E(t, "e2e-g")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := e.command(context.Background(), e.upArgs("slow.yml")...)
+	up.Stdout, up.Stderr = pw, pw
+	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(-up.Process.Pid, syscall.SIGKILL) })
+	log := filepath.Join(t.TempDir(), "log")
+	tee := exec.Command("tee", log)
+	tee.Stdin = pr
+	tee.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: up.Process.Pid}
+	if err := tee.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pr.Close()
+	pw.Close()
+	vmupDone := make(chan struct{})
+	go func() { up.Wait(); close(vmupDone) }()
+	teeDone := make(chan struct{})
+	go func() { tee.Wait(); close(teeDone) }()
+
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		data, _ := os.ReadFile(log)
+		if strings.Contains(string(data), "TASK [long task]") && len(processesMentioning("inventory.yml")) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the playbook did not reach its task:\n%s", data)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	ctrlC := func() {
+		if err := unix.Kill(-up.Process.Pid, syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctrlC()
+	select {
+	case <-teeDone:
+	case <-time.After(30 * time.Second):
+		t.Fatal("tee did not die of the Ctrl+C")
+	}
+	// vmup now writes into a pipe nobody reads; for a while, it and the
+	// playbook must simply go on.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		select {
+		case <-vmupDone:
+			t.Fatalf("vmup ended after one Ctrl+C: %v", up.ProcessState)
+		default:
+		}
+		if len(processesMentioning("inventory.yml")) == 0 {
+			t.Fatal("the playbook ended after one Ctrl+C")
+		}
+	}
+	ctrlC()
+	select {
+	case <-vmupDone:
+	case <-time.After(3 * time.Minute):
+		t.Fatal("vmup did not end after the second Ctrl+C")
+	}
+	if code := up.ProcessState.ExitCode(); code != exitSIGINT {
+		t.Fatalf("vmup's own exit status: %v, want 130", up.ProcessState)
+	}
+	data, _ := os.ReadFile(log)
+	t.Logf("what tee got before it died:\n%s", data)
+	e.checkNothingLeft()
+}
+
+// Item 2 of the faults issue: the playbook fills the disk VMUP_HOME is on. The
+// completed first boot is still recorded (a rename needs no space), up exits
+// 0, and a later up takes the VM for the completed one it is.
+func TestE2EFullDiskKeepsCompletedFirstBoot(t *testing.T) {
+	home := filepath.Join(t.TempDir(), "home")
+	os.Mkdir(home, 0o700)
+	if err := unix.Mount("tmpfs", home, "tmpfs", 0, "size=16m,mode=0700"); err != nil {
+		t.Fatalf("mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(home, unix.MNT_DETACH) })
+	e := newE2E(t, "e2e-h") // its cleanup runs before the unmount
+	e.home = home
+	_, _, code := e.vmup(10*time.Minute, e.upArgs("fill-host.yml", "-d")...)
+	if code != 0 {
+		t.Fatalf("up -d on a full disk: exit %d", code)
+	}
+	var st unix.Statfs_t
+	if unix.Statfs(home, &st) == nil && st.Bavail > 16 {
+		t.Errorf("the playbook did not fill VMUP_HOME (%d blocks free)", st.Bavail)
+	}
+	data, _ := os.ReadFile(filepath.Join(home, "vms", e.name, "state.json"))
+	if !strings.Contains(string(data), `"first_boot_done": true`) {
+		t.Fatalf("the completed first boot is not on disk:\n%s", data)
+	}
+	os.Remove(filepath.Join(home, "filler"))
+	_, stderr, code := e.vmup(5*time.Minute, "up", e.name, "-d")
+	if code != 0 || strings.Contains(stderr, "interrupted") || strings.Contains(stderr, "Provisioning") {
+		t.Errorf("the next up: exit %d\n%s", code, stderr)
+	}
+	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-marker"); !strings.Contains(out, "provisioned by vmup") {
+		t.Errorf("marker: %q", out)
+	}
 }
 
 // c + d. Foreground up; Ctrl+C shuts it down; a second foreground up (Booting
