@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -230,4 +231,43 @@ func TestInterruptedRedefinitionKeepsCompletedDomain(t *testing.T) {
 	if out, code := r.vmup("up", "v1", "-d"); code != 0 {
 		t.Errorf("the next up: exit %d\n%s", code, out)
 	}
+}
+
+// gone says whether pid has ended (a zombie awaiting its reaper counts).
+func gone(pid int) bool {
+	if unix.Kill(pid, 0) == unix.ESRCH {
+		return true
+	}
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return true
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+func waitGone(t *testing.T, pid int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !gone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (pid %d) lives on", what, pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A crash of vmup takes its children with it (they run in their own process
+// groups, so nothing else would); what they left is reaped by the next command.
+func TestKilledVmupTakesItsChildren(t *testing.T) {
+	r := startVmup(t, "block")
+	pid, _, grandchild := r.waitPlaybook()
+	unix.Kill(r.cmd.Process.Pid, syscall.SIGKILL)
+	r.exitCode()
+	waitGone(t, pid, "the playbook of a killed vmup")
+	if out, code := r.vmup("destroy", "v1"); code != 0 {
+		t.Fatalf("destroy: exit %d\n%s", code, out)
+	}
+	waitGone(t, grandchild, "the playbook's child, after destroy")
 }

@@ -104,7 +104,13 @@ func fakeMain(prog string, args []string) int {
 		}
 		sigs := make(chan os.Signal, 4)
 		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-		child := exec.Command(filepath.Join(filepath.Dir(os.Args[0]), "fake-child"))
+		// Like ansible's ssh children, it names the VM's key in its argv.
+		inventory := ""
+		if i := slices.Index(args, "-i"); i >= 0 && i+1 < len(args) {
+			inventory = args[i+1]
+		}
+		child := exec.Command(filepath.Join(filepath.Dir(os.Args[0]), "fake-child"),
+			"-o", "IdentityFile="+filepath.Join(filepath.Dir(inventory), "id_ed25519"))
 		child.Start()
 		pgid, _ := unix.Getpgid(0)
 		// Written whole or not at all: the test polls for this file.
