@@ -177,7 +177,7 @@ func (u *upRun) run() int {
 		if m.err != nil {
 			u.failure = m.err.Error()
 		}
-		if t.Exit != 0 {
+		if t.Exit != keep {
 			u.exit = t.Exit
 		}
 		from := u.phase

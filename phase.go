@@ -1,7 +1,13 @@
 package main
 
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
 // Phase is where one `vmup up` stands. Only the controller loop changes it,
-// and only by looking up a row of transitions.
+// and only by looking up a row of table.
 type Phase int
 
 const (
@@ -126,25 +132,21 @@ var actionNames = []string{
 
 func (a Action) String() string { return actionNames[a] }
 
-// Transition is one row's outcome. Exit, when not zero, becomes the code the
-// process exits with once a terminal phase is reached; zero keeps the earlier one
-// (so a Wiping that began with SIGTERM still ends with 143).
+// Transition is one row's outcome: the next phase, what to do there, and the
+// code the process exits with once a terminal phase is reached.
 type Transition struct {
 	Next    Phase
 	Actions []Action
-	Exit    int
+	Exit    int // keep: leave the code as an earlier row set it
 }
 
-type key struct {
-	Phase Phase
-	Event Event
+// keep leaves the exit code as it is, so that a Wiping that began with
+// SIGTERM still ends with 143.
+const keep = -1
+
+func to(next Phase, exit int, acts ...Action) Transition {
+	return Transition{Next: next, Actions: acts, Exit: exit}
 }
-
-// ignored lists the pairs that deliberately do nothing. Together with
-// transitions it must cover every phase × event pair (phase_test.go checks).
-var ignored = map[key]bool{}
-
-var transitions = map[key]Transition{}
 
 const (
 	exitOK           = 0
@@ -160,105 +162,183 @@ const (
 	statusNoSuchVM   = 4
 )
 
-func init() {
-	row := func(p Phase, e Event, next Phase, exit int, acts ...Action) {
-		transitions[key{p, e}] = Transition{Next: next, Actions: acts, Exit: exit}
-	}
-	signals := []struct {
-		ev   Event
-		exit int
-	}{{EvInterrupt, exitSIGINT}, {EvInterruptAgain, exitSIGINT}, {EvTerminate, exitSIGTERM}, {EvHangup, exitSIGHUP}}
-
-	// Preparing: nothing runs yet, so any interrupt just undoes this run's partial work.
-	for _, s := range signals {
-		row(Preparing, s.ev, Wiping, s.exit, ActStopWork, ActRemovePartial)
-	}
-	row(Preparing, EvPreparedFirstBoot, Starting, 0, ActStartFirstBoot)
-	row(Preparing, EvPreparedBoot, Booting, 0, ActStartBoot)
-	row(Preparing, EvPreparedRunning, Running, 0, ActEnterRunning)
-	// A failure leaves nothing of this run behind either (a seed holds a private key).
-	row(Preparing, EvPrepareFailed, Wiping, exitFailed, ActReportFailure, ActRemovePartial)
-	row(Preparing, EvPrepareRejected, Wiping, exitUsage, ActRemovePartial)
-
+// table is what each event does in each phase. Terminal phases have no rows:
+// reaching one ends the loop. README.md shows this table (readme_test.go
+// keeps it current).
+var table = [numPhases]map[Event]Transition{
+	// Nothing runs yet: an interrupt or a failure undoes this run's partial work.
+	Preparing: {
+		EvInterrupt:         to(Wiping, exitSIGINT, ActStopWork, ActRemovePartial),
+		EvInterruptAgain:    to(Wiping, exitSIGINT, ActStopWork, ActRemovePartial),
+		EvTerminate:         to(Wiping, exitSIGTERM, ActStopWork, ActRemovePartial),
+		EvHangup:            to(Wiping, exitSIGHUP, ActStopWork, ActRemovePartial),
+		EvPreparedFirstBoot: to(Starting, keep, ActStartFirstBoot),
+		EvPreparedBoot:      to(Booting, keep, ActStartBoot),
+		EvPreparedRunning:   to(Running, keep, ActEnterRunning),
+		EvPrepareFailed:     to(Wiping, exitFailed, ActReportFailure, ActRemovePartial),
+		EvPrepareRejected:   to(Wiping, exitUsage, ActRemovePartial),
+	},
 	// First boot: one Ctrl+C only warns; a confirmed one, SIGTERM or SIGHUP wipes the VM.
-	for _, p := range []Phase{Starting, Provisioning} {
-		row(p, EvInterrupt, p, 0, ActWarnConfirm)
-		row(p, EvConfirmExpired, p, 0, ActSayNotConfirmed)
-		for _, s := range signals[1:] {
-			row(p, s.ev, Wiping, s.exit, ActStopWork, ActWipe)
-		}
-	}
-	row(Starting, EvBootTimeout, Failed, exitFailed, ActStopWork, ActReportFailure)
-	row(Starting, EvBootFailed, Failed, exitFailed, ActStopWork, ActReportFailure)
-	row(Starting, EvReady, Provisioning, 0, ActRunPlaybook)
-	// EvProvisioned comes only once the completed first boot is on disk.
-	row(Provisioning, EvProvisioned, Running, 0, ActEnterRunning)
-	row(Provisioning, EvProvisionFailed, Failed, exitProvision, ActReportFailure)
-	row(Provisioning, EvRecordFailed, Failed, exitFailed, ActReportFailure)
+	Starting: {
+		EvInterrupt:      to(Starting, keep, ActWarnConfirm),
+		EvConfirmExpired: to(Starting, keep, ActSayNotConfirmed),
+		EvInterruptAgain: to(Wiping, exitSIGINT, ActStopWork, ActWipe),
+		EvTerminate:      to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
+		EvHangup:         to(Wiping, exitSIGHUP, ActStopWork, ActWipe),
+		EvReady:          to(Provisioning, keep, ActRunPlaybook),
+		EvBootTimeout:    to(Failed, exitFailed, ActStopWork, ActReportFailure),
+		EvBootFailed:     to(Failed, exitFailed, ActStopWork, ActReportFailure),
+	},
+	Provisioning: {
+		EvInterrupt:      to(Provisioning, keep, ActWarnConfirm),
+		EvConfirmExpired: to(Provisioning, keep, ActSayNotConfirmed),
+		EvInterruptAgain: to(Wiping, exitSIGINT, ActStopWork, ActWipe),
+		EvTerminate:      to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
+		EvHangup:         to(Wiping, exitSIGHUP, ActStopWork, ActWipe),
+		// Sent only once the completed first boot is on disk.
+		EvProvisioned:     to(Running, keep, ActEnterRunning),
+		EvProvisionFailed: to(Failed, exitProvision, ActReportFailure),
+		EvRecordFailed:    to(Failed, exitFailed, ActReportFailure),
+	},
+	// The first boot is over: no interrupt can wipe anything, each one shuts down.
+	Booting: {
+		EvInterrupt:      to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvInterruptAgain: to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvTerminate:      to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvHangup:         to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvDomainStopped:  to(Stopped, exitOK, ActStopWork, ActSayStoppedExternally),
+		EvReady:          to(Running, keep, ActEnterRunning),
+		EvBootTimeout:    to(Failed, exitFailed, ActStopWork, ActReportFailure),
+		EvBootFailed:     to(Failed, exitFailed, ActStopWork, ActReportFailure),
+	},
+	Running: {
+		EvInterrupt:      to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvInterruptAgain: to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvTerminate:      to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvHangup:         to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvDomainStopped:  to(Stopped, exitOK, ActStopWork, ActSayStoppedExternally),
+		EvDetach:         to(Detached, exitOK),
+	},
+	// Impatience or a timeout forces the VM off.
+	Stopping: {
+		EvInterrupt:       to(Stopping, keep, ActForceOff),
+		EvInterruptAgain:  to(Stopping, keep, ActForceOff),
+		EvTerminate:       to(Stopping, keep, ActForceOff),
+		EvHangup:          to(Stopping, keep, ActForceOff),
+		EvShutdownTimeout: to(Stopping, keep, ActForceOff),
+		EvDomainStopped:   to(Stopped, keep),
+		EvForceOffFailed:  to(StopFailed, exitStopFailed, ActReportFailure),
+	},
+	// Signals are acknowledged and otherwise ignored.
+	Wiping: {
+		EvInterrupt:      to(Wiping, keep, ActSayAlreadyAborting),
+		EvInterruptAgain: to(Wiping, keep, ActSayAlreadyAborting),
+		EvTerminate:      to(Wiping, keep, ActSayAlreadyAborting),
+		EvHangup:         to(Wiping, keep, ActSayAlreadyAborting),
+		EvWipeDone:       to(Aborted, keep),
+		EvWipeFailed:     to(Failed, exitFailed, ActReportFailure),
+		// An abort that came after the first boot was recorded complete keeps the VM.
+		EvCompletedMeanwhile: to(Stopping, keep, ActShutdown),
+	},
+}
 
-	// Booting and Running: the first boot is over, so no interrupt can wipe anything.
-	for _, p := range []Phase{Booting, Running} {
-		for _, s := range signals {
-			row(p, s.ev, Stopping, exitOK, ActStopWork, ActShutdown)
-		}
-		row(p, EvDomainStopped, Stopped, exitOK, ActStopWork, ActSayStoppedExternally)
-	}
-	row(Booting, EvReady, Running, 0, ActEnterRunning)
-	row(Booting, EvBootTimeout, Failed, exitFailed, ActStopWork, ActReportFailure)
-	row(Booting, EvBootFailed, Failed, exitFailed, ActStopWork, ActReportFailure)
-	row(Running, EvDetach, Detached, exitOK)
-
-	// Stopping: impatience or a timeout forces the VM off.
-	for _, s := range signals {
-		row(Stopping, s.ev, Stopping, 0, ActForceOff)
-	}
-	row(Stopping, EvShutdownTimeout, Stopping, 0, ActForceOff)
-	row(Stopping, EvDomainStopped, Stopped, 0)
-	row(Stopping, EvForceOffFailed, StopFailed, exitStopFailed, ActReportFailure)
-
-	// Wiping: signals are acknowledged and otherwise ignored.
-	for _, s := range signals {
-		row(Wiping, s.ev, Wiping, 0, ActSayAlreadyAborting)
-	}
-	row(Wiping, EvWipeDone, Aborted, 0)
-	row(Wiping, EvWipeFailed, Failed, exitFailed, ActReportFailure)
-	// An abort that came after the first boot was recorded complete keeps the VM.
-	row(Wiping, EvCompletedMeanwhile, Stopping, 0, ActShutdown)
-
-	// What each phase deliberately ignores: results of work that an earlier
-	// transition already stopped or superseded, and events that cannot matter
-	// there. phase_test.go checks that this and the rows above cover every pair.
-	prepared := []Event{EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected}
-	bootResults := []Event{EvReady, EvBootTimeout, EvBootFailed}
-	provisionResults := []Event{EvProvisioned, EvProvisionFailed, EvRecordFailed}
-	stopResults := []Event{EvShutdownTimeout, EvForceOffFailed}
-	wipeResults := []Event{EvWipeDone, EvWipeFailed, EvCompletedMeanwhile}
-	ignore := func(p Phase, groups ...[]Event) {
-		for _, g := range groups {
-			for _, e := range g {
-				ignored[key{p, e}] = true
-			}
-		}
-	}
-	ignore(Preparing, bootResults, provisionResults, stopResults, wipeResults,
-		[]Event{EvConfirmExpired, EvDetach, EvDomainStopped})
+// ignored lists, per phase, the events that deliberately do nothing there:
+// results of work that an earlier row already stopped or superseded, and
+// events that cannot matter. With table it covers every pair of a
+// non-terminal phase (phase_test.go checks).
+var ignored = [numPhases][]Event{
+	Preparing: {
+		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
+		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
+		EvConfirmExpired, EvDetach, EvDomainStopped,
+	},
 	// During the first boot the boot worker and the playbook notice a dead domain themselves.
-	ignore(Starting, prepared, provisionResults, stopResults, wipeResults, []Event{EvDetach, EvDomainStopped})
-	ignore(Provisioning, prepared, bootResults, stopResults, wipeResults, []Event{EvDetach, EvDomainStopped})
-	ignore(Booting, prepared, provisionResults, stopResults, wipeResults, []Event{EvConfirmExpired, EvDetach})
-	ignore(Running, prepared, bootResults, provisionResults, stopResults, wipeResults, []Event{EvConfirmExpired})
-	ignore(Stopping, prepared, bootResults, provisionResults, wipeResults, []Event{EvConfirmExpired, EvDetach})
-	ignore(Wiping, prepared, bootResults, provisionResults, stopResults,
-		[]Event{EvConfirmExpired, EvDetach, EvDomainStopped})
-	for p := Stopped; p < numPhases; p++ {
-		for e := Event(0); e < numEvents; e++ {
-			ignored[key{p, e}] = true // a terminal phase ends the loop
-		}
-	}
+	Starting: {
+		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
+		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
+	},
+	Provisioning: {
+		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvReady, EvBootTimeout, EvBootFailed, EvShutdownTimeout, EvForceOffFailed,
+		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
+	},
+	Booting: {
+		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
+		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
+	},
+	Running: {
+		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
+		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
+		EvConfirmExpired,
+	},
+	Stopping: {
+		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
+		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
+	},
+	Wiping: {
+		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
+		EvShutdownTimeout, EvForceOffFailed, EvConfirmExpired, EvDetach, EvDomainStopped,
+	},
 }
 
 // Step looks up what event e does in phase p. ok is false for an ignored pair.
 func Step(p Phase, e Event) (Transition, bool) {
-	t, ok := transitions[key{p, e}]
+	if p < 0 || p >= numPhases {
+		return Transition{}, false
+	}
+	t, ok := table[p][e]
 	return t, ok
+}
+
+// phaseTableMarkdown renders table for README.md: a line per phase, the
+// signals in columns of their own, every other handled event in the last.
+func phaseTableMarkdown() string {
+	signals := []Event{EvInterrupt, EvInterruptAgain, EvTerminate, EvHangup}
+	var b strings.Builder
+	b.WriteString("| phase | Ctrl+C (`interrupt`) | Ctrl+C within the window (`interrupt_again`) | SIGTERM | SIGHUP | other events |\n")
+	b.WriteString("|---|---|---|---|---|---|\n")
+	for p := Phase(0); p < numPhases; p++ {
+		if p.Terminal() {
+			continue
+		}
+		fmt.Fprintf(&b, "| `%s` |", p)
+		for _, e := range signals {
+			cell := "ignored"
+			if t, ok := table[p][e]; ok {
+				cell = t.describe(p)
+			}
+			fmt.Fprintf(&b, " %s |", cell)
+		}
+		var others []string
+		for e := Event(0); e < numEvents; e++ {
+			if t, ok := table[p][e]; ok && !slices.Contains(signals, e) {
+				others = append(others, fmt.Sprintf("`%s`: %s", e, t.describe(p)))
+			}
+		}
+		fmt.Fprintf(&b, " %s |\n", strings.Join(others, "<br>"))
+	}
+	return b.String()
+}
+
+// describe says what a row does, as one table cell.
+func (t Transition) describe(from Phase) string {
+	var parts []string
+	if t.Next != from {
+		parts = append(parts, "→ `"+t.Next.String()+"`")
+	}
+	for _, a := range t.Actions {
+		parts = append(parts, a.String())
+	}
+	if t.Exit != keep {
+		parts = append(parts, fmt.Sprintf("exit %d", t.Exit))
+	}
+	if len(parts) == 0 {
+		return "–"
+	}
+	return strings.Join(parts, ", ")
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -36,6 +37,50 @@ func TestReadmeListsEveryEvent(t *testing.T) {
 	for _, code := range []string{"130 / 143 / 129", "| 5 |", "| 4 |", "| 3 |", "| 2 |", "| 1 |", "| 0 |"} {
 		if !strings.Contains(string(readme), code) {
 			t.Errorf("README exit code table lacks %q", code)
+		}
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite README.md's generated parts")
+
+const (
+	tableBegin = "<!-- BEGIN phase table: generated from phase.go by `go test -run TestReadmePhaseTable -update` -->\n"
+	tableEnd   = "<!-- END phase table -->"
+)
+
+// The README's phase table is the code's, so it never drifts; -update
+// rewrites it, the way cmd/go keeps its documentation current.
+func TestReadmePhaseTable(t *testing.T) {
+	data, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(data)
+	begin, end := strings.Index(readme, tableBegin), strings.Index(readme, tableEnd)
+	if begin < 0 || end < begin {
+		t.Fatalf("README.md lacks the markers %q … %q", tableBegin, tableEnd)
+	}
+	want := readme[:begin+len(tableBegin)] + phaseTableMarkdown() + readme[end:]
+	if want == readme {
+		return
+	}
+	if *update {
+		if err := os.WriteFile("README.md", []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Errorf("README.md's phase table differs from phase.go; run `go test -run TestReadmePhaseTable -update`")
+}
+
+// Every action the table names is explained in the README.
+func TestReadmeExplainsEveryAction(t *testing.T) {
+	readme, _ := os.ReadFile("README.md")
+	_, legend, _ := strings.Cut(string(readme), "Actions in the table:")
+	legend, _, _ = strings.Cut(legend, tableBegin)
+	for _, a := range actionNames {
+		if !strings.Contains(legend, "`"+a+"`") {
+			t.Errorf("README's legend lacks the action %q", a)
 		}
 	}
 }
