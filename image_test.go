@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -44,5 +45,31 @@ func TestFetchImageFromURL(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Join(home, "cache"))
 	if len(entries) != 1 {
 		t.Errorf("cache holds %d files after a bad download, want only the good one", len(entries))
+	}
+}
+
+// A device or FIFO as --image (or --kernel, --initrd, --playbook) is refused
+// before anything runs: hashing /dev/zero would never end.
+func TestNonRegularImageRefused(t *testing.T) {
+	for _, flag := range []string{"--image", "--kernel", "--initrd", "--playbook"} {
+		t.Run(flag, func(t *testing.T) {
+			h := newHarness(t)
+			args := h.upArgs(flag, "/dev/zero")
+			if flag == "--initrd" {
+				args = append(args, "--kernel", h.image)
+			}
+			if code := h.wait(h.up(args...)); code != exitUsage {
+				t.Fatalf("exit %d, want 2\n%s", code, h.stderr)
+			}
+			if !strings.Contains(h.stderr.String(), "vmup: error: "+flag+" /dev/zero: not a regular file") {
+				t.Errorf("stderr:\n%s", h.stderr)
+			}
+			if calls := h.calls(); len(calls) != 0 {
+				t.Errorf("ran %v before refusing", calls)
+			}
+			if _, err := os.Stat(h.env.Home); !os.IsNotExist(err) {
+				t.Errorf("created %s: %v", h.env.Home, err)
+			}
+		})
 	}
 }
