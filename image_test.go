@@ -9,8 +9,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // A URL image is downloaded once into the cache, verified, and never left half-written.
@@ -71,5 +74,106 @@ func TestNonRegularImageRefused(t *testing.T) {
 				t.Errorf("created %s: %v", h.env.Home, err)
 			}
 		})
+	}
+}
+
+// slowServer serves body in small chunks, slowly, as a far mirror does;
+// started is told of every request as it begins.
+func slowServer(t *testing.T, body []byte, started chan<- struct{}) (*httptest.Server, *atomic.Int32) {
+	var gets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gets.Add(1)
+		started <- struct{}{}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		for off := 0; off < len(body); off += 4096 {
+			w.Write(body[off:min(off+4096, len(body))])
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &gets
+}
+
+// Two `up`s of one URL at once: one download at a time, and what is cached
+// is exactly what the server sent.
+func TestConcurrentDownloadsOfOneURL(t *testing.T) {
+	body := make([]byte, 64*4096)
+	for i := range body {
+		body[i] = byte(i * 7)
+	}
+	sum := sha256.Sum256(body)
+	want := hex.EncodeToString(sum[:])
+	started := make(chan struct{}, 4)
+	srv, gets := slowServer(t, body, started)
+	home := t.TempDir()
+	url := srv.URL + "/debian.qcow2"
+
+	type result struct {
+		path string
+		err  error
+	}
+	results := make(chan result, 2)
+	fetch := func() {
+		p, err := fetchImage(context.Background(), home, url, want)
+		results <- result{p, err}
+	}
+	go fetch()
+	<-started // the first download runs
+	go fetch()
+	var paths []string
+	for range 2 {
+		select {
+		case r := <-results:
+			if r.err != nil {
+				t.Errorf("fetch: %v", r.err)
+				continue
+			}
+			paths = append(paths, r.path)
+		case <-time.After(30 * time.Second):
+			t.Fatal("a fetch did not end")
+		}
+	}
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		got := sha256.Sum256(data)
+		if err != nil || hex.EncodeToString(got[:]) != want {
+			t.Errorf("%s: sha256 %x (%v), the server sent %s", p, got, err, want)
+		}
+	}
+	if n := gets.Load(); n != 1 {
+		t.Errorf("%d downloads of one URL, want 1", n)
+	}
+	entries, _ := os.ReadDir(filepath.Join(home, "cache"))
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".part") {
+			t.Errorf("left behind: %s", e.Name())
+		}
+	}
+}
+
+// Cancelling a download stops it at once, however slow the server.
+func TestDownloadStopsOnCancel(t *testing.T) {
+	started := make(chan struct{}, 1)
+	srv, _ := slowServer(t, make([]byte, 1<<30), started)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := fetchImage(ctx, t.TempDir(), srv.URL+"/big.qcow2", "")
+		done <- err
+	}()
+	<-started
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("err %v, want context.Canceled", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the download went on after its context ended")
 	}
 }
