@@ -115,8 +115,8 @@ func hashPath(ctx context.Context, path string) (string, error) {
 }
 
 // hashFile returns the file's sha256, remembered by path, size and mtime so a
-// re-up does not read a large image again.
-func hashFile(home, path string) (string, error) {
+// re-up does not read a large image again. It stops when ctx ends.
+func hashFile(ctx context.Context, home, path string) (string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return "", err
@@ -134,16 +134,10 @@ func hashFile(home, path string) (string, error) {
 	if h, ok := known[key]; ok {
 		return h, nil
 	}
-	f, err := os.Open(abs)
+	sum, err := hashPath(ctx, abs)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
 	known[key] = sum
 	if ensureDir(filepath.Dir(memo)) == nil {
 		if data, err := json.Marshal(known); err == nil {

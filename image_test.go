@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -175,5 +176,26 @@ func TestDownloadStopsOnCancel(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("the download went on after its context ended")
+	}
+}
+
+// Ctrl+C while a huge image is hashed ends vmup at once: hashing checks for
+// the interrupt between chunks.
+func TestHashingStopsOnInterrupt(t *testing.T) {
+	h := newHarness(t)
+	// 1 TiB, sparse: minutes of reading, no disk space.
+	if err := os.Truncate(h.image, 1<<40); err != nil {
+		t.Skipf("no sparse file here: %v", err)
+	}
+	done := h.up(h.upArgs()...)
+	h.events.waitFor(t, "step_started", "Preparing image")
+	h.sigs <- syscall.SIGINT
+	select {
+	case code := <-done:
+		if code != exitSIGINT {
+			t.Errorf("exit %d, want 130\n%s", code, h.stderr)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatalf("still hashing 3s after Ctrl+C; events %v", h.events.names())
 	}
 }

@@ -89,7 +89,7 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 		return err
 	}
 	img := BaseImage{Path: local}
-	if img.SHA256, err = hashFile(u.env.Home, local); err != nil {
+	if img.SHA256, err = hashFile(ctx, u.env.Home, local); err != nil {
 		return err
 	}
 	if o.ImageSHA256 != "" && !strings.EqualFold(img.SHA256, o.ImageSHA256) {
