@@ -162,8 +162,9 @@ func runDestroy(env Env, o *Options) int {
 		return reportError(out, err)
 	}
 	connect, pool := o.Connect, "vmup"
+	var vols []string
 	if j != nil {
-		connect, pool = j.Connect, j.Pool
+		connect, pool, vols = j.Connect, j.Pool, j.Volumes
 	}
 	v := newVirsh(env.Runner, connect)
 	ctx := context.Background()
@@ -180,7 +181,7 @@ func runDestroy(env Env, o *Options) int {
 	if j != nil {
 		reapGroup(j.PlaybookPGID, paths)
 	}
-	if err := wipeVM(ctx, v, pool, paths); err != nil {
+	if err := wipeVM(ctx, v, pool, paths, vols); err != nil {
 		return reportError(out, err)
 	}
 	os.Remove(paths.Lock)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +63,10 @@ type upRun struct {
 	kind  startKind
 	// recover names an earlier, killed first boot that must be removed first.
 	recover *Journal
+	// replaced is the journal of the VM that --reset replaces.
+	replaced *Journal
+	// holdJournal keeps j off the disk while the old VM's journal is still needed there.
+	holdJournal bool
 
 	phase  Phase
 	exit   int
@@ -85,6 +91,9 @@ type upRun struct {
 	failure string  // what went wrong, for ActReportFailure
 	logPath string  // the last playbook log
 	wiped   bool
+
+	// failHint says what to do about the failure when more is known than the generic hint.
+	failHint string
 }
 
 // created is what a run made in Preparing, undone by an interrupt there.
@@ -112,9 +121,23 @@ func (c *created) drop(vol string) {
 	}
 }
 
-func vmVolumes(name string) []string {
-	return []string{name + ".qcow2", name + "-seed.iso", name + "-kernel", name + "-initrd"}
+// validVMVolume says whether vol is a name vmup gives a volume of VM name
+// (NAME.qcow2, NAME-seed*.iso, NAME-kernel, NAME-initrd), so that a journal
+// read from disk cannot make vmup delete any other volume.
+func validVMVolume(name, vol string) bool {
+	if !validName(name) {
+		return false
+	}
+	switch vol {
+	case name + ".qcow2", name + "-kernel", name + "-initrd":
+		return true
+	}
+	mid, ok := strings.CutPrefix(vol, name+"-seed")
+	mid, iso := strings.CutSuffix(mid, ".iso")
+	return ok && iso && seedSuffixRE.MatchString(mid)
 }
+
+var seedSuffixRE = regexp.MustCompile(`^(-[0-9a-z]+)?$`)
 
 func (u *upRun) send(ev Event, err error) { u.events <- evMsg{ev: ev, err: err} }
 
@@ -139,7 +162,7 @@ func (u *upRun) updateJournal(f func(j *Journal)) error {
 	u.jmu.Lock()
 	defer u.jmu.Unlock()
 	f(u.j)
-	if u.wiped {
+	if u.wiped || u.holdJournal {
 		return nil
 	}
 	return writeJournal(u.paths, u.j)
@@ -171,6 +194,10 @@ func (u *upRun) run() int {
 		}
 		if m.err != nil {
 			u.failure = m.err.Error()
+			var he *hintError
+			if errors.As(m.err, &he) {
+				u.failHint = he.hint
+			}
 		}
 		if t.Exit != 0 {
 			u.exit = t.Exit
@@ -328,7 +355,11 @@ func (u *upRun) reportFailure(from Phase) {
 		out.Hint("run: vmup destroy %s", name)
 	case from == Preparing:
 		out.Error("preparing VM %s failed: %s", name, u.failure)
-		out.Hint("`vmup up %s` again starts it clean; `vmup destroy %s` removes what was made", name, name)
+		if u.failHint != "" {
+			out.Hint("%s", u.failHint)
+		} else {
+			out.Hint("`vmup up %s` again starts it clean; `vmup destroy %s` removes what was made", name, name)
+		}
 	default:
 		out.Error("%s failed: %s", from, u.failure)
 		if from == Provisioning && u.logPath != "" {
@@ -589,7 +620,10 @@ func (u *upRun) wipe(_ context.Context, old []*sync.WaitGroup) {
 		u.ssh.Exit(ctx)
 	}
 	u.masterCancel()
-	if err := wipeVM(ctx, u.virsh, u.o.Pool, u.paths); err != nil {
+	u.jmu.Lock()
+	vols := slices.Clone(u.j.Volumes)
+	u.jmu.Unlock()
+	if err := wipeVM(ctx, u.virsh, u.o.Pool, u.paths, vols); err != nil {
 		u.send(EvWipeFailed, err)
 		return
 	}
@@ -655,10 +689,17 @@ func reapGroup(pgid int, p Paths) {
 	}
 }
 
-// wipeVM removes a vmup VM: domain, volumes, state. Nothing of it is left
-// but the shared base volume. A domain vmup did not create is refused.
-func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths) error {
+// wipeVM removes a vmup VM: domain, the volumes its journal lists (vols),
+// state. Nothing of it is left but the shared base volume. A domain vmup did
+// not create is refused, and so is a journal that names a volume vmup would
+// not have made for this VM.
+func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths, vols []string) error {
 	name := p.Name()
+	for _, vol := range vols {
+		if !validVMVolume(name, vol) {
+			return fmt.Errorf("%s names volume %q, which is no volume of VM %s; not deleting anything", p.Journal(), vol, name)
+		}
+	}
 	owned, err := v.Owned(ctx, name)
 	switch {
 	case errors.Is(err, errNotFound):
@@ -674,7 +715,7 @@ func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths) error {
 			return err
 		}
 	}
-	for _, vol := range vmVolumes(name) {
+	for _, vol := range vols {
 		if err := v.VolDelete(ctx, pool, vol); err != nil {
 			return err
 		}

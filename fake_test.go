@@ -188,7 +188,11 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 		}
 		return "/pool/" + pv, "", 0
 	case "vol-create-as":
-		w.Volumes[arg(1)+"/"+arg(2)] = true
+		pv := arg(1) + "/" + arg(2)
+		if w.Volumes[pv] {
+			return "", fmt.Sprintf("error: Failed to create vol %s\nerror: storage volume '%s' exists already", arg(2), arg(2)), 1
+		}
+		w.Volumes[pv] = true
 		return "", "", 0
 	case "vol-upload", "vol-resize":
 		if !w.Volumes[poolVol()] {

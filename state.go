@@ -47,6 +47,9 @@ type Journal struct {
 	Initrd        bool     `json:"initrd,omitempty"`
 	Cmdline       string   `json:"cmdline,omitempty"`
 	BaseVolume    string   `json:"base_volume,omitempty"`
+	// Volumes are the VM's own volumes, each journalled before it is created:
+	// vmup deletes no other volume of the VM's name.
+	Volumes []string `json:"volumes,omitempty"`
 	// UploadingBase names a shared base volume while it is uploaded: if this
 	// run dies, the volume is partial and a later `up` deletes it.
 	UploadingBase string    `json:"uploading_base,omitempty"`

@@ -242,6 +242,8 @@ func (h *harness) freshPrepare() [][]string {
 		"virsh uri",
 		"virsh domstate v1",
 		"qemu-img info --output=json $IMG/base.qcow2",
+		"virsh vol-info --pool vmup v1.qcow2",
+		"virsh vol-info --pool vmup v1-seed.iso",
 		"virsh pool-info vmup",
 		"virsh pool-define-as vmup dir --target /var/lib/libvirt/images/vmup",
 		"virsh pool-build vmup",
@@ -279,7 +281,7 @@ func completeFirstBoot() [][]string {
 	)
 }
 
-// wipeCalls is what removing VM v1 runs: domain, then every volume of it.
+// wipeCalls is what removing VM v1 runs: domain, then every volume its journal lists.
 func wipeCalls() [][]string {
 	return seq(
 		"virsh metadata v1 "+metadataURI,
@@ -287,8 +289,6 @@ func wipeCalls() [][]string {
 		"virsh undefine v1",
 		"virsh vol-delete --pool vmup v1.qcow2",
 		"virsh vol-delete --pool vmup v1-seed.iso",
-		"virsh vol-delete --pool vmup v1-kernel",
-		"virsh vol-delete --pool vmup v1-initrd",
 	)
 }
 
@@ -433,10 +433,11 @@ func TestReupAfterKilledFirstBoot(t *testing.T) {
 	wipe := wipeCalls()
 	prep := h.freshPrepare()
 	base := "vmup-base-" + h.imgHash + ".qcow2"
-	// The pool and the base volume exist from the first run.
-	prepAfter := concat(seq("qemu-img info --output=json $IMG/base.qcow2", "virsh pool-info vmup",
-		"virsh vol-info --pool vmup "+base), prep[11:])
-	h.checkCalls(concat(seq("virsh uri"), wipe, prepAfter, firstBoot(), seq("ansible-playbook play.yml"), completeFirstBoot()))
+	// The image is checked before the killed run's VM is wiped; the pool and
+	// the base volume exist from the first run.
+	prepAfter := concat(seq("qemu-img info --output=json $IMG/base.qcow2"), wipe,
+		seq("virsh pool-info vmup", "virsh vol-info --pool vmup "+base), prep[13:])
+	h.checkCalls(concat(seq("virsh uri"), prepAfter, firstBoot(), seq("ansible-playbook play.yml"), completeFirstBoot()))
 	if !strings.Contains(h.stderr.String(), "interrupted") {
 		t.Errorf("no word about the interrupted first boot:\n%s", h.stderr)
 	}

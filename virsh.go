@@ -134,13 +134,23 @@ func (v *Virsh) VolExists(ctx context.Context, pool, vol string) (bool, error) {
 	return false, err
 }
 
-// VolCreate makes an empty volume, or with backing an overlay on that volume.
+// errExists is a volume that is there already.
+var errExists = errors.New("exists already")
+
+var existsRE = regexp.MustCompile(`(?i)storage volume '[^']*' exists already|already in use|already exists`)
+
+// VolCreate makes an empty volume, or with backing an overlay on that
+// volume. It never replaces a volume: one of that name gives errExists.
 func (v *Virsh) VolCreate(ctx context.Context, pool, vol string, bytes int64, format, backing, backingFormat string) error {
 	args := []string{"vol-create-as", pool, vol, fmt.Sprint(bytes), "--format", format}
 	if backing != "" {
 		args = append(args, "--backing-vol", backing, "--backing-vol-format", backingFormat)
 	}
 	_, err := v.run(ctx, args...)
+	var ee *ExitError
+	if errors.As(err, &ee) && existsRE.MatchString(ee.Stderr) {
+		return fmt.Errorf("%w: %v", errExists, err)
+	}
 	return err
 }
 
