@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +20,8 @@ type fakeWorld struct {
 	Owned   map[string]bool
 	Pools   map[string]bool
 	Volumes map[string]bool // "pool/vol"
+	// Content holds what vol-upload received, by "pool/vol".
+	Content map[string][]byte
 	// ShutdownIgnored makes ACPI shutdown do nothing (a guest without acpid).
 	ShutdownIgnored bool
 	// ExternalStop makes the domain shut off after this many domstate calls.
@@ -26,7 +29,8 @@ type fakeWorld struct {
 }
 
 func newFakeWorld() *fakeWorld {
-	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{}}
+	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{},
+		Content: map[string][]byte{}}
 }
 
 // abbreviate keeps what a test asserts on: virsh without its -c URI, ssh
@@ -68,8 +72,9 @@ func abbreviate(args []string) []string {
 	return append([]string{prog}, rest...)
 }
 
-// virsh answers one virsh command line (without -c URI).
-func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
+// virsh answers one virsh command line (without -c URI); stdin is what
+// virsh would read for a FILE argument of /dev/stdin.
+func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string, code int) {
 	notFound := func(what, name string) (string, string, int) {
 		return "", fmt.Sprintf("error: failed to get %s '%s'\nerror: %s not found", what, name, what), 1
 	}
@@ -194,7 +199,25 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 		}
 		w.Volumes[pv] = true
 		return "", "", 0
-	case "vol-upload", "vol-resize":
+	case "vol-upload":
+		pv := poolVol()
+		if !w.Volumes[pv] {
+			return notFound("vol", pv)
+		}
+		file := args[len(args)-1]
+		var data []byte
+		var err error
+		if file == "/dev/stdin" && stdin != nil {
+			data, err = io.ReadAll(stdin)
+		} else {
+			data, err = os.ReadFile(file)
+		}
+		if err != nil {
+			return "", "error: cannot read " + file + ": " + err.Error(), 1
+		}
+		w.Content[pv] = data
+		return "", "", 0
+	case "vol-resize":
 		if !w.Volumes[poolVol()] {
 			return notFound("vol", poolVol())
 		}
@@ -205,6 +228,7 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 			return notFound("vol", pv)
 		}
 		delete(w.Volumes, pv)
+		delete(w.Content, pv)
 		return "", "", 0
 	}
 	return "", "fake virsh: unknown command " + args[0], 1
@@ -235,6 +259,8 @@ type fakeRunner struct {
 	playbook string
 	// playbookStarted is closed when a playbook starts.
 	playbookStarted chan struct{}
+	// onInspect, when set, runs as qemu-img inspects the image.
+	onInspect func()
 }
 
 func newFakeRunner() *fakeRunner {
@@ -255,13 +281,16 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	switch short[0] {
 	case "virsh":
 		f.mu.Lock()
-		out, errOut, code := f.world.virsh(short[1:])
+		out, errOut, code := f.world.virsh(short[1:], c.Stdin)
 		f.mu.Unlock()
 		if code != 0 {
 			return fail(code, errOut)
 		}
 		return Result{Stdout: []byte(out)}, nil
 	case "qemu-img":
+		if f.onInspect != nil {
+			f.onInspect()
+		}
 		return Result{Stdout: []byte(`{"format": "qcow2", "virtual-size": 1073741824}`)}, nil
 	case "ssh":
 		if slices.Contains(short, "master") {

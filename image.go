@@ -115,8 +115,9 @@ func hashPath(ctx context.Context, path string) (string, error) {
 }
 
 // hashFile returns the file's sha256, remembered by path, size and mtime so a
-// re-up does not read a large image again. It stops when ctx ends.
-func hashFile(ctx context.Context, home, path string) (string, error) {
+// re-up does not read a large image again; with useMemo false the file is read
+// whatever the memo says. It stops when ctx ends.
+func hashFile(ctx context.Context, home, path string, useMemo bool) (string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return "", err
@@ -131,7 +132,7 @@ func hashFile(ctx context.Context, home, path string) (string, error) {
 	if data, err := os.ReadFile(memo); err == nil {
 		json.Unmarshal(data, &known)
 	}
-	if h, ok := known[key]; ok {
+	if h, ok := known[key]; ok && useMemo {
 		return h, nil
 	}
 	sum, err := hashPath(ctx, abs)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -198,4 +200,59 @@ func TestHashingStopsOnInterrupt(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatalf("still hashing 3s after Ctrl+C; events %v", h.events.names())
 	}
+}
+
+// The bytes uploaded into a base volume are the bytes hashed: neither a memo
+// that lies (a file rewritten with its size and mtime kept) nor a file
+// changed between hashing and upload gets another image under a hash's name.
+func TestImageSHA256CheckedOnUploadedBytes(t *testing.T) {
+	good := []byte("fake image")
+	sum := sha256.Sum256(good)
+	goodHash := hex.EncodeToString(sum[:])
+	noVM := func(h *harness) {
+		t.Helper()
+		for v := range h.fake.world.Volumes {
+			t.Errorf("volume %s left behind", v)
+		}
+		if len(h.fake.world.Domains) != 0 {
+			t.Errorf("domains created: %v", h.fake.world.Domains)
+		}
+	}
+
+	t.Run("memo", func(t *testing.T) {
+		h := newHarness(t)
+		st, _ := os.Stat(h.image)
+		os.WriteFile(h.image, []byte("fake imagX"), 0o644)
+		os.Chtimes(h.image, st.ModTime(), st.ModTime())
+		memo := map[string]string{fmt.Sprintf("%s\x00%d\x00%d", h.image, st.Size(), st.ModTime().UnixNano()): goodHash}
+		data, _ := json.Marshal(memo)
+		os.MkdirAll(filepath.Join(h.env.Home, "cache"), 0o700)
+		os.WriteFile(filepath.Join(h.env.Home, "cache", "hashes.json"), data, 0o600)
+
+		if code := h.wait(h.up(h.upArgs("-d", "--image-sha256", goodHash)...)); code != exitUsage {
+			t.Fatalf("exit %d, want 2\n%s", code, h.stderr)
+		}
+		noVM(h)
+	})
+	t.Run("changed after hashing", func(t *testing.T) {
+		for _, flags := range [][]string{nil, {"--image-sha256", goodHash}} {
+			h := newHarness(t)
+			h.fake.onInspect = func() { os.WriteFile(h.image, []byte("fake imagX"), 0o644) }
+			if code := h.wait(h.up(h.upArgs(append(flags, "-d")...)...)); code != exitUsage {
+				t.Fatalf("%v: exit %d, want 2\n%s", flags, code, h.stderr)
+			}
+			if !strings.Contains(h.stderr.String(), "vmup: error: ") || !strings.Contains(h.stderr.String(), "sha256") {
+				t.Errorf("no clear error:\n%s", h.stderr)
+			}
+			noVM(h)
+		}
+	})
+	t.Run("uploaded", func(t *testing.T) {
+		h := newHarness(t)
+		h.createDetached()
+		base := "vmup/vmup-base-" + h.imgHash + ".qcow2"
+		if got := h.fake.world.Content[base]; string(got) != string(good) {
+			t.Errorf("the base volume holds %q, want %q", got, good)
+		}
+	})
 }

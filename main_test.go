@@ -60,7 +60,7 @@ func fakeMain(prog string, args []string) int {
 
 	switch prog {
 	case "virsh":
-		out, errOut, code := world.virsh(short[1:])
+		out, errOut, code := world.virsh(short[1:], os.Stdin)
 		saveWorld(filepath.Join(dir, "world.json"), world)
 		unlock()
 		fmt.Print(out)

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -63,7 +66,8 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 		return err
 	}
 	img := BaseImage{Path: local}
-	if img.SHA256, err = hashFile(ctx, u.env.Home, local); err != nil {
+	// A checksum the user gave is checked on the file, not on a memo of it.
+	if img.SHA256, err = hashFile(ctx, u.env.Home, local, o.ImageSHA256 == ""); err != nil {
 		return err
 	}
 	if o.ImageSHA256 != "" && !strings.EqualFold(img.SHA256, o.ImageSHA256) {
@@ -139,14 +143,7 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 		// that a later `up` must delete rather than use.
 		u.created.add(base)
 		u.updateJournal(func(j *Journal) { j.UploadingBase = base })
-		st, err := os.Stat(local)
-		if err != nil {
-			return err
-		}
-		if err := u.virsh.VolCreate(ctx, o.Pool, base, st.Size(), "raw", "", ""); err != nil {
-			return err
-		}
-		if err := u.virsh.VolUpload(ctx, o.Pool, base, local); err != nil {
+		if err := u.uploadBase(ctx, img, base); err != nil {
 			return err
 		}
 		u.created.drop(base) // complete: it is the shared cache now
@@ -188,6 +185,42 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 		return err
 	}
 	out.Done("")
+	return nil
+}
+
+// uploadBase streams the image into a new base volume and hashes the bytes
+// on their way: the volume's name claims a content hash that every later
+// `up` trusts, so what was uploaded must be what was hashed. Another content
+// deletes the volume again.
+func (u *upRun) uploadBase(ctx context.Context, img BaseImage, base string) error {
+	pool := u.o.Pool
+	f, err := os.Open(img.Path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := u.virsh.VolCreate(ctx, pool, base, st.Size(), "raw", "", ""); err != nil {
+		return err
+	}
+	h := sha256.New()
+	if err := u.virsh.VolUploadFrom(ctx, pool, base, io.TeeReader(ctxReader{ctx, f}, h)); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != img.SHA256 {
+		if err := u.virsh.VolDelete(ctx, pool, base); err != nil {
+			return fmt.Errorf("%s changed while it was uploaded, and its volume %s cannot be deleted: %w", u.o.Image, base, err)
+		}
+		u.created.drop(base)
+		u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
+		return &usageError{
+			msg:  fmt.Sprintf("%s changed while it was uploaded: the bytes sent have sha256 %s, not %s", u.o.Image, got, img.SHA256),
+			hint: "nothing was kept; run vmup up again once the image file no longer changes",
+		}
+	}
 	return nil
 }
 

@@ -22,6 +22,7 @@ type Cmd struct {
 	Env    []string  // added to vmup's environment
 	Stdout io.Writer // nil: captured into Result.Stdout
 	Stderr io.Writer // nil: captured into Result.Stderr
+	Stdin  io.Reader // nil: /dev/null
 	// Started, when set, learns the child's process group as soon as it runs,
 	// so the journal can name it for a later `up` to reap.
 	Started func(pgid int)
@@ -58,7 +59,7 @@ func (e *ExitError) Error() string {
 }
 
 // execRunner starts children in their own process group, with stdin from
-// /dev/null and a parent-death signal, and stops a cancelled child's group by
+// Cmd.Stdin or /dev/null and a parent-death signal, and stops a cancelled child's group by
 // escalating SIGINT, SIGTERM, SIGKILL, each given Grace to work.
 type execRunner struct {
 	Grace time.Duration
@@ -75,6 +76,7 @@ func (r execRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	if c.Stderr != nil {
 		cmd.Stderr = c.Stderr
 	}
+	cmd.Stdin = c.Stdin
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A grandchild holding a pipe open must not hang vmup once the child exited.
 	cmd.WaitDelay = 2 * time.Second

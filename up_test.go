@@ -251,7 +251,7 @@ func (h *harness) freshPrepare() [][]string {
 		"virsh pool-autostart vmup",
 		"virsh vol-info --pool vmup "+base,
 		"virsh vol-create-as vmup "+base+" 10 --format raw",
-		"virsh vol-upload --pool vmup "+base+" $IMG/base.qcow2",
+		"virsh vol-upload --pool vmup "+base+" /dev/stdin",
 		"virsh vol-create-as vmup v1.qcow2 4294967296 --format qcow2 --backing-vol "+base+" --backing-vol-format qcow2",
 		"virsh vol-create-as vmup v1-seed.iso 55296 --format raw",
 		"virsh vol-upload --pool vmup v1-seed.iso $HOME/vms/v1/upload.tmp",

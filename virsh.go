@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"strings"
@@ -161,6 +162,13 @@ func (v *Virsh) VolResize(ctx context.Context, pool, vol string, bytes int64) er
 
 func (v *Virsh) VolUpload(ctx context.Context, pool, vol, file string) error {
 	_, err := v.run(ctx, "vol-upload", "--pool", pool, vol, file)
+	return err
+}
+
+// VolUploadFrom streams r into the volume through virsh's stdin, so that
+// vmup sees (and can hash) every byte uploaded.
+func (v *Virsh) VolUploadFrom(ctx context.Context, pool, vol string, r io.Reader) error {
+	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-upload", "--pool", pool, vol, "/dev/stdin"}, Stdin: r})
 	return err
 }
 
