@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -180,6 +181,17 @@ func runDestroy(env Env, o *Options) int {
 	}
 	if j != nil {
 		reapGroup(j.PlaybookPGID, paths)
+	}
+	if j != nil && j.UploadingBase != "" {
+		// An upload its vmup never finished: partial unless marked complete since.
+		l, err := waitLock(ctx, filepath.Join(env.Home, "locks", "_global.lock"))
+		if err == nil {
+			err = removePartialBase(ctx, v, pool, j.UploadingBase)
+			l.Unlock()
+		}
+		if err != nil {
+			return reportError(out, err)
+		}
 	}
 	if err := wipeVM(ctx, v, pool, paths, vols); err != nil {
 		return reportError(out, err)

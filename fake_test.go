@@ -22,6 +22,8 @@ type fakeWorld struct {
 	Volumes map[string]bool // "pool/vol"
 	// Content holds what vol-upload received, by "pool/vol".
 	Content map[string][]byte
+	// Backing is an overlay's backing store path, by "pool/vol".
+	Backing map[string]string
 	// ShutdownIgnored makes ACPI shutdown do nothing (a guest without acpid).
 	ShutdownIgnored bool
 	// ExternalStop makes the domain shut off after this many domstate calls.
@@ -30,7 +32,7 @@ type fakeWorld struct {
 
 func newFakeWorld() *fakeWorld {
 	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{},
-		Content: map[string][]byte{}}
+		Content: map[string][]byte{}, Backing: map[string]string{}}
 }
 
 // abbreviate keeps what a test asserts on: virsh without its -c URI, ssh
@@ -197,8 +199,52 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		if w.Volumes[pv] {
 			return "", fmt.Sprintf("error: Failed to create vol %s\nerror: storage volume '%s' exists already", arg(2), arg(2)), 1
 		}
+		// Like virsh, --backing-vol names a volume of the pool; its path goes into the overlay.
+		if i := slices.Index(args, "--backing-vol"); i > 0 {
+			if !w.Volumes[arg(1)+"/"+arg(i+1)] {
+				return notFound("vol", arg(i+1))
+			}
+			w.Backing[pv] = "/pool/" + arg(1) + "/" + arg(i+1)
+		}
 		w.Volumes[pv] = true
 		return "", "", 0
+	case "vol-list":
+		pool := arg(2)
+		if !w.Pools[pool] {
+			return "", "error: failed to get pool '" + pool + "'\nerror: Storage pool not found: no storage pool with matching name '" + pool + "'", 1
+		}
+		var names []string
+		for pv := range w.Volumes {
+			if p, vol, _ := strings.Cut(pv, "/"); p == pool {
+				names = append(names, vol)
+			}
+		}
+		slices.Sort(names)
+		out := " Name   Path\n" + strings.Repeat("-", 40) + "\n"
+		for _, n := range names {
+			out += fmt.Sprintf(" %-40s /pool/%s/%s\n", n, pool, n)
+		}
+		return out, "", 0
+	case "vol-dumpxml":
+		pv := poolVol()
+		if !w.Volumes[pv] {
+			return notFound("vol", pv)
+		}
+		name := pv[strings.Index(pv, "/")+1:]
+		xml := fmt.Sprintf("<volume type='file'>\n  <name>%s</name>\n  <key>/pool/%s</key>\n  <target>\n    <path>/pool/%s</path>\n    <format type='raw'/>\n  </target>\n", name, pv, pv)
+		if b := w.Backing[pv]; b != "" {
+			xml += fmt.Sprintf("  <backingStore>\n    <path>%s</path>\n    <format type='raw'/>\n  </backingStore>\n", b)
+		}
+		return xml + "</volume>\n", "", 0
+	case "vol-download":
+		pv := poolVol()
+		if !w.Volumes[pv] {
+			return notFound("vol", pv)
+		}
+		if file := args[len(args)-1]; file != "/dev/stdout" {
+			return "", "fake virsh: vol-download only to /dev/stdout", 1
+		}
+		return string(w.Content[pv]), "", 0
 	case "vol-upload":
 		pv := poolVol()
 		if !w.Volumes[pv] {
@@ -229,6 +275,7 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		}
 		delete(w.Volumes, pv)
 		delete(w.Content, pv)
+		delete(w.Backing, pv)
 		return "", "", 0
 	}
 	return "", "fake virsh: unknown command " + args[0], 1
@@ -285,6 +332,10 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		f.mu.Unlock()
 		if code != 0 {
 			return fail(code, errOut)
+		}
+		if c.Stdout != nil {
+			io.WriteString(c.Stdout, out)
+			return Result{}, nil
 		}
 		return Result{Stdout: []byte(out)}, nil
 	case "qemu-img":

@@ -96,15 +96,22 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 			}
 			out.Say("recovering", "An earlier first boot of %s %s: removing it and starting clean", o.Name, how)
 			reapGroup(u.recover.PlaybookPGID, u.paths)
-			if base := u.recover.UploadingBase; base != "" {
-				if err := u.virsh.VolDelete(ctx, o.Pool, base); err != nil {
-					return err
-				}
-			}
 		}
 		pool, vols := o.Pool, []string(nil)
 		if old != nil {
 			pool, vols = old.Pool, old.Volumes
+		}
+		if old != nil && old.UploadingBase != "" {
+			// The old run's upload: partial unless marked complete since.
+			lock, err := u.globalLock(ctx)
+			if err != nil {
+				return err
+			}
+			err = removePartialBase(ctx, u.virsh, pool, old.UploadingBase)
+			lock.Unlock()
+			if err != nil {
+				return err
+			}
 		}
 		if err := wipeVM(ctx, u.virsh, pool, u.paths, vols); err != nil {
 			return err
@@ -132,23 +139,8 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 		return err
 	}
 	base := baseVolumeName(img)
-	exists, err := u.virsh.VolExists(ctx, o.Pool, base)
-	if err != nil {
+	if err := u.ensureBase(ctx, img, base); err != nil {
 		return err
-	}
-	if exists {
-		out.Done("cached " + base)
-	} else {
-		// Journalled while it uploads: a killed run leaves a partial base volume
-		// that a later `up` must delete rather than use.
-		u.created.add(base)
-		u.updateJournal(func(j *Journal) { j.UploadingBase = base })
-		if err := u.uploadBase(ctx, img, base); err != nil {
-			return err
-		}
-		u.created.drop(base) // complete: it is the shared cache now
-		u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
-		out.Done("uploaded " + base)
 	}
 	if o.Network == "user" {
 		port, err := u.freePort()

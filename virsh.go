@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -176,12 +177,65 @@ func (v *Virsh) VolPath(ctx context.Context, pool, vol string) (string, error) {
 	return v.run(ctx, "vol-path", "--pool", pool, vol)
 }
 
+// errBusy is a volume libvirt holds, as while a stream uploads into it.
+var errBusy = errors.New("volume busy")
+
+var busyRE = regexp.MustCompile(`(?i)still in use|still being allocated|busy`)
+
 // VolDelete deletes a volume; one already gone is not an error.
 func (v *Virsh) VolDelete(ctx context.Context, pool, vol string) error {
 	_, err := v.run(ctx, "vol-delete", "--pool", pool, vol)
 	if err = classify(err); errors.Is(err, errNotFound) {
 		return nil
 	}
+	var ee *ExitError
+	if errors.As(err, &ee) && busyRE.MatchString(ee.Stderr) {
+		return fmt.Errorf("%w: %v", errBusy, err)
+	}
+	return err
+}
+
+// VolList names the volumes of a pool.
+func (v *Virsh) VolList(ctx context.Context, pool string) ([]string, error) {
+	out, err := v.run(ctx, "vol-list", "--pool", pool)
+	if err != nil {
+		return nil, classify(err)
+	}
+	// A header, a rule of dashes, then one "NAME PATH" row per volume.
+	_, rows, ok := strings.Cut(out, "\n-")
+	if !ok {
+		return nil, nil
+	}
+	lines := strings.Split(rows, "\n")
+	var names []string
+	for _, l := range lines[1:] {
+		if f := strings.Fields(l); len(f) > 0 {
+			names = append(names, f[0])
+		}
+	}
+	return names, nil
+}
+
+// VolBacking returns the path of the volume's backing store, "" for none.
+func (v *Virsh) VolBacking(ctx context.Context, pool, vol string) (string, error) {
+	out, err := v.run(ctx, "vol-dumpxml", "--pool", pool, vol)
+	if err != nil {
+		return "", classify(err)
+	}
+	var x struct {
+		Backing struct {
+			Path string `xml:"path"`
+		} `xml:"backingStore"`
+	}
+	if err := xml.Unmarshal([]byte(out), &x); err != nil {
+		return "", fmt.Errorf("vol-dumpxml %s: %w", vol, err)
+	}
+	return x.Backing.Path, nil
+}
+
+// VolDownload streams the volume's content into w through virsh's stdout.
+func (v *Virsh) VolDownload(ctx context.Context, pool, vol string, w io.Writer) error {
+	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-download", "--pool", pool, vol, "/dev/stdout"}, Stdout: w})
 	return err
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -160,5 +161,137 @@ func TestForeignVolumeNeverDeleted(t *testing.T) {
 	}
 	if h.fake.world.Volumes["vmup/v1.qcow2"] || h.fake.world.Volumes["vmup/v1-seed.iso"] {
 		t.Errorf("destroy left the VM's own volumes: %v", h.fake.world.Volumes)
+	}
+}
+
+// killedUpload leaves what a SIGKILLed `up NAME` leaves during its base
+// upload: a journal naming the base, and a base volume with part of the image.
+func (h *harness) killedUpload(name string) (base string) {
+	h.t.Helper()
+	base = "vmup-base-" + h.imgHash + ".qcow2"
+	w := h.fake.world
+	w.Pools["vmup"] = true
+	w.Volumes["vmup/"+base] = true
+	w.Content["vmup/"+base] = []byte("fake im")
+	dead := exec.Command("true")
+	dead.Run()
+	paths := pathsFor(h.env.Home, name)
+	if err := ensureDir(paths.Dir); err != nil {
+		h.t.Fatal(err)
+	}
+	j := &Journal{Name: name, Phase: "preparing", PID: dead.Process.Pid, User: "vmup", Network: "user",
+		Connect: "qemu:///system", Pool: "vmup", UploadingBase: base}
+	if err := writeJournal(paths, j); err != nil {
+		h.t.Fatal(err)
+	}
+	return base
+}
+
+func (h *harness) upVM(name string, extra ...string) chan int {
+	return h.up(append([]string{name, "--image", h.image, "--playbook", h.play, "--domain-type", "qemu",
+		"--network", "user", "--disk", "4", "-d"}, extra...)...)
+}
+
+func (h *harness) called(cmd string) bool {
+	for _, c := range h.calls() {
+		if cmp.Equal(c, argv(cmd)) {
+			return true
+		}
+	}
+	return false
+}
+
+// A base volume whose upload was cut off is never used, and a base that a
+// volume in the pool is backed by is never deleted.
+func TestPartialBaseNeverShared(t *testing.T) {
+	t.Run("next up re-uploads", func(t *testing.T) {
+		h := newHarness(t)
+		base := h.killedUpload("web")
+		if code := h.wait(h.upVM("db")); code != 0 {
+			t.Fatalf("up db: exit %d\n%s", code, h.stderr)
+		}
+		if strings.Contains(h.stderr.String(), "cached") {
+			t.Errorf("up db took the partial base for cached:\n%s", h.stderr)
+		}
+		if !h.called("virsh vol-upload --pool vmup " + base + " /dev/stdin") {
+			t.Errorf("no new upload of %s; calls %v", base, h.calls())
+		}
+		if got := string(h.fake.world.Content["vmup/"+base]); got != "fake image" {
+			t.Errorf("db's base holds %q, want the whole image", got)
+		}
+		if h.fake.world.Backing["vmup/db.qcow2"] != "/pool/vmup/"+base {
+			t.Errorf("db.qcow2 is backed by %q", h.fake.world.Backing["vmup/db.qcow2"])
+		}
+
+		// web's recovery finds the base complete now, and in use: it stays.
+		h.fake.calls = nil
+		if code := h.wait(h.upVM("web")); code != 0 {
+			t.Fatalf("up web: exit %d\n%s", code, h.stderr)
+		}
+		if h.called("virsh vol-delete --pool vmup "+base) || !h.fake.world.Volumes["vmup/"+base] {
+			t.Errorf("web's recovery deleted the base db is backed by; calls %v", h.calls())
+		}
+	})
+	t.Run("recovery keeps a base in use", func(t *testing.T) {
+		// db.qcow2 was built on the partial base (as vmup did before the
+		// completeness mark): web's recovery must not pull it from under db.
+		h := newHarness(t)
+		base := h.killedUpload("web")
+		h.fake.world.Volumes["vmup/db.qcow2"] = true
+		h.fake.world.Backing["vmup/db.qcow2"] = "/pool/vmup/" + base
+		code := h.wait(h.upVM("web"))
+		if h.called("virsh vol-delete --pool vmup "+base) || !h.fake.world.Volumes["vmup/"+base] {
+			t.Errorf("web's recovery deleted the base db.qcow2 is backed by; calls %v", h.calls())
+		}
+		// Its content is not the image: nothing is built on it.
+		if code != exitFailed || !strings.Contains(h.stderr.String(), "db.qcow2") {
+			t.Errorf("exit %d, want 1 naming db.qcow2\n%s", code, h.stderr)
+		}
+		if h.fake.world.Volumes["vmup/web.qcow2"] || h.fake.world.Volumes["vmup/"+base+".complete"] {
+			t.Errorf("built on the partial base: %v", h.fake.world.Volumes)
+		}
+	})
+	t.Run("a complete base without mark is verified", func(t *testing.T) {
+		// A base uploaded before vmup marked complete bases, with a VM on it.
+		h := newHarness(t)
+		base := "vmup-base-" + h.imgHash + ".qcow2"
+		w := h.fake.world
+		w.Pools["vmup"], w.Volumes["vmup/"+base], w.Content["vmup/"+base] = true, true, []byte("fake image")
+		w.Volumes["vmup/db.qcow2"], w.Backing["vmup/db.qcow2"] = true, "/pool/vmup/"+base
+		if code := h.wait(h.upVM("web")); code != 0 {
+			t.Fatalf("exit %d\n%s", code, h.stderr)
+		}
+		if !w.Volumes["vmup/"+base+".complete"] || h.called("virsh vol-delete --pool vmup "+base) {
+			t.Errorf("volumes %v; calls %v", w.Volumes, h.calls())
+		}
+	})
+}
+
+// destroy of a VM whose up was killed while uploading the base deletes the
+// partial base, unless it is complete or a volume is backed by it.
+func TestDestroyRemovesPartialBase(t *testing.T) {
+	h := newHarness(t)
+	base := h.killedUpload("web")
+	if code := h.run("destroy", "web"); code != 0 {
+		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
+	}
+	if h.fake.world.Volumes["vmup/"+base] {
+		t.Errorf("the partial base %s is left; calls %v", base, h.calls())
+	}
+
+	h = newHarness(t)
+	base = h.killedUpload("web")
+	h.fake.world.Volumes["vmup/"+base+".complete"] = true
+	h.killedUpload("db")
+	h.fake.world.Volumes["vmup/db.qcow2"] = true
+	h.fake.world.Backing["vmup/db.qcow2"] = "/pool/vmup/" + base
+	for _, name := range []string{"web", "db"} {
+		if code := h.run("destroy", name); code != 0 {
+			t.Fatalf("destroy %s: exit %d\n%s", name, code, h.stderr)
+		}
+		if !h.fake.world.Volumes["vmup/"+base] {
+			t.Fatalf("destroy %s deleted the complete base %s", name, base)
+		}
+		delete(h.fake.world.Volumes, "vmup/"+base+".complete") // db's destroy: no mark, but a volume on it
 	}
 }
