@@ -649,7 +649,7 @@ func (u *upRun) removePartial(old []*sync.WaitGroup) {
 		errs = append(errs, u.virsh.Undefine(ctx, u.o.Name))
 	}
 	for i := len(c.volumes) - 1; i >= 0; i-- {
-		errs = append(errs, u.virsh.VolDelete(ctx, u.o.Pool, c.volumes[i]))
+		errs = append(errs, u.virsh.VolDeleteWhenFree(ctx, u.o.Pool, c.volumes[i], 10*time.Second))
 	}
 	if c.dir {
 		u.jmu.Lock()

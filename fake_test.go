@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeWorld is a tiny libvirt, plus the guest's sshd, that the fake virsh,
@@ -24,6 +26,12 @@ type fakeWorld struct {
 	Content map[string][]byte
 	// Backing is an overlay's backing store path, by "pool/vol".
 	Backing map[string]string
+	// Uploader is the pid of a vol-upload still writing the volume, by
+	// volume name: libvirt holds a volume while a stream writes it.
+	Uploader map[string]int
+	// Busy makes this many vol-deletes of "pool/vol" fail as libvirt does
+	// while a job of a killed virsh still holds the volume.
+	Busy map[string]int
 	// ShutdownIgnored makes ACPI shutdown do nothing (a guest without acpid).
 	ShutdownIgnored bool
 	// ExternalStop makes the domain shut off after this many domstate calls.
@@ -32,7 +40,7 @@ type fakeWorld struct {
 
 func newFakeWorld() *fakeWorld {
 	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{},
-		Content: map[string][]byte{}, Backing: map[string]string{}}
+		Content: map[string][]byte{}, Backing: map[string]string{}, Uploader: map[string]int{}, Busy: map[string]int{}}
 }
 
 // abbreviate keeps what a test asserts on: virsh without its -c URI, ssh
@@ -273,6 +281,17 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		if !w.Volumes[pv] {
 			return notFound("vol", pv)
 		}
+		vol := pv[strings.Index(pv, "/")+1:]
+		inUse := func() (string, string, int) {
+			return "", fmt.Sprintf("error: Failed to delete vol %s\nerror: Requested operation is not valid: volume '%s' is still in use.", vol, vol), 1
+		}
+		if pid := w.Uploader[vol]; pid > 0 && unix.Kill(pid, 0) == nil {
+			return inUse()
+		}
+		if w.Busy[pv] > 0 {
+			w.Busy[pv]--
+			return inUse()
+		}
 		delete(w.Volumes, pv)
 		delete(w.Content, pv)
 		delete(w.Backing, pv)
@@ -308,6 +327,8 @@ type fakeRunner struct {
 	playbookStarted chan struct{}
 	// onInspect, when set, runs as qemu-img inspects the image.
 	onInspect func()
+	// uploadStarted, when set, gets each vol-upload, which then blocks until cancelled.
+	uploadStarted chan []string
 }
 
 func newFakeRunner() *fakeRunner {
@@ -327,6 +348,11 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	}
 	switch short[0] {
 	case "virsh":
+		if short[1] == "vol-upload" && f.uploadStarted != nil {
+			f.uploadStarted <- short
+			<-ctx.Done()
+			return Result{}, ctx.Err()
+		}
 		f.mu.Lock()
 		out, errOut, code := f.world.virsh(short[1:], c.Stdin)
 		f.mu.Unlock()

@@ -203,7 +203,7 @@ func (u *upRun) uploadBase(ctx context.Context, img BaseImage, base string) erro
 		return err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != img.SHA256 {
-		if err := u.virsh.VolDelete(ctx, pool, base); err != nil {
+		if err := u.virsh.VolDeleteWhenFree(ctx, pool, base, 10*time.Second); err != nil {
 			return fmt.Errorf("%s changed while it was uploaded, and its volume %s cannot be deleted: %w", u.o.Image, base, err)
 		}
 		u.created.drop(base)

@@ -23,6 +23,9 @@ type Cmd struct {
 	Stdout io.Writer // nil: captured into Result.Stdout
 	Stderr io.Writer // nil: captured into Result.Stderr
 	Stdin  io.Reader // nil: /dev/null
+	// Grace, when set, replaces the runner's time per signal for stopping a
+	// cancelled child: an upload must end within a second of an interrupt.
+	Grace time.Duration
 	// Started, when set, learns the child's process group as soon as it runs,
 	// so the journal can name it for a later `up` to reap.
 	Started func(pgid int)
@@ -108,7 +111,11 @@ func (r execRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	select {
 	case waitErr = <-waited:
 	case <-ctx.Done():
-		waitErr = stopGroup(pgid, r.grace(), waited)
+		grace := r.grace()
+		if c.Grace > 0 {
+			grace = c.Grace
+		}
+		waitErr = stopGroup(pgid, grace, waited)
 	}
 	res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: cmd.ProcessState.ExitCode()}
 	if ctx.Err() != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // metadataURI marks the domains vmup created; vmup touches no other domain.
@@ -161,15 +162,20 @@ func (v *Virsh) VolResize(ctx context.Context, pool, vol string, bytes int64) er
 	return err
 }
 
+// streamGrace is what a cancelled vol-upload or vol-download gets per signal:
+// it holds nothing worth waiting for, and an interrupt must end it at once.
+const streamGrace = 300 * time.Millisecond
+
 func (v *Virsh) VolUpload(ctx context.Context, pool, vol, file string) error {
-	_, err := v.run(ctx, "vol-upload", "--pool", pool, vol, file)
+	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-upload", "--pool", pool, vol, file}, Grace: streamGrace})
 	return err
 }
 
 // VolUploadFrom streams r into the volume through virsh's stdin, so that
 // vmup sees (and can hash) every byte uploaded.
 func (v *Virsh) VolUploadFrom(ctx context.Context, pool, vol string, r io.Reader) error {
-	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-upload", "--pool", pool, vol, "/dev/stdin"}, Stdin: r})
+	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-upload", "--pool", pool, vol, "/dev/stdin"},
+		Stdin: r, Grace: streamGrace})
 	return err
 }
 
@@ -193,6 +199,21 @@ func (v *Virsh) VolDelete(ctx context.Context, pool, vol string) error {
 		return fmt.Errorf("%w: %v", errBusy, err)
 	}
 	return err
+}
+
+// VolDeleteWhenFree deletes a volume once libvirt lets go of it: the job of
+// a virsh killed mid-upload can hold the volume for a moment.
+func (v *Virsh) VolDeleteWhenFree(ctx context.Context, pool, vol string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := v.VolDelete(ctx, pool, vol)
+		if !errors.Is(err, errBusy) || time.Now().After(deadline) {
+			return err
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
 
 // VolList names the volumes of a pool.
@@ -235,7 +256,8 @@ func (v *Virsh) VolBacking(ctx context.Context, pool, vol string) (string, error
 
 // VolDownload streams the volume's content into w through virsh's stdout.
 func (v *Virsh) VolDownload(ctx context.Context, pool, vol string, w io.Writer) error {
-	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-download", "--pool", pool, vol, "/dev/stdout"}, Stdout: w})
+	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-download", "--pool", pool, vol, "/dev/stdout"},
+		Stdout: w, Grace: streamGrace})
 	return err
 }
 

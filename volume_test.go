@@ -4,6 +4,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -293,5 +294,26 @@ func TestDestroyRemovesPartialBase(t *testing.T) {
 			t.Fatalf("destroy %s deleted the complete base %s", name, base)
 		}
 		delete(h.fake.world.Volumes, "vmup/"+base+".complete") // db's destroy: no mark, but a volume on it
+	}
+}
+
+// An interrupted upload's volume is deleted once libvirt lets go of it: a
+// killed virsh can leave libvirtd's job holding the volume for a moment.
+func TestPartialVolumeDeletedOnceLibvirtLetsGo(t *testing.T) {
+	h := newHarness(t)
+	base := "vmup/vmup-base-" + h.imgHash + ".qcow2"
+	h.fake.world.Busy[base] = 3
+	h.fake.uploadStarted = make(chan []string, 1)
+	done := h.up(h.upArgs()...)
+	<-h.fake.uploadStarted
+	h.sigs <- syscall.SIGINT
+	if code := h.wait(done); code != exitSIGINT {
+		t.Fatalf("exit %d, want 130\n%s", code, h.stderr)
+	}
+	if h.fake.world.Volumes[base] {
+		t.Errorf("the partial base %s is left; calls %v", base, h.deletes())
+	}
+	if len(h.fake.world.Volumes) != 0 {
+		t.Errorf("left behind: %v", h.fake.world.Volumes)
 	}
 }
