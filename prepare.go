@@ -196,6 +196,12 @@ func (u *upRun) uploadBase(ctx context.Context, img BaseImage, base string) erro
 		return err
 	}
 	if err := u.virsh.VolCreate(ctx, pool, base, st.Size(), "raw", "", ""); err != nil {
+		if errors.Is(err, errExists) {
+			// Not this run's: another user of the pool is uploading it.
+			u.created.drop(base)
+			u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
+			return fmt.Errorf("base volume %s appeared in pool %s meanwhile (does another vmup upload it?); try again later: %w", base, pool, err)
+		}
 		return err
 	}
 	h := sha256.New()

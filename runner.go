@@ -62,8 +62,9 @@ func (e *ExitError) Error() string {
 }
 
 // execRunner starts children in their own process group, with stdin from
-// Cmd.Stdin or /dev/null and a parent-death signal, and stops a cancelled child's group by
-// escalating SIGINT, SIGTERM, SIGKILL, each given Grace to work.
+// Cmd.Stdin or /dev/null and a parent-death signal, and stops a cancelled
+// child's group by escalating SIGINT, SIGTERM, SIGKILL, each given Grace
+// (or Cmd.Grace) to work.
 type execRunner struct {
 	Grace time.Duration
 }
