@@ -229,7 +229,7 @@ func (e *hintError) Error() string { return e.msg }
 
 func foreignVolume(o *Options, vol string) error {
 	return &hintError{
-		msg: fmt.Sprintf("volume %s in pool %s exists, and vmup did not make it for VM %s", vol, o.Pool, o.Name),
+		msg: fmt.Sprintf("volume %s in pool %s exists, and VM %s's journal does not record vmup making it", vol, o.Pool, o.Name),
 		hint: fmt.Sprintf("vmup deletes only volumes it made: remove it yourself if nothing needs it "+
 			"(virsh -c %s vol-delete --pool %s %s), or choose another VM name", o.Connect, o.Pool, vol),
 	}
