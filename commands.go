@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -245,8 +246,9 @@ func runDestroy(env Env, o *Options) int {
 		return reportError(out, err)
 	}
 	connect, pool := o.Connect, "vmup"
+	var vols []string
 	if j != nil {
-		connect, pool = j.Connect, j.Pool
+		connect, pool, vols = j.Connect, j.Pool, j.Volumes
 	}
 	v := newVirsh(env.Runner, connect)
 	ctx := context.Background()
@@ -263,7 +265,18 @@ func runDestroy(env Env, o *Options) int {
 	if j != nil {
 		reapGroup(j.PlaybookPGID, paths)
 	}
-	if err := wipeVM(ctx, v, pool, paths); err != nil {
+	if j != nil && j.UploadingBase != "" {
+		// An upload its vmup never finished: partial unless marked complete since.
+		l, err := waitLock(ctx, filepath.Join(env.Home, "locks", "_global.lock"), "destroy")
+		if err == nil {
+			err = removePartialBase(ctx, v, pool, j.UploadingBase)
+			l.Unlock()
+		}
+		if err != nil {
+			return reportError(out, err)
+		}
+	}
+	if err := wipeVM(ctx, v, pool, paths, vols); err != nil {
 		return reportError(out, err)
 	}
 	os.Remove(paths.Lock)

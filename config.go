@@ -390,14 +390,14 @@ func validateUp(o *Options) error {
 		if f.path == "" {
 			continue
 		}
-		if st, err := os.Stat(f.path); err != nil || st.IsDir() {
-			return usagef("", "%s %s: no such file", f.flag, f.path)
+		if err := checkRegular(f.flag, f.path); err != nil {
+			return err
 		}
 	}
 	o.Playbook, o.Kernel, o.Initrd = absPath(o.Playbook), absPath(o.Kernel), absPath(o.Initrd)
 	if o.Image != "" && !isURL(o.Image) {
-		if st, err := os.Stat(o.Image); err != nil || st.IsDir() {
-			return usagef("", "--image %s: no such file", o.Image)
+		if err := checkRegular("--image", o.Image); err != nil {
+			return err
 		}
 	}
 	seen := map[int]bool{}
@@ -406,6 +406,19 @@ func validateUp(o *Options) error {
 			return usagef("", "host port %d is forwarded twice", f.Host)
 		}
 		seen[f.Host] = true
+	}
+	return nil
+}
+
+// checkRegular refuses a missing file, a directory, and a device or FIFO,
+// whose reading (hashing /dev/zero) might never end.
+func checkRegular(flag, path string) error {
+	st, err := os.Stat(path)
+	switch {
+	case err != nil || st.IsDir():
+		return usagef("", "%s %s: no such file", flag, path)
+	case !st.Mode().IsRegular():
+		return usagef("", "%s %s: not a regular file", flag, path)
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +63,10 @@ type upRun struct {
 	kind  startKind
 	// recover names an earlier, killed first boot that must be removed first.
 	recover *Journal
+	// replaced is the journal of the VM that --reset replaces.
+	replaced *Journal
+	// holdJournal keeps j off the disk while the old VM's journal is still needed there.
+	holdJournal bool
 
 	phase  Phase
 	exit   int
@@ -85,6 +91,9 @@ type upRun struct {
 	failure string  // what went wrong, for ActReportFailure
 	logPath string  // the last playbook log
 	wiped   bool
+
+	// failHint says what to do about the failure when more is known than the generic hint.
+	failHint string
 }
 
 // created is what a run made in Preparing, undone by an interrupt there.
@@ -112,9 +121,23 @@ func (c *created) drop(vol string) {
 	}
 }
 
-func vmVolumes(name string) []string {
-	return []string{name + ".qcow2", firstSeedVolume(name), laterSeedVolume(name), name + "-kernel", name + "-initrd"}
+// validVMVolume says whether vol is a name vmup gives a volume of VM name
+// (NAME.qcow2, NAME-seed*.iso, NAME-kernel, NAME-initrd), so that a journal
+// read from disk cannot make vmup delete any other volume.
+func validVMVolume(name, vol string) bool {
+	if !validName(name) {
+		return false
+	}
+	switch vol {
+	case name + ".qcow2", name + "-kernel", name + "-initrd":
+		return true
+	}
+	mid, ok := strings.CutPrefix(vol, name+"-seed")
+	mid, iso := strings.CutSuffix(mid, ".iso")
+	return ok && iso && seedSuffixRE.MatchString(mid)
 }
+
+var seedSuffixRE = regexp.MustCompile(`^(-[0-9a-z]+)?$`)
 
 // The first boot's seed holds the guest's private host key; the seed of later
 // boots only the instance id.
@@ -144,7 +167,7 @@ func (u *upRun) updateJournal(f func(j *Journal)) error {
 	u.jmu.Lock()
 	defer u.jmu.Unlock()
 	f(u.j)
-	if u.wiped {
+	if u.wiped || u.holdJournal {
 		return nil
 	}
 	return writeJournal(u.paths, u.j)
@@ -176,6 +199,10 @@ func (u *upRun) run() int {
 		}
 		if m.err != nil {
 			u.failure = m.err.Error()
+			var he *hintError
+			if errors.As(m.err, &he) {
+				u.failHint = he.hint
+			}
 		}
 		if t.Exit != keep {
 			u.exit = t.Exit
@@ -339,7 +366,11 @@ func (u *upRun) reportFailure(from Phase, ev Event) {
 		out.Hint("run: vmup destroy %s", name)
 	case from == Preparing:
 		out.Error("preparing VM %s failed: %s", name, u.failure)
-		out.Hint("fix the cause, then run `vmup up %s` again", name)
+		if u.failHint != "" {
+			out.Hint("%s", u.failHint)
+		} else {
+			out.Hint("fix the cause, then run `vmup up %s` again", name)
+		}
 	default:
 		out.Error("%s failed: %s", from, u.failure)
 		if from == Provisioning && u.logPath != "" {
@@ -580,9 +611,14 @@ func (u *upRun) replaceSeed(ctx context.Context) {
 		return
 	}
 	u.updateJournal(func(j *Journal) { j.SeedVolume = later })
-	if err := u.virsh.VolDelete(ctx, u.o.Pool, firstSeedVolume(u.o.Name)); err != nil {
+	first := firstSeedVolume(u.o.Name)
+	if err := u.virsh.VolDelete(ctx, u.o.Pool, first); err != nil {
 		u.env.Out.Warn("cannot delete the first boot's cloud-init seed: %v", err)
+		return
 	}
+	u.updateJournal(func(j *Journal) {
+		j.Volumes = slices.DeleteFunc(j.Volumes, func(v string) bool { return v == first })
+	})
 }
 
 func (u *upRun) enterRunning() {
@@ -692,7 +728,10 @@ func (u *upRun) wipe(_ context.Context, old []*sync.WaitGroup) {
 		u.ssh.Exit(ctx)
 	}
 	u.masterCancel()
-	if err := wipeVM(ctx, u.virsh, u.o.Pool, u.paths); err != nil {
+	u.jmu.Lock()
+	vols := slices.Clone(u.j.Volumes)
+	u.jmu.Unlock()
+	if err := wipeVM(ctx, u.virsh, u.o.Pool, u.paths, vols); err != nil {
 		u.send(EvWipeFailed, err)
 		return
 	}
@@ -718,7 +757,7 @@ func (u *upRun) removePartial(old []*sync.WaitGroup) {
 		errs = append(errs, u.virsh.Undefine(ctx, u.o.Name))
 	}
 	for i := len(c.volumes) - 1; i >= 0; i-- {
-		errs = append(errs, u.virsh.VolDelete(ctx, u.o.Pool, c.volumes[i]))
+		errs = append(errs, u.virsh.VolDeleteWhenFree(ctx, u.o.Pool, c.volumes[i], 10*time.Second))
 	}
 	if c.dir {
 		u.jmu.Lock()
@@ -783,10 +822,17 @@ func namesDir(cmdline []byte, dir string) bool {
 	return false
 }
 
-// wipeVM removes a vmup VM: domain, volumes, state. Nothing of it is left
-// but the shared base volume. A domain vmup did not create is refused.
-func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths) error {
+// wipeVM removes a vmup VM: domain, the volumes its journal lists (vols),
+// state. Nothing of it is left but the shared base volume. A domain vmup did
+// not create is refused, and so is a journal that names a volume vmup would
+// not have made for this VM.
+func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths, vols []string) error {
 	name := p.Name()
+	for _, vol := range vols {
+		if !validVMVolume(name, vol) {
+			return fmt.Errorf("%s names volume %q, which is no volume of VM %s; not deleting anything", p.Journal(), vol, name)
+		}
+	}
 	owned, err := v.Owned(ctx, name)
 	switch {
 	case errors.Is(err, errNotFound):
@@ -799,7 +845,7 @@ func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths) error {
 			return err
 		}
 	}
-	for _, vol := range vmVolumes(name) {
+	for _, vol := range vols {
 		if err := v.VolDelete(ctx, pool, vol); err != nil {
 			return err
 		}

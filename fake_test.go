@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeWorld is a tiny libvirt, plus the guest's sshd, that the fake virsh,
@@ -19,6 +22,16 @@ type fakeWorld struct {
 	Owned   map[string]bool
 	Pools   map[string]bool
 	Volumes map[string]bool // "pool/vol"
+	// Content holds what vol-upload received, by "pool/vol".
+	Content map[string][]byte
+	// Backing is an overlay's backing store path, by "pool/vol".
+	Backing map[string]string
+	// Uploader is the pid of a vol-upload still writing the volume, by
+	// volume name: libvirt holds a volume while a stream writes it.
+	Uploader map[string]int
+	// Busy makes this many vol-deletes of "pool/vol" fail as libvirt does
+	// while a job of a killed virsh still holds the volume.
+	Busy map[string]int
 	// ShutdownIgnored makes ACPI shutdown do nothing (a guest without acpid).
 	ShutdownIgnored bool
 	// ExternalStop makes the domain shut off after this many domstate calls.
@@ -39,7 +52,8 @@ type fakeWorld struct {
 func newFakeWorld() *fakeWorld {
 	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{},
 		Uploaded: map[string]bool{}, XML: map[string]string{}, Fail: map[string]string{},
-		Snapshots: map[string][]string{}, ManagedSave: map[string]bool{}}
+		Snapshots: map[string][]string{}, ManagedSave: map[string]bool{},
+		Content: map[string][]byte{}, Backing: map[string]string{}, Uploader: map[string]int{}, Busy: map[string]int{}}
 }
 
 // abbreviate keeps what a test asserts on: virsh without its -c URI, ssh
@@ -81,8 +95,9 @@ func abbreviate(args []string) []string {
 	return append([]string{prog}, rest...)
 }
 
-// virsh answers one virsh command line (without -c URI).
-func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
+// virsh answers one virsh command line (without -c URI); stdin is what
+// virsh would read for a FILE argument of /dev/stdin.
+func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string, code int) {
 	notFound := func(what, name string) (string, string, int) {
 		return "", fmt.Sprintf("error: failed to get %s '%s'\nerror: %s not found", what, name, what), 1
 	}
@@ -243,18 +258,79 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 		}
 		return "/pool/" + pv, "", 0
 	case "vol-create-as":
-		if w.Volumes[arg(1)+"/"+arg(2)] {
-			return "", "error: Failed to create vol " + arg(2) + "\nerror: storage volume name '" + arg(2) + "' already in use.", 1
+		pv := arg(1) + "/" + arg(2)
+		if w.Volumes[pv] {
+			return "", fmt.Sprintf("error: Failed to create vol %s\nerror: storage volume '%s' exists already", arg(2), arg(2)), 1
 		}
-		w.Volumes[arg(1)+"/"+arg(2)] = true
-		delete(w.Uploaded, arg(1)+"/"+arg(2))
+		// Like virsh, --backing-vol names a volume of the pool; its path goes into the overlay.
+		if i := slices.Index(args, "--backing-vol"); i > 0 {
+			if !w.Volumes[arg(1)+"/"+arg(i+1)] {
+				return notFound("vol", arg(i+1))
+			}
+			w.Backing[pv] = "/pool/" + arg(1) + "/" + arg(i+1)
+		}
+		w.Volumes[pv] = true
+		delete(w.Uploaded, pv)
 		return "", "", 0
-	case "vol-upload", "vol-resize":
+	case "vol-list":
+		pool := arg(2)
+		if !w.Pools[pool] {
+			return "", "error: failed to get pool '" + pool + "'\nerror: Storage pool not found: no storage pool with matching name '" + pool + "'", 1
+		}
+		var names []string
+		for pv := range w.Volumes {
+			if p, vol, _ := strings.Cut(pv, "/"); p == pool {
+				names = append(names, vol)
+			}
+		}
+		slices.Sort(names)
+		out := " Name   Path\n" + strings.Repeat("-", 40) + "\n"
+		for _, n := range names {
+			out += fmt.Sprintf(" %-40s /pool/%s/%s\n", n, pool, n)
+		}
+		return out, "", 0
+	case "vol-dumpxml":
+		pv := poolVol()
+		if !w.Volumes[pv] {
+			return notFound("vol", pv)
+		}
+		name := pv[strings.Index(pv, "/")+1:]
+		xml := fmt.Sprintf("<volume type='file'>\n  <name>%s</name>\n  <key>/pool/%s</key>\n  <target>\n    <path>/pool/%s</path>\n    <format type='raw'/>\n  </target>\n", name, pv, pv)
+		if b := w.Backing[pv]; b != "" {
+			xml += fmt.Sprintf("  <backingStore>\n    <path>%s</path>\n    <format type='raw'/>\n  </backingStore>\n", b)
+		}
+		return xml + "</volume>\n", "", 0
+	case "vol-download":
+		pv := poolVol()
+		if !w.Volumes[pv] {
+			return notFound("vol", pv)
+		}
+		if file := args[len(args)-1]; file != "/dev/stdout" {
+			return "", "fake virsh: vol-download only to /dev/stdout", 1
+		}
+		return string(w.Content[pv]), "", 0
+	case "vol-upload":
+		pv := poolVol()
+		if !w.Volumes[pv] {
+			return notFound("vol", pv)
+		}
+		file := args[len(args)-1]
+		var data []byte
+		var err error
+		if file == "/dev/stdin" && stdin != nil {
+			data, err = io.ReadAll(stdin)
+		} else {
+			data, err = os.ReadFile(file)
+		}
+		if err != nil {
+			return "", "error: cannot read " + file + ": " + err.Error(), 1
+		}
+		w.Content[pv] = data
+		w.Uploaded[pv] = true
+		return "", "", 0
+	case "vol-resize":
 		if !w.Volumes[poolVol()] {
 			return notFound("vol", poolVol())
-		}
-		if args[0] == "vol-upload" {
-			w.Uploaded[poolVol()] = true
 		}
 		return "", "", 0
 	case "vol-delete":
@@ -262,8 +338,21 @@ func (w *fakeWorld) virsh(args []string) (stdout, stderr string, code int) {
 		if !w.Volumes[pv] {
 			return notFound("vol", pv)
 		}
+		vol := pv[strings.Index(pv, "/")+1:]
+		inUse := func() (string, string, int) {
+			return "", fmt.Sprintf("error: Failed to delete vol %s\nerror: Requested operation is not valid: volume '%s' is still in use.", vol, vol), 1
+		}
+		if pid := w.Uploader[vol]; pid > 0 && unix.Kill(pid, 0) == nil {
+			return inUse()
+		}
+		if w.Busy[pv] > 0 {
+			w.Busy[pv]--
+			return inUse()
+		}
 		delete(w.Volumes, pv)
 		delete(w.Uploaded, pv)
+		delete(w.Content, pv)
+		delete(w.Backing, pv)
 		return "", "", 0
 	}
 	return "", "fake virsh: unknown command " + args[0], 1
@@ -299,6 +388,10 @@ type fakeRunner struct {
 	onPlaybook func()
 	// onCall, when set, sees each argv (abbreviated) before it is answered.
 	onCall func(args []string)
+	// onInspect, when set, runs as qemu-img inspects the image.
+	onInspect func()
+	// uploadStarted, when set, gets each vol-upload, which then blocks until cancelled.
+	uploadStarted chan []string
 }
 
 func newFakeRunner() *fakeRunner {
@@ -323,14 +416,26 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	}
 	switch short[0] {
 	case "virsh":
+		if short[1] == "vol-upload" && f.uploadStarted != nil {
+			f.uploadStarted <- short
+			<-ctx.Done()
+			return Result{}, ctx.Err()
+		}
 		f.mu.Lock()
-		out, errOut, code := f.world.virsh(short[1:])
+		out, errOut, code := f.world.virsh(short[1:], c.Stdin)
 		f.mu.Unlock()
 		if code != 0 {
 			return fail(code, errOut)
 		}
+		if c.Stdout != nil {
+			io.WriteString(c.Stdout, out)
+			return Result{}, nil
+		}
 		return Result{Stdout: []byte(out)}, nil
 	case "qemu-img":
+		if f.onInspect != nil {
+			f.onInspect()
+		}
 		return Result{Stdout: []byte(`{"format": "qcow2", "virtual-size": 1073741824}`)}, nil
 	case "ssh":
 		if slices.Contains(short, "master") {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,7 +21,8 @@ type BaseImage struct {
 }
 
 // fetchImage returns a local path for --image, downloading a URL once into
-// the cache (as NAME.part, renamed when complete and verified).
+// the cache (as NAME.part, renamed when complete and verified). One download
+// per URL runs at a time: its .part is written only under the URL's lock.
 func fetchImage(ctx context.Context, home, image, wantSHA string) (string, error) {
 	if !isURL(image) {
 		return image, nil
@@ -30,8 +32,17 @@ func fetchImage(ctx context.Context, home, image, wantSHA string) (string, error
 		return "", err
 	}
 	sum := sha256.Sum256([]byte(image))
+	key := hex.EncodeToString(sum[:8])
 	base := filepath.Base(strings.SplitN(image, "?", 2)[0])
-	dest := filepath.Join(cache, hex.EncodeToString(sum[:8])+"-"+base)
+	dest := filepath.Join(cache, key+"-"+base)
+	lock, err := waitLock(ctx, filepath.Join(home, "locks", "download-"+key+".lock"), "up")
+	if errors.Is(err, errLocked) {
+		return "", ctx.Err()
+	}
+	if err != nil {
+		return "", err
+	}
+	defer lock.Unlock()
 	if _, err := os.Stat(dest); err == nil {
 		return dest, nil
 	}
@@ -52,8 +63,7 @@ func fetchImage(ctx context.Context, home, image, wantSHA string) (string, error
 	if err != nil {
 		return "", err
 	}
-	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(f, h), resp.Body)
+	_, err = io.Copy(f, ctxReader{ctx, resp.Body})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -61,17 +71,53 @@ func fetchImage(ctx context.Context, home, image, wantSHA string) (string, error
 		os.Remove(part)
 		return "", fmt.Errorf("download %s: %w", image, err)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); wantSHA != "" && !strings.EqualFold(got, wantSHA) {
-		os.Remove(part)
-		return "", &usageError{msg: fmt.Sprintf("%s has sha256 %s, not %s", image, got, wantSHA),
-			hint: "check --image-sha256, or the image behind the URL changed"}
+	if wantSHA != "" {
+		// The bytes on disk are checked, not the stream: they are what is used.
+		got, err := hashPath(ctx, part)
+		if err != nil {
+			os.Remove(part)
+			return "", err
+		}
+		if !strings.EqualFold(got, wantSHA) {
+			os.Remove(part)
+			return "", &usageError{msg: fmt.Sprintf("%s has sha256 %s, not %s", image, got, wantSHA),
+				hint: "check --image-sha256, or the image behind the URL changed"}
+		}
 	}
 	return dest, os.Rename(part, dest)
 }
 
+// ctxReader ends a long read (hashing, a download, an upload) once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// hashPath reads the file through and returns its sha256.
+func hashPath(ctx context.Context, path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
 // hashFile returns the file's sha256, remembered by path, size and mtime so a
-// re-up does not read a large image again.
-func hashFile(home, path string) (string, error) {
+// re-up does not read a large image again; with useMemo false the file is read
+// whatever the memo says. It stops when ctx ends.
+func hashFile(ctx context.Context, home, path string, useMemo bool) (string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return "", err
@@ -86,19 +132,13 @@ func hashFile(home, path string) (string, error) {
 	if data, err := os.ReadFile(memo); err == nil {
 		json.Unmarshal(data, &known)
 	}
-	if h, ok := known[key]; ok {
+	if h, ok := known[key]; ok && useMemo {
 		return h, nil
 	}
-	f, err := os.Open(abs)
+	sum, err := hashPath(ctx, abs)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
 	known[key] = sum
 	if ensureDir(filepath.Dir(memo)) == nil {
 		if data, err := json.Marshal(known); err == nil {

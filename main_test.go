@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -63,7 +64,17 @@ func fakeMain(prog string, args []string) int {
 
 	switch prog {
 	case "virsh":
-		out, errOut, code := world.virsh(short[1:])
+		if short[1] == "vol-upload" && os.Getenv("VMUP_FAKE_UPLOAD") == "block" {
+			// A stuck upload: it reads nothing, and SIGINT and SIGTERM do not end it.
+			signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+			world.Uploader[short[len(short)-2]] = os.Getpid()
+			saveWorld(filepath.Join(dir, "world.json"), world)
+			unlock()
+			os.WriteFile(filepath.Join(dir, "upload.pid.tmp"), []byte(strconv.Itoa(os.Getpid())), 0o600)
+			os.Rename(filepath.Join(dir, "upload.pid.tmp"), filepath.Join(dir, "upload.pid"))
+			time.Sleep(24 * time.Hour)
+		}
+		out, errOut, code := world.virsh(short[1:], os.Stdin)
 		saveWorld(filepath.Join(dir, "world.json"), world)
 		unlock()
 		fmt.Print(out)
@@ -237,10 +248,11 @@ func startVmup(t *testing.T, playbookMode string, args ...string) *binaryRun {
 
 // newBinaryRun prepares `vmup up v1 …` with the fakes, not yet started.
 func newBinaryRun(t *testing.T, playbookMode string, args ...string) *binaryRun {
-	return newBinaryRunWith(t, nil, playbookMode, args...)
+	return newBinaryRunWith(t, nil, nil, playbookMode, args...)
 }
 
-func newBinaryRunWith(t *testing.T, wrapper []string, playbookMode string, args ...string) *binaryRun {
+// newBinaryRunWith prepares it behind a wrapper command, with more environment for the fakes.
+func newBinaryRunWith(t *testing.T, wrapper, env []string, playbookMode string, args ...string) *binaryRun {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	os.Mkdir(bin, 0o755)
@@ -263,6 +275,7 @@ func newBinaryRunWith(t *testing.T, wrapper []string, playbookMode string, args 
 		"VMUP_HOME="+r.home, "VMUP_FAKE_DIR="+dir, "VMUP_FAKE_PLAYBOOK="+playbookMode, "VMUP_POLL=20ms",
 		"VMUP_VIRSH="+filepath.Join(bin, "virsh"), "VMUP_SSH="+filepath.Join(bin, "ssh"),
 		"VMUP_QEMU_IMG="+filepath.Join(bin, "qemu-img"), "VMUP_ANSIBLE_PLAYBOOK="+filepath.Join(bin, "ansible-playbook"))
+	r.env = append(r.env, env...)
 	r.cmd.Env = r.env
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	return r
@@ -270,7 +283,12 @@ func newBinaryRunWith(t *testing.T, wrapper []string, playbookMode string, args 
 
 // startVmupWith runs vmup behind a wrapper command such as nohup.
 func startVmupWith(t *testing.T, wrapper []string, playbookMode string, args ...string) *binaryRun {
-	r := newBinaryRunWith(t, wrapper, playbookMode, args...)
+	return startVmupEnv(t, wrapper, nil, playbookMode, args...)
+}
+
+// startVmupEnv runs vmup with more environment for the fakes.
+func startVmupEnv(t *testing.T, wrapper, env []string, playbookMode string, args ...string) *binaryRun {
+	r := newBinaryRunWith(t, wrapper, env, playbookMode, args...)
 	r.cmd.Stderr = &testLogWriter{t: t}
 	r.readEvents()
 	if err := r.cmd.Start(); err != nil {
@@ -637,5 +655,47 @@ func TestStalePidInLockNeverSignalled(t *testing.T) {
 	}
 	if r.called("virsh destroy") || r.called("virsh undefine") {
 		t.Errorf("destroy went on without the lock; calls %v", r.calls())
+	}
+}
+
+// Ctrl+C during a base upload whose virsh ignores SIGINT and SIGTERM: vmup
+// escalates quickly, removes the partial volume and exits 130 within ~2 s.
+func TestUploadStopsOnInterrupt(t *testing.T) {
+	r := startVmupEnv(t, nil, []string{"VMUP_FAKE_UPLOAD=block"}, "ok")
+	pidFile := filepath.Join(r.dir, "upload.pid")
+	deadline := time.Now().Add(30 * time.Second)
+	var uploader int
+	for {
+		if data, err := os.ReadFile(pidFile); err == nil {
+			uploader, _ = strconv.Atoi(string(data))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upload did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Cleanup(func() { unix.Kill(uploader, syscall.SIGKILL) })
+	start := time.Now()
+	r.ctrlC()
+	done := make(chan error, 1)
+	go func() { done <- r.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatalf("vmup still runs 3s after Ctrl+C during the upload")
+	}
+	if took := time.Since(start); took > 2500*time.Millisecond {
+		t.Errorf("vmup took %s to stop after Ctrl+C", took)
+	}
+	if code := r.cmd.ProcessState.ExitCode(); code != exitSIGINT {
+		t.Errorf("exit %d, want 130", code)
+	}
+	if unix.Kill(uploader, 0) == nil {
+		t.Error("the stuck virsh vol-upload outlived vmup")
+	}
+	world := loadWorld(filepath.Join(r.dir, "world.json"))
+	for v := range world.Volumes {
+		t.Errorf("volume %s left behind", v)
 	}
 }

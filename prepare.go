@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -57,39 +60,14 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	out, o := u.env.Out, u.o
 	out.Plan(6)
 	out.Step("Preparing image")
-	if u.recover != nil || o.Reset {
-		if u.recover != nil {
-			how := fmt.Sprintf("was interrupted (vmup pid %d is gone)", u.recover.PID)
-			if u.recover.Phase == Failed.String() {
-				how = "failed while " + u.recover.FailedIn
-			}
-			out.Say("recovering", "An earlier first boot of %s %s: removing it and starting clean", o.Name, how)
-			reapGroup(u.recover.PlaybookPGID, u.paths)
-			if base := u.recover.UploadingBase; base != "" {
-				if err := u.virsh.VolDelete(ctx, o.Pool, base); err != nil {
-					return err
-				}
-			}
-		}
-		if err := wipeVM(ctx, u.virsh, o.Pool, u.paths); err != nil {
-			return err
-		}
-	}
-	if _, err := os.Stat(u.paths.Dir); errors.Is(err, os.ErrNotExist) {
-		u.created.dir = true
-	}
-	if err := ensureDir(u.paths.Dir); err != nil {
-		return err
-	}
-	if err := u.updateJournal(func(j *Journal) {}); err != nil {
-		return err
-	}
+	// Everything that can refuse this run comes before anything is deleted.
 	local, err := fetchImage(ctx, u.env.Home, o.Image, o.ImageSHA256)
 	if err != nil {
 		return err
 	}
 	img := BaseImage{Path: local}
-	if img.SHA256, err = hashFile(u.env.Home, local); err != nil {
+	// A checksum the user gave is checked on the file, not on a memo of it.
+	if img.SHA256, err = hashFile(ctx, u.env.Home, local, o.ImageSHA256 == ""); err != nil {
 		return err
 	}
 	if o.ImageSHA256 != "" && !strings.EqualFold(img.SHA256, o.ImageSHA256) {
@@ -102,6 +80,55 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	old := u.recover
+	if old == nil {
+		old = u.replaced
+	}
+	if err := u.refuseForeignVolumes(ctx, old); err != nil {
+		return err
+	}
+
+	if u.recover != nil || o.Reset {
+		if u.recover != nil {
+			how := fmt.Sprintf("was interrupted (vmup pid %d is gone)", u.recover.PID)
+			if u.recover.Phase == Failed.String() {
+				how = "failed while " + u.recover.FailedIn
+			}
+			out.Say("recovering", "An earlier first boot of %s %s: removing it and starting clean", o.Name, how)
+			reapGroup(u.recover.PlaybookPGID, u.paths)
+		}
+		pool, vols := o.Pool, []string(nil)
+		if old != nil {
+			pool, vols = old.Pool, old.Volumes
+		}
+		if old != nil && old.UploadingBase != "" {
+			// The old run's upload: partial unless marked complete since.
+			lock, err := u.globalLock(ctx)
+			if err != nil {
+				return err
+			}
+			err = removePartialBase(ctx, u.virsh, pool, old.UploadingBase)
+			lock.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+		if err := wipeVM(ctx, u.virsh, pool, u.paths, vols); err != nil {
+			return err
+		}
+	}
+	u.jmu.Lock()
+	u.holdJournal = false
+	u.jmu.Unlock()
+	if _, err := os.Stat(u.paths.Dir); errors.Is(err, os.ErrNotExist) {
+		u.created.dir = true
+	}
+	if err := ensureDir(u.paths.Dir); err != nil {
+		return err
+	}
+	if err := u.updateJournal(func(j *Journal) {}); err != nil {
+		return err
+	}
 
 	lock, err := u.globalLock(ctx)
 	if err != nil {
@@ -112,30 +139,8 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 		return err
 	}
 	base := baseVolumeName(img)
-	exists, err := u.virsh.VolExists(ctx, o.Pool, base)
-	if err != nil {
+	if err := u.ensureBase(ctx, img, base); err != nil {
 		return err
-	}
-	if exists {
-		out.Done("cached " + base)
-	} else {
-		// Journalled while it uploads: a killed run leaves a partial base volume
-		// that a later `up` must delete rather than use.
-		u.created.add(base)
-		u.updateJournal(func(j *Journal) { j.UploadingBase = base })
-		st, err := os.Stat(local)
-		if err != nil {
-			return err
-		}
-		if err := u.virsh.VolCreate(ctx, o.Pool, base, st.Size(), "raw", "", ""); err != nil {
-			return err
-		}
-		if err := u.virsh.VolUpload(ctx, o.Pool, base, local); err != nil {
-			return err
-		}
-		u.created.drop(base) // complete: it is the shared cache now
-		u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
-		out.Done("uploaded " + base)
 	}
 	if o.Network == "user" {
 		port, err := u.freePort()
@@ -151,8 +156,7 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	if img.VirtualSize > size {
 		size = img.VirtualSize
 	}
-	u.created.add(o.Name + ".qcow2")
-	if err := u.virsh.VolCreate(ctx, o.Pool, o.Name+".qcow2", size, "qcow2", base, img.Format); err != nil {
+	if err := u.createVolume(ctx, o.Name+".qcow2", size, "qcow2", base, img.Format); err != nil {
 		return err
 	}
 	if err := u.writeSeed(ctx); err != nil {
@@ -179,13 +183,117 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	return nil
 }
 
+// uploadBase streams the image into a new base volume and hashes the bytes
+// on their way: the volume's name claims a content hash that every later
+// `up` trusts, so what was uploaded must be what was hashed. Another content
+// deletes the volume again.
+func (u *upRun) uploadBase(ctx context.Context, img BaseImage, base string) error {
+	pool := u.o.Pool
+	f, err := os.Open(img.Path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := u.virsh.VolCreate(ctx, pool, base, st.Size(), "raw", "", ""); err != nil {
+		if errors.Is(err, errExists) {
+			// Not this run's: another user of the pool is uploading it.
+			u.created.drop(base)
+			u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
+			return fmt.Errorf("base volume %s appeared in pool %s meanwhile (does another vmup upload it?); try again later: %w", base, pool, err)
+		}
+		return err
+	}
+	h := sha256.New()
+	if err := u.virsh.VolUploadFrom(ctx, pool, base, io.TeeReader(ctxReader{ctx, f}, h)); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != img.SHA256 {
+		if err := u.virsh.VolDeleteWhenFree(ctx, pool, base, 10*time.Second); err != nil {
+			return fmt.Errorf("%s changed while it was uploaded, and its volume %s cannot be deleted: %w", u.o.Image, base, err)
+		}
+		u.created.drop(base)
+		u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
+		return &usageError{
+			msg:  fmt.Sprintf("%s changed while it was uploaded: the bytes sent have sha256 %s, not %s", u.o.Image, got, img.SHA256),
+			hint: "nothing was kept; run vmup up again once the image file no longer changes",
+		}
+	}
+	return nil
+}
+
+// hintError is a failure with advice more to the point than the generic hint.
+type hintError struct{ msg, hint string }
+
+func (e *hintError) Error() string { return e.msg }
+
+func foreignVolume(o *Options, vol string) error {
+	return &hintError{
+		msg: fmt.Sprintf("volume %s in pool %s exists, and VM %s's journal does not record vmup making it", vol, o.Pool, o.Name),
+		hint: fmt.Sprintf("vmup deletes only volumes it made: remove it yourself if nothing needs it "+
+			"(virsh -c %s vol-delete --pool %s %s), or choose another VM name", o.Connect, o.Pool, vol),
+	}
+}
+
+// refuseForeignVolumes fails if a volume this run would create is in the
+// pool already and is not one the journal being replaced (old) recorded.
+func (u *upRun) refuseForeignVolumes(ctx context.Context, old *Journal) error {
+	o := u.o
+	vols := []string{o.Name + ".qcow2", o.Name + "-seed.iso"}
+	if o.Kernel != "" {
+		vols = append(vols, o.Name+"-kernel")
+	}
+	if o.Initrd != "" {
+		vols = append(vols, o.Name+"-initrd")
+	}
+	for _, vol := range vols {
+		if old != nil && old.Pool == o.Pool && slices.Contains(old.Volumes, vol) {
+			continue // the old VM's own: wiped before it is made again
+		}
+		exists, err := u.virsh.VolExists(ctx, o.Pool, vol)
+		if err != nil {
+			return err
+		}
+		if exists {
+			return foreignVolume(o, vol)
+		}
+	}
+	return nil
+}
+
+// createVolume journals a volume of this VM, then creates it: a killed run
+// leaves a name that a later `up` or `destroy` deletes, never a volume
+// nobody knows of. One that appeared meanwhile is someone else's.
+func (u *upRun) createVolume(ctx context.Context, vol string, bytes int64, format, backing, backingFormat string) error {
+	if err := u.updateJournal(func(j *Journal) {
+		if !slices.Contains(j.Volumes, vol) {
+			j.Volumes = append(j.Volumes, vol)
+		}
+	}); err != nil {
+		return err
+	}
+	// It was not there when checked (or is this VM's own): what is there from now on is this run's.
+	u.created.add(vol)
+	err := u.virsh.VolCreate(ctx, u.o.Pool, vol, bytes, format, backing, backingFormat)
+	if errors.Is(err, errExists) {
+		u.created.drop(vol)
+		u.updateJournal(func(j *Journal) {
+			j.Volumes = slices.DeleteFunc(j.Volumes, func(v string) bool { return v == vol })
+		})
+		return foreignVolume(u.o, vol)
+	}
+	return err
+}
+
 func (u *upRun) upload(ctx context.Context, file, vol string) error {
 	st, err := os.Stat(file)
 	if err != nil {
 		return err
 	}
-	u.created.add(vol)
-	if err := u.virsh.VolCreate(ctx, u.o.Pool, vol, st.Size(), "raw", "", ""); err != nil {
+	if err := u.createVolume(ctx, vol, st.Size(), "raw", "", ""); err != nil {
 		return err
 	}
 	return u.virsh.VolUpload(ctx, u.o.Pool, vol, file)

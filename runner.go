@@ -22,6 +22,10 @@ type Cmd struct {
 	Env    []string  // added to vmup's environment
 	Stdout io.Writer // nil: captured into Result.Stdout
 	Stderr io.Writer // nil: captured into Result.Stderr
+	Stdin  io.Reader // nil: /dev/null
+	// Grace, when set, replaces the runner's time per signal for stopping a
+	// cancelled child: an upload must end within a second of an interrupt.
+	Grace time.Duration
 	// Started, when set, learns the child's process group as soon as it runs,
 	// so the journal can name it for a later `up` to reap.
 	Started func(pgid int)
@@ -58,9 +62,9 @@ func (e *ExitError) Error() string {
 }
 
 // execRunner starts children in their own process group, with stdin from
-// /dev/null and a parent-death signal, and stops a cancelled child's group, or
-// what is left of it once the child exited, by escalating SIGINT, SIGTERM,
-// SIGKILL, each given Grace to work.
+// Cmd.Stdin or /dev/null and a parent-death signal, and stops a cancelled
+// child's group, or what is left of it once the child exited, by escalating
+// SIGINT, SIGTERM, SIGKILL, each given Grace (or Cmd.Grace) to work.
 type execRunner struct {
 	Grace time.Duration
 }
@@ -76,6 +80,7 @@ func (r execRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	if c.Stderr != nil {
 		cmd.Stderr = c.Stderr
 	}
+	cmd.Stdin = c.Stdin
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A grandchild holding a pipe open must not hang vmup once the child exited.
 	cmd.WaitDelay = 2 * time.Second
@@ -114,7 +119,11 @@ func (r execRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 			waitErr = stopGroup(pgid, r.grace(), exited)
 		}
 	case <-ctx.Done():
-		waitErr = stopGroup(pgid, r.grace(), waited)
+		grace := r.grace()
+		if c.Grace > 0 {
+			grace = c.Grace
+		}
+		waitErr = stopGroup(pgid, grace, waited)
 	}
 	res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: cmd.ProcessState.ExitCode()}
 	if ctx.Err() != nil {

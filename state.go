@@ -53,6 +53,9 @@ type Journal struct {
 	// (empty: NAME-seed.iso) until the first boot completed, then the seed
 	// of later boots.
 	SeedVolume string `json:"seed_volume,omitempty"`
+	// Volumes are the VM's own volumes, each journalled before it is created:
+	// vmup deletes no other volume of the VM's name.
+	Volumes []string `json:"volumes,omitempty"`
 	// UploadingBase names a shared base volume while it is uploaded: if this
 	// run dies, the volume is partial and a later `up` deletes it.
 	UploadingBase string `json:"uploading_base,omitempty"`

@@ -29,7 +29,7 @@ func runUp(env Env, o *Options) int {
 	u := &upRun{env: env, o: o, paths: paths}
 	switch {
 	case o.Reset || j == nil:
-		u.kind = startFresh
+		u.kind, u.replaced = startFresh, j
 	case j.FirstBootDone:
 		u.kind = startReup
 	case diedMidFirstBoot(j):
@@ -66,6 +66,9 @@ func runUp(env Env, o *Options) int {
 				}
 			}
 		}
+		// The old journal stays on disk until prepareFresh has wiped its VM:
+		// a run refused or killed before that leaves the old VM as it was.
+		u.holdJournal = j != nil
 		j = &Journal{Name: o.Name, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
 			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision}
 	}

@@ -247,14 +247,18 @@ func (h *harness) freshPrepare() [][]string {
 		"virsh uri",
 		"virsh domstate v1",
 		"qemu-img info --output=json $IMG/base.qcow2",
+		"virsh vol-info --pool vmup v1.qcow2",
+		"virsh vol-info --pool vmup v1-seed.iso",
 		"virsh pool-info vmup",
 		"virsh pool-define-as vmup dir --target /var/lib/libvirt/images/vmup",
 		"virsh pool-build vmup",
 		"virsh pool-start vmup",
 		"virsh pool-autostart vmup",
 		"virsh vol-info --pool vmup "+base,
+		"virsh vol-info --pool vmup "+base+".complete",
 		"virsh vol-create-as vmup "+base+" 10 --format raw",
-		"virsh vol-upload --pool vmup "+base+" $IMG/base.qcow2",
+		"virsh vol-upload --pool vmup "+base+" /dev/stdin",
+		"virsh vol-create-as vmup "+base+".complete 0 --format raw",
 		"virsh vol-create-as vmup v1.qcow2 4294967296 --format qcow2 --backing-vol "+base+" --backing-vol-format qcow2",
 		"virsh vol-create-as vmup v1-seed.iso 55296 --format raw",
 		"virsh vol-upload --pool vmup v1-seed.iso $HOME/vms/v1/upload.tmp",
@@ -289,21 +293,27 @@ func completeFirstBoot() [][]string {
 	)
 }
 
-// wipeCalls is what removing VM v1 runs: domain, then every volume of it.
-func wipeCalls() [][]string {
-	return seq(
+// wipeCalls is what removing VM v1 runs: domain, then every volume its journal lists.
+func wipeCalls(vols ...string) [][]string {
+	calls := seq(
 		"virsh metadata v1 "+metadataURI,
 		"virsh snapshot-list v1 --external --name",
 		"virsh destroy v1",
 		"virsh snapshot-list v1 --internal --name",
 		"virsh undefine v1 --snapshots-metadata --managed-save --nvram",
-		"virsh vol-delete --pool vmup v1.qcow2",
-		"virsh vol-delete --pool vmup v1-seed.iso",
-		"virsh vol-delete --pool vmup v1-seed-boot.iso",
-		"virsh vol-delete --pool vmup v1-kernel",
-		"virsh vol-delete --pool vmup v1-initrd",
 	)
+	for _, vol := range vols {
+		calls = append(calls, argv("virsh vol-delete --pool vmup "+vol))
+	}
+	return calls
 }
+
+// The volumes of v1 during its first boot, and once it completed (the first
+// seed, which holds the host's private key, is gone then).
+var (
+	firstBootVolumes = []string{"v1.qcow2", "v1-seed.iso", "v1-seed-boot.iso"}
+	completedVolumes = []string{"v1.qcow2", "v1-seed-boot.iso"}
+)
 
 func concat(parts ...[][]string) [][]string {
 	var out [][]string
@@ -443,13 +453,14 @@ func TestReupAfterKilledFirstBoot(t *testing.T) {
 	if err := bystander.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Errorf("a process of that group that is no part of the VM was killed: %v", err)
 	}
-	wipe := wipeCalls()
+	wipe := wipeCalls(firstBootVolumes...)
 	prep := h.freshPrepare()
 	base := "vmup-base-" + h.imgHash + ".qcow2"
-	// The pool and the base volume exist from the first run.
-	prepAfter := concat(seq("qemu-img info --output=json $IMG/base.qcow2", "virsh pool-info vmup",
-		"virsh vol-info --pool vmup "+base), prep[11:])
-	h.checkCalls(concat(seq("virsh uri"), wipe, prepAfter, firstBoot(), seq("ansible-playbook play.yml"), completeFirstBoot()))
+	// The image is checked before the killed run's VM is wiped; the pool and
+	// the base volume exist from the first run.
+	prepAfter := concat(seq("qemu-img info --output=json $IMG/base.qcow2"), wipe,
+		seq("virsh pool-info vmup", "virsh vol-info --pool vmup "+base, "virsh vol-info --pool vmup "+base+".complete"), prep[15:])
+	h.checkCalls(concat(seq("virsh uri"), prepAfter, firstBoot(), seq("ansible-playbook play.yml"), completeFirstBoot()))
 	if !strings.Contains(h.stderr.String(), "interrupted") {
 		t.Errorf("no word about the interrupted first boot:\n%s", h.stderr)
 	}
@@ -500,7 +511,7 @@ func TestDoubleCtrlCDuringProvisioningWipes(t *testing.T) {
 	if code := h.wait(done); code != exitSIGINT {
 		t.Fatalf("exit %d, want 130\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(h.freshPrepare(), firstBoot(), seq("ansible-playbook play.yml"), wipeCalls()))
+	h.checkCalls(concat(h.freshPrepare(), firstBoot(), seq("ansible-playbook play.yml"), wipeCalls(firstBootVolumes...)))
 	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Dir); !os.IsNotExist(err) {
 		t.Errorf("state dir still there: %v", err)
 	}
@@ -633,7 +644,7 @@ func TestDownAndDestroy(t *testing.T) {
 	if code := runDestroy(env, o); code != 0 {
 		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(seq("virsh uri"), wipeCalls()))
+	h.checkCalls(concat(seq("virsh uri"), wipeCalls(completedVolumes...)))
 	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Dir); !os.IsNotExist(err) {
 		t.Errorf("state dir left: %v", err)
 	}

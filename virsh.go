@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // metadataURI marks the domains vmup created; vmup touches no other domain.
@@ -150,13 +153,23 @@ func (v *Virsh) VolExists(ctx context.Context, pool, vol string) (bool, error) {
 	return false, err
 }
 
-// VolCreate makes an empty volume, or with backing an overlay on that volume.
+// errExists is a volume that is there already.
+var errExists = errors.New("exists already")
+
+var existsRE = regexp.MustCompile(`(?i)storage volume '[^']*' exists already|already in use|already exists`)
+
+// VolCreate makes an empty volume, or with backing an overlay on that
+// volume. It never replaces a volume: one of that name gives errExists.
 func (v *Virsh) VolCreate(ctx context.Context, pool, vol string, bytes int64, format, backing, backingFormat string) error {
 	args := []string{"vol-create-as", pool, vol, fmt.Sprint(bytes), "--format", format}
 	if backing != "" {
 		args = append(args, "--backing-vol", backing, "--backing-vol-format", backingFormat)
 	}
 	_, err := v.run(ctx, args...)
+	var ee *ExitError
+	if errors.As(err, &ee) && existsRE.MatchString(ee.Stderr) {
+		return fmt.Errorf("%w: %v", errExists, err)
+	}
 	return err
 }
 
@@ -165,8 +178,20 @@ func (v *Virsh) VolResize(ctx context.Context, pool, vol string, bytes int64) er
 	return err
 }
 
+// streamGrace is what a cancelled vol-upload or vol-download gets per signal:
+// it holds nothing worth waiting for, and an interrupt must end it at once.
+const streamGrace = 300 * time.Millisecond
+
 func (v *Virsh) VolUpload(ctx context.Context, pool, vol, file string) error {
-	_, err := v.run(ctx, "vol-upload", "--pool", pool, vol, file)
+	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-upload", "--pool", pool, vol, file}, Grace: streamGrace})
+	return err
+}
+
+// VolUploadFrom streams r into the volume through virsh's stdin, so that
+// vmup sees (and can hash) every byte uploaded.
+func (v *Virsh) VolUploadFrom(ctx context.Context, pool, vol string, r io.Reader) error {
+	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-upload", "--pool", pool, vol, "/dev/stdin"},
+		Stdin: r, Grace: streamGrace})
 	return err
 }
 
@@ -174,12 +199,81 @@ func (v *Virsh) VolPath(ctx context.Context, pool, vol string) (string, error) {
 	return v.run(ctx, "vol-path", "--pool", pool, vol)
 }
 
+// errBusy is a volume libvirt holds, as while a stream uploads into it.
+var errBusy = errors.New("volume busy")
+
+var busyRE = regexp.MustCompile(`(?i)still in use|still being allocated|busy`)
+
 // VolDelete deletes a volume; one already gone is not an error.
 func (v *Virsh) VolDelete(ctx context.Context, pool, vol string) error {
 	_, err := v.run(ctx, "vol-delete", "--pool", pool, vol)
 	if err = classify(err); errors.Is(err, errNotFound) {
 		return nil
 	}
+	var ee *ExitError
+	if errors.As(err, &ee) && busyRE.MatchString(ee.Stderr) {
+		return fmt.Errorf("%w: %v", errBusy, err)
+	}
+	return err
+}
+
+// VolDeleteWhenFree deletes a volume once libvirt lets go of it: the job of
+// a virsh killed mid-upload can hold the volume for a moment.
+func (v *Virsh) VolDeleteWhenFree(ctx context.Context, pool, vol string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := v.VolDelete(ctx, pool, vol)
+		if !errors.Is(err, errBusy) || time.Now().After(deadline) {
+			return err
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// VolList names the volumes of a pool.
+func (v *Virsh) VolList(ctx context.Context, pool string) ([]string, error) {
+	out, err := v.run(ctx, "vol-list", "--pool", pool)
+	if err != nil {
+		return nil, classify(err)
+	}
+	// A header, a rule of dashes, then one "NAME PATH" row per volume.
+	_, rows, ok := strings.Cut(out, "\n-")
+	if !ok {
+		return nil, nil
+	}
+	lines := strings.Split(rows, "\n")
+	var names []string
+	for _, l := range lines[1:] {
+		if f := strings.Fields(l); len(f) > 0 {
+			names = append(names, f[0])
+		}
+	}
+	return names, nil
+}
+
+// VolBacking returns the path of the volume's backing store, "" for none.
+func (v *Virsh) VolBacking(ctx context.Context, pool, vol string) (string, error) {
+	out, err := v.run(ctx, "vol-dumpxml", "--pool", pool, vol)
+	if err != nil {
+		return "", classify(err)
+	}
+	var x struct {
+		Backing struct {
+			Path string `xml:"path"`
+		} `xml:"backingStore"`
+	}
+	if err := xml.Unmarshal([]byte(out), &x); err != nil {
+		return "", fmt.Errorf("vol-dumpxml %s: %w", vol, err)
+	}
+	return x.Backing.Path, nil
+}
+
+// VolDownload streams the volume's content into w through virsh's stdout.
+func (v *Virsh) VolDownload(ctx context.Context, pool, vol string, w io.Writer) error {
+	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-download", "--pool", pool, vol, "/dev/stdout"},
+		Stdout: w, Grace: streamGrace})
 	return err
 }
 

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// A shared base volume counts as complete only once its mark, an empty
+// volume BASE.complete beside it, exists: libvirt cannot rename a volume, and
+// a mark in the pool is seen by every user of the pool (root and a
+// libvirt-group user share it, each with a home and global lock of its own).
+func baseMark(base string) string { return base + ".complete" }
+
+var baseVolumeRE = regexp.MustCompile(`^vmup-base-[0-9a-f]{16}\.(qcow2|raw)$`)
+
+// baseState says whether base and its mark are in the pool.
+func baseState(ctx context.Context, v *Virsh, pool, base string) (exists, complete bool, err error) {
+	if exists, err = v.VolExists(ctx, pool, base); err != nil {
+		return false, false, err
+	}
+	complete, err = v.VolExists(ctx, pool, baseMark(base))
+	return exists, complete, err
+}
+
+// backedBy names the volumes of the pool whose backing store is base. Only
+// the pool tells: other users' journals are out of reach.
+func backedBy(ctx context.Context, v *Virsh, pool, base string) ([]string, error) {
+	path, err := v.VolPath(ctx, pool, base)
+	if err != nil {
+		return nil, err
+	}
+	vols, err := v.VolList(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	var users []string
+	for _, vol := range vols {
+		if vol == base || vol == baseMark(base) {
+			continue
+		}
+		backing, err := v.VolBacking(ctx, pool, vol)
+		if errors.Is(err, errNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cannot tell whether volume %s is backed by %s: %w", vol, base, err)
+		}
+		if backing != "" && (backing == path || filepath.Base(backing) == base) {
+			users = append(users, vol)
+		}
+	}
+	return users, nil
+}
+
+// removePartialBase deletes base if its upload never completed (no mark) and
+// no volume of the pool is backed by it. Call it under the global lock.
+func removePartialBase(ctx context.Context, v *Virsh, pool, base string) error {
+	if !baseVolumeRE.MatchString(base) {
+		return fmt.Errorf("%q is no base volume vmup makes; not deleting it", base)
+	}
+	exists, complete, err := baseState(ctx, v, pool, base)
+	if err != nil || !exists || complete {
+		return err
+	}
+	users, err := backedBy(ctx, v, pool, base)
+	if err != nil || len(users) > 0 {
+		return err
+	}
+	return deletePartialBase(ctx, v, pool, base)
+}
+
+func deletePartialBase(ctx context.Context, v *Virsh, pool, base string) error {
+	err := v.VolDelete(ctx, pool, base)
+	if errors.Is(err, errBusy) {
+		// libvirt holds a volume while a stream writes it.
+		return fmt.Errorf("base volume %s is being written (does another vmup upload it?); try again once it is done: %w", base, err)
+	}
+	return err
+}
+
+// ensureBase makes base a complete base volume of img in the pool: cached,
+// verified, or uploaded. Call it under the global lock.
+func (u *upRun) ensureBase(ctx context.Context, img BaseImage, base string) error {
+	out, v, pool := u.env.Out, u.virsh, u.o.Pool
+	exists, complete, err := baseState(ctx, v, pool, base)
+	if err != nil {
+		return err
+	}
+	if exists && complete {
+		out.Done("cached " + base)
+		return nil
+	}
+	detail := ""
+	switch {
+	case exists:
+		// No mark: an upload was cut off, or a vmup that made no marks yet uploaded it.
+		users, err := backedBy(ctx, v, pool, base)
+		if err != nil {
+			return err
+		}
+		if len(users) > 0 {
+			if err := u.verifyBase(ctx, img, base, users); err != nil {
+				return err
+			}
+			if err := v.VolCreate(ctx, pool, baseMark(base), 0, "raw", "", ""); err != nil {
+				return err
+			}
+			out.Done("verified " + base)
+			return nil
+		}
+		if err := deletePartialBase(ctx, v, pool, base); err != nil {
+			return err
+		}
+		detail = " (an earlier upload was cut off)"
+	case complete:
+		// A mark whose base is gone would vouch for the next, partial, upload.
+		if err := v.VolDelete(ctx, pool, baseMark(base)); err != nil {
+			return err
+		}
+	}
+	// Journalled while it uploads: a killed run leaves a partial base volume
+	// that a later `up` or `destroy` deletes rather than use.
+	u.created.add(base)
+	u.updateJournal(func(j *Journal) { j.UploadingBase = base })
+	if err := u.uploadBase(ctx, img, base); err != nil {
+		return err
+	}
+	if err := v.VolCreate(ctx, pool, baseMark(base), 0, "raw", "", ""); err != nil {
+		return err
+	}
+	u.created.drop(base) // complete: it is the shared cache now
+	u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
+	out.Done("uploaded " + base + detail)
+	return nil
+}
+
+// verifyBase reads an unmarked base volume that VMs are built on back and
+// compares it with the image: only its content tells a complete upload by an
+// older vmup from a cut-off one.
+func (u *upRun) verifyBase(ctx context.Context, img BaseImage, base string, users []string) error {
+	h := sha256.New()
+	if err := u.virsh.VolDownload(ctx, u.o.Pool, base, h); err != nil {
+		return err
+	}
+	if hex.EncodeToString(h.Sum(nil)) == img.SHA256 {
+		return nil
+	}
+	return &hintError{
+		msg: fmt.Sprintf("base volume %s in pool %s is incomplete (its upload was cut off), and volumes are backed by it: %s",
+			base, u.o.Pool, strings.Join(users, ", ")),
+		hint: "those volumes were built on a partial image: remove their VMs (vmup destroy NAME), then run vmup up again",
+	}
+}
