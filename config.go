@@ -149,9 +149,7 @@ func loadConfig(o *Options) error {
 		return usagef("", "cannot read %s: %v", configFile, err)
 	}
 	var c fileConfig
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	if err := decodeStrict(data, &c); err != nil {
 		return usagef("field names are the long flag names, e.g. {\"image\": \"debian.qcow2\", \"memory\": 4096}",
 			"%s: %v", configFile, err)
 	}
@@ -216,6 +214,21 @@ func loadConfig(o *Options) error {
 			return usagef("durations are Go duration strings such as \"90s\" or \"5m\"", "%s: %s: %v", configFile, d.name, err)
 		}
 		*d.dst = v
+	}
+	return nil
+}
+
+// decodeStrict reads exactly one JSON object into v: unknown fields and
+// anything after the object are errors, since vmup wrote or documented every key.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	end := dec.InputOffset()
+	if err := dec.Decode(&json.RawMessage{}); err != io.EOF {
+		return fmt.Errorf("unexpected data after the JSON object, which ends at byte %d", end)
 	}
 	return nil
 }
