@@ -158,19 +158,30 @@ func runDestroy(env Env, o *Options) int {
 	}
 	defer lock.Unlock()
 	j, err := readJournal(paths)
-	if err != nil {
+	var bad *journalError
+	if err != nil && !errors.As(err, &bad) {
 		return reportError(out, err)
 	}
-	connect, pool := o.Connect, "vmup"
+	connect, pool := o.Connect, o.Pool
 	if j != nil {
 		connect, pool = j.Connect, j.Pool
+	}
+	if bad != nil {
+		// Nothing in it is trusted: the name is the command line's, connect and
+		// pool are the defaults (or flags), and only the name's own volumes go.
+		if !validConnect(connect) || !validPool(pool) {
+			return reportError(out, usagef("", "cannot destroy VM %s by its name alone with connect %q and pool %q", o.Name, connect, pool))
+		}
+		out.Warn("%v", bad)
+		out.Say("destroying", "Destroying VM %s by its name alone: domain %s (if vmup made it) on %s, volumes %s in pool %s, and its state",
+			o.Name, o.Name, connect, strings.Join(vmVolumes(o.Name), ", "), pool)
 	}
 	v := newVirsh(env.Runner, connect)
 	ctx := context.Background()
 	if err := checkLibvirt(ctx, v, out); err != nil {
 		return exitFailed
 	}
-	if j == nil {
+	if j == nil && bad == nil {
 		if _, err := v.DomState(ctx, o.Name); errors.Is(err, errNotFound) {
 			os.RemoveAll(paths.Dir)
 			out.Say("destroyed", "No VM named %s; nothing to destroy", o.Name)
@@ -201,8 +212,11 @@ type vmStatus struct {
 func statusOf(ctx context.Context, env Env, name string) vmStatus {
 	paths := pathsFor(env.Home, name)
 	s := vmStatus{Name: name, Phase: "unknown", Domain: "unknown", Forwards: []string{}}
-	j, _ := readJournal(paths)
+	j, err := readJournal(paths)
 	connect := defaultOptions().Connect
+	if err != nil {
+		s.Phase = "damaged" // `vmup status NAME` says how
+	}
 	if j != nil {
 		s.Phase, connect = j.Phase, j.Connect
 		if holder, held := lockHolder(paths.Lock); held {
@@ -262,7 +276,11 @@ func runStatus(env Env, o *Options) int {
 		return reportError(env.Out, err)
 	}
 	// Every vmup VM has a journal; a name without one is no vmup VM.
-	if j, _ := readJournal(pathsFor(env.Home, o.Name)); j == nil {
+	j, err := readJournal(pathsFor(env.Home, o.Name))
+	if err != nil {
+		return reportError(env.Out, err)
+	}
+	if j == nil {
 		env.Out.Error("no VM named %s", o.Name)
 		return statusNoSuchVM
 	}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Options are one command's settings: vmup.json first, flags over it.
@@ -54,9 +55,28 @@ type Forward struct {
 
 func (f Forward) String() string { return fmt.Sprintf("%s:%d:%d", f.Addr, f.Host, f.Guest) }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+var (
+	nameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	loginRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	poolRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+)
 
-func validName(s string) bool { return nameRE.MatchString(s) }
+func validName(s string) bool  { return nameRE.MatchString(s) }
+func validLogin(s string) bool { return loginRE.MatchString(s) }
+func validPool(s string) bool  { return poolRE.MatchString(s) }
+
+// validConnect accepts what can be a libvirt URI and never a virsh option.
+func validConnect(s string) bool {
+	return s != "" && s[0] != '-' && !strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) })
+}
+
+// Bounds of --cpus, --memory (MiB) and --disk (GiB); they also keep the disk's
+// size in bytes far from overflowing an int64.
+const (
+	minCPUs, maxCPUs           = 1, 512
+	minMemoryMiB, maxMemoryMiB = 64, 4 << 20 // 4 TiB
+	minDiskGiB, maxDiskGiB     = 1, 16 << 10 // 16 TiB
+)
 
 // usageError is a mistake found before anything was created: exit 2.
 type usageError struct{ msg, hint string }
@@ -394,8 +414,12 @@ func validateUp(o *Options) error {
 		return usagef("", "--initrd and --cmdline need --kernel")
 	case o.ImageSHA256 != "" && !regexp.MustCompile(`^[0-9a-fA-F]{64}$`).MatchString(o.ImageSHA256):
 		return usagef("", "--image-sha256: want 64 hex digits")
-	case !regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`).MatchString(o.User):
+	case !validLogin(o.User):
 		return usagef("", "--user %q is not a valid login name", o.User)
+	case !validConnect(o.Connect):
+		return usagef("", "--connect %q is not a libvirt URI", o.Connect)
+	case !validPool(o.Pool):
+		return usagef("pool names are letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool)
 	}
 	for _, f := range []struct{ flag, path string }{
 		{"--playbook", o.Playbook}, {"--kernel", o.Kernel}, {"--initrd", o.Initrd},

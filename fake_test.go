@@ -227,6 +227,7 @@ type fakeRunner struct {
 	mu    sync.Mutex
 	world *fakeWorld
 	calls [][]string
+	raw   [][]string // the same calls unabbreviated
 	// playbook decides what ansible-playbook does: "ok", "fail" or "block".
 	playbook string
 	// playbookStarted is closed when a playbook starts.
@@ -241,6 +242,7 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	f.mu.Lock()
 	short := abbreviate(c.Args)
 	f.calls = append(f.calls, short)
+	f.raw = append(f.raw, slices.Clone(c.Args))
 	f.mu.Unlock()
 	if c.Started != nil {
 		c.Started(999999)
@@ -292,6 +294,13 @@ func (f *fakeRunner) recorded() [][]string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.calls)
+}
+
+// rawCalls returns every recorded argv in full.
+func (f *fakeRunner) rawCalls() [][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.raw)
 }
 
 // loadWorld and saveWorld keep the world in a file for the fake programs.

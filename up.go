@@ -133,6 +133,10 @@ func reportError(out *Output, err error) int {
 		return exitUsage
 	}
 	out.Error("%v", err)
+	var h interface{ Hint() string }
+	if errors.As(err, &h) {
+		out.Hint("%s", h.Hint())
+	}
 	return exitFailed
 }
 
