@@ -33,6 +33,9 @@ func loadVM(env Env, o *Options, cmd string) (Paths, *Journal, int) {
 		return Paths{}, nil, reportError(env.Out, err)
 	}
 	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return paths, nil, reportError(env.Out, err)
+	}
 	j, err := readJournal(paths)
 	if err != nil {
 		return paths, nil, reportError(env.Out, err)
@@ -148,6 +151,9 @@ func runDestroy(env Env, o *Options) int {
 		return reportError(out, err)
 	}
 	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return reportError(out, err)
+	}
 	lock, holder, err := tryLock(paths.Lock)
 	if errors.Is(err, errLocked) {
 		out.Say("stopping", "Asking vmup pid %d to stop VM %s first", holder, o.Name)
@@ -275,8 +281,12 @@ func runStatus(env Env, o *Options) int {
 	if err := requireName(o, "status"); err != nil {
 		return reportError(env.Out, err)
 	}
+	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return reportError(env.Out, err)
+	}
 	// Every vmup VM has a journal; a name without one is no vmup VM.
-	j, err := readJournal(pathsFor(env.Home, o.Name))
+	j, err := readJournal(paths)
 	if err != nil {
 		return reportError(env.Out, err)
 	}

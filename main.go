@@ -147,9 +147,6 @@ func run(args []string) int {
 	}
 	switch cmd {
 	case "up":
-		if err := ensureDir(home); err != nil {
-			return finishWith(out, reportError(out, err))
-		}
 		return finishWith(out, runUp(env, o))
 	case "down":
 		return runDown(env, o)

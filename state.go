@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -216,11 +217,75 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
+// ensureDir makes dir and its missing parents 0700. A directory that exists
+// is left as it is: vmup never chmods what it did not create.
 func ensureDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); err == nil {
+			break
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		err := os.Mkdir(missing[i], 0o700)
+		if errors.Is(err, os.ErrExist) {
+			continue // made by someone else meanwhile: not ours to chmod
+		}
+		if err != nil {
+			return err
+		}
+		if err := os.Chmod(missing[i], 0o700); err != nil { // whatever the umask
+			return err
+		}
+	}
+	return nil
+}
+
+// dirError is a state directory vmup refuses to use.
+type dirError struct{ path, why string }
+
+func (e *dirError) Error() string { return "state directory " + e.path + " " + e.why }
+func (e *dirError) Hint() string {
+	return "vmup keeps its state only in directories of its own: move this one away, or set VMUP_HOME"
+}
+
+// checkOwnDir accepts a directory that is missing (vmup makes it) or is a
+// real directory of this user: a symlink would carry keys and chmods elsewhere.
+func checkOwnDir(path string) error {
+	st, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	return os.Chmod(dir, 0o700)
+	uid := int(st.Sys().(*syscall.Stat_t).Uid)
+	switch {
+	case st.Mode()&os.ModeSymlink != 0:
+		return &dirError{path, "is a symbolic link"}
+	case !st.IsDir():
+		return &dirError{path, "is not a directory"}
+	case uid != os.Getuid():
+		return &dirError{path, fmt.Sprintf("belongs to uid %d, not to you (uid %d)", uid, os.Getuid())}
+	}
+	return nil
+}
+
+// checkStateDirs checks every directory of VMUP_HOME a command on this VM uses,
+// before it reads or writes anything there.
+func checkStateDirs(p Paths) error {
+	for _, d := range []string{filepath.Join(p.Home, "vms"), p.Dir, filepath.Dir(p.Lock), filepath.Join(p.Home, "cache")} {
+		if err := checkOwnDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Lock is an flock on a file; the kernel drops it when the process dies, so a

@@ -16,6 +16,9 @@ func runUp(env Env, o *Options) int {
 		return reportError(out, err)
 	}
 	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return reportError(out, err)
+	}
 	lock, code := lockVM(out, paths)
 	if lock == nil {
 		return code
