@@ -10,10 +10,13 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
+
+	"golang.org/x/sys/unix"
 )
 
 // Options are one command's settings: vmup.json first, flags over it.
@@ -397,12 +400,12 @@ func validateUp(o *Options) error {
 		return usagef("", "--network %q: want nat or user", o.Network)
 	case o.DomainType != "auto" && o.DomainType != "kvm" && o.DomainType != "qemu":
 		return usagef("", "--domain-type %q: want auto, kvm or qemu", o.DomainType)
-	case o.CPUs < 1 || o.CPUs > 512:
-		return usagef("", "--cpus %d: want 1 to 512", o.CPUs)
-	case o.MemoryMiB < 128:
-		return usagef("", "--memory %d: want at least 128 (MiB)", o.MemoryMiB)
-	case o.DiskGiB < 1:
-		return usagef("", "--disk %d: want at least 1 (GiB)", o.DiskGiB)
+	case o.CPUs < minCPUs || o.CPUs > maxCPUs:
+		return usagef("", "--cpus %d: want %d to %d", o.CPUs, minCPUs, maxCPUs)
+	case o.MemoryMiB < minMemoryMiB || o.MemoryMiB > maxMemoryMiB:
+		return usagef("", "--memory %d: want %d to %d (MiB, up to 4 TiB)", o.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+	case o.DiskGiB < minDiskGiB || o.DiskGiB > maxDiskGiB:
+		return usagef("", "--disk %d: want %d to %d (GiB, up to 16 TiB)", o.DiskGiB, minDiskGiB, maxDiskGiB)
 	case o.BootTimeout <= 0 || o.ShutdownTimeout <= 0:
 		return usagef("", "timeouts must be positive")
 	case o.Network == "nat" && o.Detach && len(o.Forwards) > 0:
@@ -445,6 +448,27 @@ func validateUp(o *Options) error {
 		seen[f.Host] = true
 	}
 	return nil
+}
+
+// hostWarnings names the sizes given beyond what this host has: allowed
+// (memory can be overcommitted), but seldom meant.
+func hostWarnings(o *Options) []string {
+	var warn []string
+	if n := runtime.NumCPU(); o.set["cpus"] && o.CPUs > n {
+		warn = append(warn, fmt.Sprintf("--cpus %d is more than this host has (%d)", o.CPUs, n))
+	}
+	var si unix.Sysinfo_t
+	if o.set["memory"] && unix.Sysinfo(&si) == nil {
+		total := uint64(si.Totalram) * uint64(si.Unit)
+		if uint64(o.MemoryMiB)<<20 > total {
+			have := fmt.Sprintf("%d GiB", (total+1<<29)>>30)
+			if total < 1<<30 {
+				have = fmt.Sprintf("%d MiB", total>>20)
+			}
+			warn = append(warn, fmt.Sprintf("--memory %d is more than this host has (%s)", o.MemoryMiB, have))
+		}
+	}
+	return warn
 }
 
 func isURL(s string) bool { return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") }

@@ -15,6 +15,9 @@ func runUp(env Env, o *Options) int {
 	if err := validateUp(o); err != nil {
 		return reportError(out, err)
 	}
+	for _, w := range hostWarnings(o) {
+		out.Warn("%s", w)
+	}
 	paths := pathsFor(env.Home, o.Name)
 	if err := checkStateDirs(paths); err != nil {
 		return reportError(out, err)
