@@ -325,11 +325,12 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		return 0, err
 	}
 	running := state != "shut off" && state != "crashed"
-	changed := o.CPUs != j.CPUs || o.MemoryMiB != j.MemoryMiB || o.DiskGiB != j.DiskGiB ||
+	changed := o.Network != j.Network || o.CPUs != j.CPUs || o.MemoryMiB != j.MemoryMiB || o.DiskGiB != j.DiskGiB ||
 		!slices.Equal(forwardStrings(o.Forwards), j.Forwards) || o.RestrictNetwork != j.Restrict
 	if changed && running {
 		return 0, &usageError{
-			msg:  fmt.Sprintf("VM %s is running with other settings (cpus %d, memory %d, disk %d, forwards %v)", o.Name, j.CPUs, j.MemoryMiB, j.DiskGiB, j.Forwards),
+			msg: fmt.Sprintf("VM %s is running with other settings (network %s, restrict-network %v, cpus %d, memory %d, disk %d, forwards %v)",
+				o.Name, j.Network, j.Restrict, j.CPUs, j.MemoryMiB, j.DiskGiB, j.Forwards),
 			hint: fmt.Sprintf("run `vmup down %s` first; the new settings apply at its next start", o.Name),
 		}
 	}
@@ -337,7 +338,7 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		return 0, &usageError{msg: fmt.Sprintf("--disk %d is smaller than the VM's disk (%d GiB); disks only grow", o.DiskGiB, j.DiskGiB)}
 	}
 	// Something else may have taken the SSH port while the VM was off.
-	if !running && j.Network == "user" && !portFree(j.SSHPort) {
+	if !running && j.Network == "user" && o.Network == "user" && !portFree(j.SSHPort) {
 		lock, err := u.globalLock(ctx)
 		if err != nil {
 			return 0, err
@@ -352,6 +353,11 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		changed = true
 	}
 	if changed {
+		if o.Network != j.Network {
+			if err := u.switchNetwork(ctx); err != nil {
+				return 0, err
+			}
+		}
 		if o.DiskGiB > j.DiskGiB {
 			if err := u.virsh.VolResize(ctx, o.Pool, o.Name+".qcow2", int64(o.DiskGiB)<<30); err != nil {
 				return 0, err
@@ -370,6 +376,26 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		return EvPreparedRunning, nil
 	}
 	return EvPreparedBoot, nil
+}
+
+// switchNetwork journals a shut-off VM's move to o.Network, for define: on
+// nat its address comes from the DHCP lease at boot, on user it gets a free
+// loopback SSH port.
+func (u *upRun) switchNetwork(ctx context.Context) error {
+	host, port := "", 0
+	if u.o.Network == "user" {
+		lock, err := u.globalLock(ctx)
+		if err != nil {
+			return err
+		}
+		port, err = u.freePort()
+		lock.Unlock()
+		if err != nil {
+			return err
+		}
+		host = "127.0.0.1"
+	}
+	return u.updateJournal(func(j *Journal) { j.Network, j.SSHHost, j.SSHPort = u.o.Network, host, port })
 }
 
 // freePort picks a loopback port for SSH that no other vmup VM has journalled.
