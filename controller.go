@@ -85,6 +85,12 @@ type upRun struct {
 	failure string  // what went wrong, for ActReportFailure
 	logPath string  // the last playbook log
 	wiped   bool
+
+	// A re-up journals its phases only once it changed the VM (vmChanged, set
+	// by its worker under jmu) or started it (started): a run rejected or
+	// interrupted before that leaves the journal describing the VM.
+	vmChanged bool
+	started   bool
 }
 
 // created is what a run made in Preparing, undone by an interrupt there.
@@ -193,6 +199,15 @@ func (u *upRun) setPhase(from, to Phase) {
 		u.closeWindow()
 	}
 	u.env.Out.SetPhase(to)
+	if to == Booting || to == Running {
+		u.started = true
+	}
+	u.jmu.Lock()
+	quiet := u.kind == startReup && !u.vmChanged && !u.started
+	u.jmu.Unlock()
+	if quiet {
+		return
+	}
 	err := u.updateJournal(func(j *Journal) {
 		j.Phase = to.String()
 		j.PID = os.Getpid()
@@ -205,6 +220,13 @@ func (u *upRun) setPhase(from, to Phase) {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		u.env.Out.Warn("cannot write %s: %v", u.paths.Journal(), err)
 	}
+}
+
+// markChanged records that a re-up is changing the VM: its phases are journalled from now on.
+func (u *upRun) markChanged() {
+	u.jmu.Lock()
+	u.vmChanged = true
+	u.jmu.Unlock()
 }
 
 func (u *upRun) closeWindow() {

@@ -232,6 +232,8 @@ type fakeRunner struct {
 	playbook string
 	// playbookStarted is closed when a playbook starts.
 	playbookStarted chan struct{}
+	// gate, when set, runs before a virsh command is answered (to hold it).
+	gate func(args []string)
 }
 
 func newFakeRunner() *fakeRunner {
@@ -252,6 +254,9 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	}
 	switch short[0] {
 	case "virsh":
+		if f.gate != nil {
+			f.gate(short[1:])
+		}
 		f.mu.Lock()
 		out, errOut, code := f.world.virsh(short[1:])
 		f.mu.Unlock()

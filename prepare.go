@@ -339,6 +339,7 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 	}
 	// Something else may have taken the SSH port while the VM was off.
 	if !running && j.Network == "user" && o.Network == "user" && !portFree(j.SSHPort) {
+		u.markChanged()
 		lock, err := u.globalLock(ctx)
 		if err != nil {
 			return 0, err
@@ -353,6 +354,7 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		changed = true
 	}
 	if changed {
+		u.markChanged()
 		if o.Network != j.Network {
 			if err := u.switchNetwork(ctx); err != nil {
 				return 0, err
