@@ -518,21 +518,27 @@ func (u *upRun) enterRunning() {
 	if ep.Host == "" {
 		ep.Host = "127.0.0.1"
 	}
+	// The ready line lists only forwards that are served: a user network's by
+	// QEMU, a NAT network's by the listeners Preparing bound, while vmup runs.
+	var served []Forward
+	switch {
+	case u.j.Network == "user":
+		served = u.o.Forwards
+	case u.forwards != nil:
+		u.forwards.serve(ep.Host)
+		served = u.o.Forwards
+	case len(u.o.Forwards) > 0:
+		out.Warn("forwards %s are not served: on the NAT network vmup serves them only while `vmup up %s` runs in the foreground",
+			strings.Join(forwardStrings(u.o.Forwards), ", "), u.o.Name)
+	}
 	msg := fmt.Sprintf("VM %s is running: `vmup ssh %s` (%s@%s)", u.o.Name, u.o.Name, u.j.User, ep)
-	for _, f := range u.o.Forwards {
+	for _, f := range served {
 		msg += fmt.Sprintf(", %s:%d -> %d", f.Addr, f.Host, f.Guest)
 	}
 	out.Say("ready", "%s", msg)
 	if u.o.Detach {
 		u.send(EvDetach, nil)
 		return
-	}
-	if u.j.Network == "nat" && len(u.o.Forwards) > 0 {
-		fw, err := startForwards(ep.Host, u.o.Forwards)
-		if err != nil {
-			out.Warn("forwards: %v", err)
-		}
-		u.forwards = fw
 	}
 	out.Say("waiting", "Press Ctrl+C to shut the VM down")
 	u.goWork(u.watch)

@@ -75,6 +75,9 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := u.claimForwards(false); err != nil {
+		return err
+	}
 	if _, err := os.Stat(u.paths.Dir); errors.Is(err, os.ErrNotExist) {
 		u.created.dir = true
 	}
@@ -304,7 +307,11 @@ func (u *upRun) prepareResume(ctx context.Context) error {
 	out := u.env.Out
 	out.Plan(5)
 	out.Step("Checking VM")
-	if _, err := u.virsh.DomState(ctx, u.o.Name); err != nil {
+	state, err := u.virsh.DomState(ctx, u.o.Name)
+	if err != nil {
+		return err
+	}
+	if err := u.claimForwards(state == "running"); err != nil {
 		return err
 	}
 	out.Done("resuming its first boot")
@@ -336,6 +343,9 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 	}
 	if o.DiskGiB < j.DiskGiB {
 		return 0, &usageError{msg: fmt.Sprintf("--disk %d is smaller than the VM's disk (%d GiB); disks only grow", o.DiskGiB, j.DiskGiB)}
+	}
+	if err := u.claimForwards(running); err != nil {
+		return 0, err
 	}
 	// Something else may have taken the SSH port while the VM was off.
 	if !running && j.Network == "user" && o.Network == "user" && !portFree(j.SSHPort) {
@@ -398,6 +408,28 @@ func (u *upRun) switchNetwork(ctx context.Context) error {
 		host = "127.0.0.1"
 	}
 	return u.updateJournal(func(j *Journal) { j.Network, j.SSHHost, j.SSHPort = u.o.Network, host, port })
+}
+
+// claimForwards finds a forward whose host port cannot be bound before the VM
+// starts. A NAT network's forwards are vmup's own listeners: bound now, held
+// until vmup ends and served once the guest's address is known. QEMU binds a
+// user network's when the domain starts, so their ports must be free now.
+func (u *upRun) claimForwards(running bool) error {
+	o := u.o
+	switch {
+	case len(o.Forwards) == 0, o.Network == "nat" && o.Detach, o.Network == "user" && running:
+		return nil // none, not served (enterRunning says so), or QEMU holds them
+	}
+	fw, err := listenForwards(o.Forwards)
+	if err != nil {
+		return err
+	}
+	if o.Network == "user" {
+		fw.Close()
+		return nil
+	}
+	u.forwards = fw
+	return nil
 }
 
 // freePort picks a loopback port for SSH that no other vmup VM has journalled.
