@@ -43,6 +43,17 @@ func (h *harness) upUntilEnd(args ...string) int {
 	return -1
 }
 
+// unusedPort returns a loopback port that was free a moment ago.
+func unusedPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
 func natArgs(args []string) []string {
 	for i, a := range args {
 		if a == "user" {
@@ -83,11 +94,7 @@ func TestTakenForwardPortIsAnError(t *testing.T) {
 func TestTakenForwardPortIsAnErrorOnReup(t *testing.T) {
 	h := newHarness(t)
 	port := squat(t)
-	free := func() int {
-		l, _ := net.Listen("tcp", "127.0.0.1:0")
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}()
+	free := unusedPort(t)
 	if code := h.upUntilEnd(natArgs(h.upArgs("--forward", fmt.Sprintf("%d:80", free)))...); code != -1 {
 		t.Fatalf("first up: exit %d\n%s", code, h.stderr)
 	}
@@ -112,11 +119,7 @@ func TestTakenForwardPortIsAnErrorOnReup(t *testing.T) {
 // once vmup detaches.
 func TestReadyLineListsOnlyServedForwards(t *testing.T) {
 	h := newHarness(t)
-	free := func() int {
-		l, _ := net.Listen("tcp", "127.0.0.1:0")
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}()
+	free := unusedPort(t)
 	if code := h.upUntilEnd(natArgs(h.upArgs("--forward", fmt.Sprintf("%d:80", free)))...); code != -1 {
 		t.Fatalf("first up: exit %d\n%s", code, h.stderr)
 	}
