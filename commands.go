@@ -172,12 +172,12 @@ func runDestroy(env Env, o *Options) int {
 	if j != nil {
 		connect, pool = j.Connect, j.Pool
 	}
+	if j == nil && (!validConnect(connect) || !validPool(pool)) {
+		return reportError(out, usagef("", "cannot destroy VM %s with connect %q and pool %q", o.Name, connect, pool))
+	}
 	if bad != nil {
 		// Nothing in it is trusted: the name is the command line's, connect and
 		// pool are the defaults (or flags), and only the name's own volumes go.
-		if !validConnect(connect) || !validPool(pool) {
-			return reportError(out, usagef("", "cannot destroy VM %s by its name alone with connect %q and pool %q", o.Name, connect, pool))
-		}
 		out.Warn("%v", bad)
 		out.Say("destroying", "Destroying VM %s by its name alone: domain %s (if vmup made it) on %s, volumes %s in pool %s, and its state",
 			o.Name, o.Name, connect, strings.Join(vmVolumes(o.Name), ", "), pool)

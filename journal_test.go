@@ -253,3 +253,24 @@ func TestDestroyWithDamagedJournal(t *testing.T) {
 		})
 	}
 }
+
+// Without a journal to name them, destroy's connect and pool come from flags,
+// vmup.json or the defaults, and are checked like up's.
+func TestDestroyChecksPoolItWasNotGivenByAJournal(t *testing.T) {
+	h := newHarness(t)
+	h.fake.world.Domains["v1"], h.fake.world.Owned["v1"] = "shut off", true
+	t.Chdir(t.TempDir())
+	os.WriteFile(configFile, []byte(`{"pool": "--all"}`), 0o600)
+	env := h.env
+	env.Out = h.out()
+	o, _, err := parseCommand("destroy", []string{"v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := runDestroy(env, o); code != exitUsage {
+		t.Errorf("exit %d, want 2\n%s", code, h.stderr)
+	}
+	if len(h.calls()) != 0 {
+		t.Errorf("ran %v", h.calls())
+	}
+}
