@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +36,9 @@ func loadVM(env Env, o *Options, cmd string) (Paths, *Journal, int) {
 		return Paths{}, nil, reportError(env.Out, err)
 	}
 	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return paths, nil, reportError(env.Out, err)
+	}
 	j, err := readJournal(paths)
 	if err != nil {
 		return paths, nil, reportError(env.Out, err)
@@ -224,6 +229,9 @@ func runDestroy(env Env, o *Options) int {
 		return reportError(out, err)
 	}
 	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return reportError(out, err)
+	}
 	lock, _, err := tryLock(paths.Lock, "destroy")
 	if errors.Is(err, errLocked) {
 		if up, ok := upHolding(paths.Lock); ok {
@@ -242,20 +250,35 @@ func runDestroy(env Env, o *Options) int {
 	}
 	defer lock.Unlock()
 	j, err := readJournal(paths)
-	if err != nil {
+	var bad *journalError
+	if err != nil && !errors.As(err, &bad) {
 		return reportError(out, err)
 	}
-	connect, pool := o.Connect, "vmup"
+	connect, pool := o.Connect, o.Pool
 	var vols []string
 	if j != nil {
 		connect, pool, vols = j.Connect, j.Pool, j.Volumes
+	}
+	if j == nil && (!validConnect(connect) || !validPool(pool)) {
+		return reportError(out, usagef("", "cannot destroy VM %s with connect %q and pool %q", o.Name, connect, pool))
 	}
 	v := newVirsh(env.Runner, connect)
 	ctx := context.Background()
 	if err := checkLibvirt(ctx, v, out); err != nil {
 		return exitFailed
 	}
-	if j == nil {
+	if bad != nil {
+		// Nothing in it is trusted: the name is the command line's, connect and
+		// pool are the defaults (or flags), and the volumes are those that
+		// libvirt's definition of vmup's domain names.
+		out.Warn("%v", bad)
+		if vols, err = domainVolumes(ctx, v, pool, o.Name); err != nil {
+			return reportError(out, err)
+		}
+		out.Say("destroying", "Destroying VM %s by its name alone: domain %s (if vmup made it) on %s, volumes [%s] in pool %s, and its state",
+			o.Name, o.Name, connect, strings.Join(vols, ", "), pool)
+	}
+	if j == nil && bad == nil {
 		if _, err := v.DomState(ctx, o.Name); errors.Is(err, errNotFound) {
 			os.RemoveAll(paths.Dir)
 			out.Say("destroyed", "No VM named %s; nothing to destroy", o.Name)
@@ -284,6 +307,34 @@ func runDestroy(env Env, o *Options) int {
 	return exitOK
 }
 
+// domainVolumes names the volumes of pool that vmup's domain name uses, as
+// libvirt's definition of it says: what a journal that cannot be trusted
+// would have listed. No vmup domain, no volumes.
+func domainVolumes(ctx context.Context, v *Virsh, pool, name string) ([]string, error) {
+	if owned, err := v.Owned(ctx, name); errors.Is(err, errNotFound) || err == nil && !owned {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	xml, err := v.DumpXML(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	var vols []string
+	for _, m := range domainFileRE.FindAllStringSubmatch(xml, -1) {
+		vol := filepath.Base(m[1])
+		if !validVMVolume(name, vol) || slices.Contains(vols, vol) {
+			continue
+		}
+		if path, err := v.VolPath(ctx, pool, vol); err == nil && path == m[1] {
+			vols = append(vols, vol)
+		}
+	}
+	return vols, nil
+}
+
+var domainFileRE = regexp.MustCompile(`(?:file=['"]|<kernel>|<initrd>)(/[^'"<]+)`)
+
 // vmStatus is one VM as `status --json` shows it.
 type vmStatus struct {
 	Name     string   `json:"name"`
@@ -299,8 +350,11 @@ type vmStatus struct {
 func statusOf(ctx context.Context, env Env, name string) vmStatus {
 	paths := pathsFor(env.Home, name)
 	s := vmStatus{Name: name, Phase: "unknown", Domain: "unknown", Forwards: []string{}}
-	j, _ := readJournal(paths)
+	j, err := readJournal(paths)
 	connect := defaultOptions().Connect
+	if err != nil {
+		s.Phase = "damaged" // `vmup status NAME` says how
+	}
 	if j != nil {
 		s.Phase, connect = j.Phase, j.Connect
 		rec, held := lockHolder(paths.Lock)
@@ -361,8 +415,16 @@ func runStatus(env Env, o *Options) int {
 	if err := requireName(o, "status"); err != nil {
 		return reportError(env.Out, err)
 	}
+	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return reportError(env.Out, err)
+	}
 	// Every vmup VM has a journal; a name without one is no vmup VM.
-	if j, _ := readJournal(pathsFor(env.Home, o.Name)); j == nil {
+	j, err := readJournal(paths)
+	if err != nil {
+		return reportError(env.Out, err)
+	}
+	if j == nil {
 		env.Out.Error("no VM named %s", o.Name)
 		return statusNoSuchVM
 	}

@@ -10,9 +10,13 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+
+	"golang.org/x/sys/unix"
 )
 
 // Options are one command's settings: vmup.json first, flags over it.
@@ -54,9 +58,28 @@ type Forward struct {
 
 func (f Forward) String() string { return fmt.Sprintf("%s:%d:%d", f.Addr, f.Host, f.Guest) }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+var (
+	nameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	loginRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	poolRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+)
 
-func validName(s string) bool { return nameRE.MatchString(s) }
+func validName(s string) bool  { return nameRE.MatchString(s) }
+func validLogin(s string) bool { return loginRE.MatchString(s) }
+func validPool(s string) bool  { return poolRE.MatchString(s) }
+
+// validConnect accepts what can be a libvirt URI and never a virsh option.
+func validConnect(s string) bool {
+	return s != "" && s[0] != '-' && !strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) })
+}
+
+// Bounds of --cpus, --memory (MiB) and --disk (GiB); they also keep the disk's
+// size in bytes far from overflowing an int64.
+const (
+	minCPUs, maxCPUs           = 1, 512
+	minMemoryMiB, maxMemoryMiB = 64, 4 << 20 // 4 TiB
+	minDiskGiB, maxDiskGiB     = 1, 16 << 10 // 16 TiB
+)
 
 // usageError is a mistake found before anything was created: exit 2.
 type usageError struct{ msg, hint string }
@@ -149,9 +172,7 @@ func loadConfig(o *Options) error {
 		return usagef("", "cannot read %s: %v", configFile, err)
 	}
 	var c fileConfig
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	if err := decodeStrict(data, &c); err != nil {
 		return usagef("field names are the long flag names, e.g. {\"image\": \"debian.qcow2\", \"memory\": 4096}",
 			"%s: %v", configFile, err)
 	}
@@ -216,6 +237,21 @@ func loadConfig(o *Options) error {
 			return usagef("durations are Go duration strings such as \"90s\" or \"5m\"", "%s: %s: %v", configFile, d.name, err)
 		}
 		*d.dst = v
+	}
+	return nil
+}
+
+// decodeStrict reads exactly one JSON object into v: unknown fields and
+// anything after the object are errors, since vmup wrote or documented every key.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	end := dec.InputOffset()
+	if err := dec.Decode(&json.RawMessage{}); err != io.EOF {
+		return fmt.Errorf("unexpected data after the JSON object, which ends at byte %d", end)
 	}
 	return nil
 }
@@ -364,12 +400,12 @@ func validateUp(o *Options) error {
 		return usagef("", "--network %q: want nat or user", o.Network)
 	case o.DomainType != "auto" && o.DomainType != "kvm" && o.DomainType != "qemu":
 		return usagef("", "--domain-type %q: want auto, kvm or qemu", o.DomainType)
-	case o.CPUs < 1 || o.CPUs > 512:
-		return usagef("", "--cpus %d: want 1 to 512", o.CPUs)
-	case o.MemoryMiB < 128:
-		return usagef("", "--memory %d: want at least 128 (MiB)", o.MemoryMiB)
-	case o.DiskGiB < 1:
-		return usagef("", "--disk %d: want at least 1 (GiB)", o.DiskGiB)
+	case o.CPUs < minCPUs || o.CPUs > maxCPUs:
+		return usagef("", "--cpus %d: want %d to %d", o.CPUs, minCPUs, maxCPUs)
+	case o.MemoryMiB < minMemoryMiB || o.MemoryMiB > maxMemoryMiB:
+		return usagef("", "--memory %d: want %d to %d (MiB, up to 4 TiB)", o.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+	case o.DiskGiB < minDiskGiB || o.DiskGiB > maxDiskGiB:
+		return usagef("", "--disk %d: want %d to %d (GiB, up to 16 TiB)", o.DiskGiB, minDiskGiB, maxDiskGiB)
 	case o.BootTimeout <= 0 || o.ShutdownTimeout <= 0:
 		return usagef("", "timeouts must be positive")
 	case o.Network == "nat" && o.Detach && len(o.Forwards) > 0:
@@ -381,8 +417,12 @@ func validateUp(o *Options) error {
 		return usagef("", "--initrd and --cmdline need --kernel")
 	case o.ImageSHA256 != "" && !regexp.MustCompile(`^[0-9a-fA-F]{64}$`).MatchString(o.ImageSHA256):
 		return usagef("", "--image-sha256: want 64 hex digits")
-	case !regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`).MatchString(o.User):
+	case !validLogin(o.User):
 		return usagef("", "--user %q is not a valid login name", o.User)
+	case !validConnect(o.Connect):
+		return usagef("", "--connect %q is not a libvirt URI", o.Connect)
+	case !validPool(o.Pool):
+		return usagef("pool names are letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool)
 	}
 	for _, f := range []struct{ flag, path string }{
 		{"--playbook", o.Playbook}, {"--kernel", o.Kernel}, {"--initrd", o.Initrd},
@@ -421,6 +461,27 @@ func checkRegular(flag, path string) error {
 		return usagef("", "%s %s: not a regular file", flag, path)
 	}
 	return nil
+}
+
+// hostWarnings names the sizes given beyond what this host has: allowed
+// (memory can be overcommitted), but seldom meant.
+func hostWarnings(o *Options) []string {
+	var warn []string
+	if n := runtime.NumCPU(); o.set["cpus"] && o.CPUs > n {
+		warn = append(warn, fmt.Sprintf("--cpus %d is more than this host has (%d)", o.CPUs, n))
+	}
+	var si unix.Sysinfo_t
+	if o.set["memory"] && unix.Sysinfo(&si) == nil {
+		total := uint64(si.Totalram) * uint64(si.Unit)
+		if uint64(o.MemoryMiB)<<20 > total {
+			have := fmt.Sprintf("%d GiB", (total+1<<29)>>30)
+			if total < 1<<30 {
+				have = fmt.Sprintf("%d MiB", total>>20)
+			}
+			warn = append(warn, fmt.Sprintf("--memory %d is more than this host has (%s)", o.MemoryMiB, have))
+		}
+	}
+	return warn
 }
 
 func isURL(s string) bool { return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") }

@@ -94,6 +94,11 @@ type upRun struct {
 
 	// failHint says what to do about the failure when more is known than the generic hint.
 	failHint string
+	// A re-up journals its phases only once it changed the VM (vmChanged, set
+	// by its worker under jmu) or started it (started): a run rejected or
+	// interrupted before that leaves the journal describing the VM.
+	vmChanged bool
+	started   bool
 }
 
 // created is what a run made in Preparing, undone by an interrupt there.
@@ -225,6 +230,15 @@ func (u *upRun) setPhase(from, to Phase) {
 		u.closeWindow()
 	}
 	u.env.Out.SetPhase(to)
+	if to == Booting || to == Running {
+		u.started = true
+	}
+	u.jmu.Lock()
+	quiet := u.kind == startReup && !u.vmChanged && !u.started
+	u.jmu.Unlock()
+	if quiet {
+		return
+	}
 	err := u.updateJournal(func(j *Journal) {
 		j.Phase = to.String()
 		j.PID = os.Getpid()
@@ -237,6 +251,13 @@ func (u *upRun) setPhase(from, to Phase) {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		u.env.Out.Warn("cannot write %s: %v", u.paths.Journal(), err)
 	}
+}
+
+// markChanged records that a re-up is changing the VM: its phases are journalled from now on.
+func (u *upRun) markChanged() {
+	u.jmu.Lock()
+	u.vmChanged = true
+	u.jmu.Unlock()
 }
 
 func (u *upRun) closeWindow() {
@@ -627,21 +648,27 @@ func (u *upRun) enterRunning() {
 	if ep.Host == "" {
 		ep.Host = "127.0.0.1"
 	}
+	// The ready line lists only forwards that are served: a user network's by
+	// QEMU, a NAT network's by the listeners Preparing bound, while vmup runs.
+	var served []Forward
+	switch {
+	case u.j.Network == "user":
+		served = u.o.Forwards
+	case u.forwards != nil:
+		u.forwards.serve(ep.Host)
+		served = u.o.Forwards
+	case len(u.o.Forwards) > 0:
+		out.Warn("forwards %s are not served: on the NAT network vmup serves them only while `vmup up %s` runs in the foreground",
+			strings.Join(forwardStrings(u.o.Forwards), ", "), u.o.Name)
+	}
 	msg := fmt.Sprintf("VM %s is running: `vmup ssh %s` (%s@%s)", u.o.Name, u.o.Name, u.j.User, ep)
-	for _, f := range u.o.Forwards {
+	for _, f := range served {
 		msg += fmt.Sprintf(", %s:%d -> %d", f.Addr, f.Host, f.Guest)
 	}
 	out.Say("ready", "%s", msg)
 	if u.o.Detach {
 		u.send(EvDetach, nil)
 		return
-	}
-	if u.j.Network == "nat" && len(u.o.Forwards) > 0 {
-		fw, err := startForwards(ep.Host, u.o.Forwards)
-		if err != nil {
-			out.Warn("forwards: %v", err)
-		}
-		u.forwards = fw
 	}
 	out.Say("waiting", "Press Ctrl+C to shut the VM down")
 	u.goWork(u.watch)

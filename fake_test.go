@@ -214,6 +214,11 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		delete(w.Owned, arg(1))
 		delete(w.XML, arg(1))
 		return "", "", 0
+	case "dumpxml":
+		if _, ok := w.Domains[arg(1)]; !ok {
+			return notFound("domain", arg(1))
+		}
+		return w.XML[arg(1)], "", 0
 	case "snapshot-list":
 		if _, ok := w.Domains[arg(1)]; !ok {
 			return notFound("domain", arg(1))
@@ -392,6 +397,8 @@ type fakeRunner struct {
 	onInspect func()
 	// uploadStarted, when set, gets each vol-upload, which then blocks until cancelled.
 	uploadStarted chan []string
+	// gate, when set, runs before a virsh command is answered (to hold it).
+	gate func(args []string)
 }
 
 func newFakeRunner() *fakeRunner {
@@ -420,6 +427,9 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 			f.uploadStarted <- short
 			<-ctx.Done()
 			return Result{}, ctx.Err()
+		}
+		if f.gate != nil {
+			f.gate(short[1:])
 		}
 		f.mu.Lock()
 		out, errOut, code := f.world.virsh(short[1:], c.Stdin)
@@ -473,6 +483,13 @@ func (f *fakeRunner) recorded() [][]string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.calls)
+}
+
+// rawCalls returns every recorded argv in full.
+func (f *fakeRunner) rawCalls() [][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.raw)
 }
 
 // loadWorld and saveWorld keep the world in a file for the fake programs.

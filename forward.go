@@ -1,9 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 )
@@ -11,20 +13,47 @@ import (
 // forwarder serves --forward for a NAT guest while `up` runs in the foreground:
 // libvirt's NAT network offers no host port forwards of its own.
 type forwarder struct {
+	forwards  []Forward
 	listeners []net.Listener
 	wg        sync.WaitGroup
 }
 
 func startForwards(guestIP string, forwards []Forward) (*forwarder, error) {
-	fw := &forwarder{}
+	fw, err := listenForwards(forwards)
+	if err != nil {
+		return nil, err
+	}
+	fw.serve(guestIP)
+	return fw, nil
+}
+
+// listenForwards binds every forward's host port, or none: a port that cannot
+// be bound is a usage error naming it. Connections wait in the backlog until
+// serve knows where the guest is.
+func listenForwards(forwards []Forward) (*forwarder, error) {
+	fw := &forwarder{forwards: forwards}
 	for _, f := range forwards {
 		l, err := net.Listen("tcp", net.JoinHostPort(f.Addr, strconv.Itoa(f.Host)))
 		if err != nil {
 			fw.Close()
-			return nil, fmt.Errorf("cannot listen on %s:%d: %w", f.Addr, f.Host, err)
+			var se *os.SyscallError
+			if errors.As(err, &se) {
+				err = se.Err // "address already in use", without the repeated address
+			}
+			return nil, &usageError{
+				msg:  fmt.Sprintf("--forward %s: cannot listen on %s:%d: %v", f, f.Addr, f.Host, err),
+				hint: fmt.Sprintf("stop what listens on port %d, or forward another host port", f.Host),
+			}
 		}
 		fw.listeners = append(fw.listeners, l)
-		target := net.JoinHostPort(guestIP, strconv.Itoa(f.Guest))
+	}
+	return fw, nil
+}
+
+// serve passes the listeners' connections on to the guest at guestIP.
+func (fw *forwarder) serve(guestIP string) {
+	for i, l := range fw.listeners {
+		target := net.JoinHostPort(guestIP, strconv.Itoa(fw.forwards[i].Guest))
 		fw.wg.Add(1)
 		go func() {
 			defer fw.wg.Done()
@@ -37,7 +66,6 @@ func startForwards(guestIP string, forwards []Forward) (*forwarder, error) {
 			}
 		}()
 	}
-	return fw, nil
 }
 
 func pipe(c net.Conn, target string) {

@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -119,7 +121,9 @@ func run(args []string) int {
 		return exitOK
 	}
 	var jsonOut io.Writer
-	if o != nil && o.JSON && cmd == "up" {
+	switch {
+	case o != nil && o.JSON && cmd == "up",
+		o == nil && (cmd == "up" || cmd == "status") && wantsJSON(rest):
 		jsonOut = os.Stdout
 	}
 	name := ""
@@ -148,9 +152,6 @@ func run(args []string) int {
 	}
 	switch cmd {
 	case "up":
-		if err := ensureDir(home); err != nil {
-			return finishWith(out, reportError(out, err))
-		}
 		return finishWith(out, runUp(env, o))
 	case "down":
 		return runDown(env, o)
@@ -166,6 +167,25 @@ func run(args []string) int {
 		return runProvision(env, o)
 	}
 	return exitUsage
+}
+
+// wantsJSON finds --json before `--` without the flag parser, so a script
+// gets its error and exit events even when the arguments or vmup.json are wrong.
+func wantsJSON(args []string) bool {
+	on := false
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		name, val, hasVal := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "json" {
+			continue
+		}
+		if b, err := strconv.ParseBool(val); !hasVal || err == nil {
+			on = !hasVal || b
+		}
+	}
+	return on
 }
 
 // finishWith ends a command that stopped before its controller ran, so the

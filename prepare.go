@@ -87,6 +87,9 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	if err := u.refuseForeignVolumes(ctx, old); err != nil {
 		return err
 	}
+	if err := u.claimForwards(false); err != nil {
+		return err
+	}
 
 	if u.recover != nil || o.Reset {
 		if u.recover != nil {
@@ -475,7 +478,11 @@ func (u *upRun) prepareResume(ctx context.Context) error {
 	out := u.env.Out
 	out.Plan(5)
 	out.Step("Checking VM")
-	if _, err := u.virsh.DomState(ctx, u.o.Name); err != nil {
+	state, err := u.virsh.DomState(ctx, u.o.Name)
+	if err != nil {
+		return err
+	}
+	if err := u.claimForwards(state == "running"); err != nil {
 		return err
 	}
 	out.Done("resuming its first boot")
@@ -496,19 +503,24 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		return 0, err
 	}
 	running := state != "shut off" && state != "crashed"
-	changed := o.CPUs != j.CPUs || o.MemoryMiB != j.MemoryMiB || o.DiskGiB != j.DiskGiB ||
+	changed := o.Network != j.Network || o.CPUs != j.CPUs || o.MemoryMiB != j.MemoryMiB || o.DiskGiB != j.DiskGiB ||
 		!slices.Equal(forwardStrings(o.Forwards), j.Forwards) || o.RestrictNetwork != j.Restrict
 	if changed && running {
 		return 0, &usageError{
-			msg:  fmt.Sprintf("VM %s is running with other settings (cpus %d, memory %d, disk %d, forwards %v)", o.Name, j.CPUs, j.MemoryMiB, j.DiskGiB, j.Forwards),
+			msg: fmt.Sprintf("VM %s is running with other settings (network %s, restrict-network %v, cpus %d, memory %d, disk %d, forwards %v)",
+				o.Name, j.Network, j.Restrict, j.CPUs, j.MemoryMiB, j.DiskGiB, j.Forwards),
 			hint: fmt.Sprintf("run `vmup down %s` first; the new settings apply at its next start", o.Name),
 		}
 	}
 	if o.DiskGiB < j.DiskGiB {
 		return 0, &usageError{msg: fmt.Sprintf("--disk %d is smaller than the VM's disk (%d GiB); disks only grow", o.DiskGiB, j.DiskGiB)}
 	}
+	if err := u.claimForwards(running); err != nil {
+		return 0, err
+	}
 	// Something else may have taken the SSH port while the VM was off.
-	if !running && j.Network == "user" && !portFree(j.SSHPort) {
+	if !running && j.Network == "user" && o.Network == "user" && !portFree(j.SSHPort) {
+		u.markChanged()
 		lock, err := u.globalLock(ctx)
 		if err != nil {
 			return 0, err
@@ -523,6 +535,12 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		changed = true
 	}
 	if changed {
+		u.markChanged()
+		if o.Network != j.Network {
+			if err := u.switchNetwork(ctx); err != nil {
+				return 0, err
+			}
+		}
 		if o.DiskGiB > j.DiskGiB {
 			if err := u.virsh.VolResize(ctx, o.Pool, o.Name+".qcow2", int64(o.DiskGiB)<<30); err != nil {
 				return 0, err
@@ -543,6 +561,48 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		return EvPreparedRunning, nil
 	}
 	return EvPreparedBoot, nil
+}
+
+// switchNetwork journals a shut-off VM's move to o.Network, for define: on
+// nat its address comes from the DHCP lease at boot, on user it gets a free
+// loopback SSH port.
+func (u *upRun) switchNetwork(ctx context.Context) error {
+	host, port := "", 0
+	if u.o.Network == "user" {
+		lock, err := u.globalLock(ctx)
+		if err != nil {
+			return err
+		}
+		port, err = u.freePort()
+		lock.Unlock()
+		if err != nil {
+			return err
+		}
+		host = "127.0.0.1"
+	}
+	return u.updateJournal(func(j *Journal) { j.Network, j.SSHHost, j.SSHPort = u.o.Network, host, port })
+}
+
+// claimForwards finds a forward whose host port cannot be bound before the VM
+// starts. A NAT network's forwards are vmup's own listeners: bound now, held
+// until vmup ends and served once the guest's address is known. QEMU binds a
+// user network's when the domain starts, so their ports must be free now.
+func (u *upRun) claimForwards(running bool) error {
+	o := u.o
+	switch {
+	case len(o.Forwards) == 0, o.Network == "nat" && o.Detach, o.Network == "user" && running:
+		return nil // none, not served (enterRunning says so), or QEMU holds them
+	}
+	fw, err := listenForwards(o.Forwards)
+	if err != nil {
+		return err
+	}
+	if o.Network == "user" {
+		fw.Close()
+		return nil
+	}
+	u.forwards = fw
+	return nil
 }
 
 // freePort picks a loopback port for SSH that no other vmup VM has journalled.

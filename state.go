@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -107,7 +110,8 @@ func (p Paths) Logs() string            { return p.File("logs") }
 // written ahead while there is space, so that completing is a rename.
 func (p Paths) CompletedJournal() string { return p.File("state.json.complete") }
 
-// readJournal returns (nil, nil) when the VM has no journal.
+// readJournal returns (nil, nil) when the VM has no journal, and a
+// *journalError when it cannot be read or trusted.
 func readJournal(p Paths) (*Journal, error) {
 	data, err := os.ReadFile(p.Journal())
 	if errors.Is(err, os.ErrNotExist) {
@@ -117,10 +121,79 @@ func readJournal(p Paths) (*Journal, error) {
 		return nil, err
 	}
 	var j Journal
-	if err := json.Unmarshal(data, &j); err != nil {
-		return nil, fmt.Errorf("%s is damaged: %w", p.Journal(), err)
+	if err := decodeStrict(data, &j); err != nil {
+		return nil, &journalError{name: p.Name(), problem: "is damaged: " + err.Error()}
+	}
+	if err := validateJournal(&j, p.Name()); err != nil {
+		return nil, &journalError{name: p.Name(), problem: "is not valid: " + err.Error()}
 	}
 	return &j, nil
+}
+
+// journalError is a state.json that cannot be read or is not to be trusted:
+// nothing is run or deleted on its word.
+type journalError struct{ name, problem string }
+
+func (e *journalError) Error() string { return fmt.Sprintf("VM %s: state.json %s", e.name, e.problem) }
+func (e *journalError) Hint() string {
+	return fmt.Sprintf("`vmup destroy %s` removes the VM and its state", e.name)
+}
+
+var (
+	uuidRE       = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	instanceIDRE = regexp.MustCompile(`^vmup-[a-z0-9-]+-[0-9]+$`)
+)
+
+const maxPID = 1 << 22 // the kernel's PID_MAX_LIMIT
+
+// validateJournal checks every value of a journal as strictly as the flag it
+// came from: state.json is a file anyone with the user's rights can edit, and
+// its values end up in argv, volume deletions and signals. One line per field.
+func validateJournal(j *Journal, name string) error {
+	var bad error
+	check := func(ok bool, format string, a ...any) {
+		if !ok && bad == nil {
+			bad = fmt.Errorf(format, a...)
+		}
+	}
+	isPhase := func(s string) bool { _, ok := parsePhase(s); return ok || s == "" }
+	hasNUL := func(s string) bool { return strings.ContainsRune(s, 0) }
+	unset := func(n int) bool { return n == 0 } // sizes are journalled once the domain is defined
+
+	check(j.Name == name && validName(name), "name %q is not the VM's name %q", j.Name, name)
+	check(isPhase(j.Phase), "phase %q is no phase", j.Phase)
+	check(isPhase(j.FailedIn), "failed_in %q is no phase", j.FailedIn)
+	check(j.PID >= 0 && j.PID <= maxPID, "pid %d is no process id", j.PID)
+	check(j.PlaybookPGID >= 0 && j.PlaybookPGID <= maxPID, "playbook_pgid %d is no process group id", j.PlaybookPGID)
+	check(j.SSHPort >= 0 && j.SSHPort <= 65535, "ssh_port %d is no port", j.SSHPort)
+	check(j.SSHHost == "" || net.ParseIP(j.SSHHost) != nil, "ssh_host %q is not an IP address", j.SSHHost)
+	check(validLogin(j.User), "user %q is not a login name", j.User)
+	check(j.Network == "nat" || j.Network == "user", "network %q is not nat or user", j.Network)
+	check(validConnect(j.Connect), "connect %q is not a libvirt URI", j.Connect)
+	check(validPool(j.Pool), "pool %q is not a storage pool name", j.Pool)
+	for _, f := range j.Forwards {
+		_, err := parseForward(f)
+		check(err == nil, "forwards: %q is not [ADDR:]HOST:GUEST", f)
+	}
+	check(unset(j.CPUs) || j.CPUs >= minCPUs && j.CPUs <= maxCPUs, "cpus %d is out of range", j.CPUs)
+	check(unset(j.MemoryMiB) || j.MemoryMiB >= minMemoryMiB && j.MemoryMiB <= maxMemoryMiB, "memory %d is out of range", j.MemoryMiB)
+	check(unset(j.DiskGiB) || j.DiskGiB >= minDiskGiB && j.DiskGiB <= maxDiskGiB, "disk %d is out of range", j.DiskGiB)
+	check(j.Playbook == "" || filepath.IsAbs(j.Playbook) && !hasNUL(j.Playbook), "playbook %q is not an absolute path", j.Playbook)
+	check(!slices.ContainsFunc(j.PlaybookArgs, hasNUL), "playbook_args hold a NUL byte")
+	check(!j.Restrict || j.Network == "user", "restrict_network is set on network %q", j.Network)
+	check(j.DomainType == "" || j.DomainType == "kvm" || j.DomainType == "qemu", "domain_type %q is not kvm or qemu", j.DomainType)
+	check(j.UUID == "" || uuidRE.MatchString(j.UUID), "uuid %q is not a UUID", j.UUID)
+	check(j.InstanceID == "" || instanceIDRE.MatchString(j.InstanceID), "instance_id %q is not one vmup makes", j.InstanceID)
+	check(!hasNUL(j.Cmdline), "cmdline holds a NUL byte")
+	check(j.BaseVolume == "" || baseVolumeRE.MatchString(j.BaseVolume), "base_volume %q is not a vmup base volume", j.BaseVolume)
+	check(j.UploadingBase == "" || baseVolumeRE.MatchString(j.UploadingBase), "uploading_base %q is not a vmup base volume", j.UploadingBase)
+	check(j.SeedVolume == "" || validVMVolume(name, j.SeedVolume), "seed_volume %q is not a volume vmup makes for VM %s", j.SeedVolume, name)
+	for _, v := range j.Volumes {
+		check(validVMVolume(name, v), "volumes: %q is not a volume vmup makes for VM %s", v, name)
+	}
+	check(j.ControlDir == "" || filepath.Dir(j.ControlDir) == filepath.Clean(os.TempDir()) &&
+		strings.HasPrefix(filepath.Base(j.ControlDir), "vmup-"), "control_dir %q is not one vmup makes", j.ControlDir)
+	return bad
 }
 
 // writeJournal replaces state.json atomically: a crash leaves the old or the new one.
@@ -189,11 +262,75 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return syncDir(filepath.Dir(path))
 }
 
+// ensureDir makes dir and its missing parents 0700. A directory that exists
+// is left as it is: vmup never chmods what it did not create.
 func ensureDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); err == nil {
+			break
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		err := os.Mkdir(missing[i], 0o700)
+		if errors.Is(err, os.ErrExist) {
+			continue // made by someone else meanwhile: not ours to chmod
+		}
+		if err != nil {
+			return err
+		}
+		if err := os.Chmod(missing[i], 0o700); err != nil { // whatever the umask
+			return err
+		}
+	}
+	return nil
+}
+
+// dirError is a state directory vmup refuses to use.
+type dirError struct{ path, why string }
+
+func (e *dirError) Error() string { return "state directory " + e.path + " " + e.why }
+func (e *dirError) Hint() string {
+	return "vmup keeps its state only in directories of its own: move this one away, or set VMUP_HOME"
+}
+
+// checkOwnDir accepts a directory that is missing (vmup makes it) or is a
+// real directory of this user: a symlink would carry keys and chmods elsewhere.
+func checkOwnDir(path string) error {
+	st, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	return os.Chmod(dir, 0o700)
+	uid := int(st.Sys().(*syscall.Stat_t).Uid)
+	switch {
+	case st.Mode()&os.ModeSymlink != 0:
+		return &dirError{path, "is a symbolic link"}
+	case !st.IsDir():
+		return &dirError{path, "is not a directory"}
+	case uid != os.Getuid():
+		return &dirError{path, fmt.Sprintf("belongs to uid %d, not to you (uid %d)", uid, os.Getuid())}
+	}
+	return nil
+}
+
+// checkStateDirs checks every directory of VMUP_HOME a command on this VM uses,
+// before it reads or writes anything there.
+func checkStateDirs(p Paths) error {
+	for _, d := range []string{filepath.Join(p.Home, "vms"), p.Dir, filepath.Dir(p.Lock), filepath.Join(p.Home, "cache")} {
+		if err := checkOwnDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Lock is an flock on a file; the kernel drops it when the process dies, so a

@@ -15,7 +15,13 @@ func runUp(env Env, o *Options) int {
 	if err := validateUp(o); err != nil {
 		return reportError(out, err)
 	}
+	for _, w := range hostWarnings(o) {
+		out.Warn("%s", w)
+	}
 	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return reportError(out, err)
+	}
 	lock, code := lockVM(out, paths, "up")
 	if lock == nil {
 		return code
@@ -40,7 +46,9 @@ func runUp(env Env, o *Options) int {
 		u.kind = startResumeFirst
 	}
 	if j != nil && !o.Reset {
-		inherit(o, j)
+		if err := inherit(o, j); err != nil {
+			return reportError(out, err)
+		}
 	}
 	u.virsh = newVirsh(env.Runner, o.Connect)
 	ctx := context.Background()
@@ -91,9 +99,40 @@ func diedMidFirstBoot(j *Journal) bool {
 }
 
 // inherit takes an existing VM's settings for whatever this run did not set,
-// so a bare `vmup up NAME` starts it as it was.
-func inherit(o *Options, j *Journal) {
-	o.User, o.Network, o.Connect, o.Pool = j.User, j.Network, j.Connect, j.Pool
+// so a bare `vmup up NAME` starts it as it was. Where the VM lives, who logs
+// in and how it boots are fixed when it is made: another value is an error.
+func inherit(o *Options, j *Journal) error {
+	with := func(b bool, what string) string {
+		if b {
+			return "with " + what
+		}
+		return "without " + what
+	}
+	// The boot settings are journalled with the domain type, once the disk is made.
+	bootKnown := j.DomainType != ""
+	fixed := []struct {
+		flag string
+		same bool
+		was  string
+	}{
+		{"connect", o.Connect == j.Connect, "on " + j.Connect},
+		{"pool", o.Pool == j.Pool, "in pool " + j.Pool},
+		{"user", o.User == j.User, "for user " + j.User},
+		{"domain-type", !bootKnown || o.DomainType == "auto" || o.DomainType == j.DomainType, "as a " + j.DomainType + " domain"},
+		{"kernel", !bootKnown || (o.Kernel != "") == j.Kernel, with(j.Kernel, "--kernel")},
+		{"initrd", !bootKnown || (o.Initrd != "") == j.Initrd, with(j.Initrd, "--initrd")},
+		{"cmdline", !bootKnown || o.Cmdline == j.Cmdline, fmt.Sprintf("with --cmdline %q", j.Cmdline)},
+	}
+	for _, f := range fixed {
+		if o.set[f.flag] && !f.same {
+			return usagef(fmt.Sprintf("it is fixed when a VM is made: leave --%s out, or `vmup destroy %s` and make it anew", f.flag, o.Name),
+				"--%s cannot change: VM %s was made %s", f.flag, o.Name, f.was)
+		}
+	}
+	o.User, o.Connect, o.Pool = j.User, j.Connect, j.Pool
+	if !o.set["network"] {
+		o.Network = j.Network
+	}
 	if !o.set["cpus"] {
 		o.CPUs = j.CPUs
 	}
@@ -120,6 +159,10 @@ func inherit(o *Options, j *Journal) {
 	if !o.set["no-provision"] {
 		o.NoProvision = j.NoProvision
 	}
+	if o.RestrictNetwork && o.Network != "user" {
+		return usagef("--restrict-network=false lifts it", "--restrict-network needs --network user (VM %s is on %s)", o.Name, o.Network)
+	}
+	return nil
 }
 
 // checkLibvirt turns "virsh missing" and "libvirtd down" into one clear error.
@@ -163,6 +206,10 @@ func reportError(out *Output, err error) int {
 		return exitFailed
 	}
 	out.Error("%v", err)
+	var h interface{ Hint() string }
+	if errors.As(err, &h) {
+		out.Hint("%s", h.Hint())
+	}
 	return exitFailed
 }
 

@@ -75,6 +75,11 @@ func (v *Virsh) Define(ctx context.Context, xmlFile string) error {
 	return err
 }
 
+func (v *Virsh) DumpXML(ctx context.Context, name string) (string, error) {
+	out, err := v.run(ctx, "dumpxml", name)
+	return out, classify(err)
+}
+
 func (v *Virsh) DomUUID(ctx context.Context, name string) (string, error) {
 	out, err := v.run(ctx, "domuuid", name)
 	return out, classify(err)

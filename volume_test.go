@@ -113,11 +113,18 @@ func TestWipeDeletesOnlyTheVMsVolumeNames(t *testing.T) {
 	writeJournal(pathsFor(h.env.Home, "v1"), j)
 	h.fake.world.Volumes["vmup/debian.qcow2"] = true
 	h.fake.calls = nil
-	if code := h.run("destroy", "v1"); code != exitFailed {
-		t.Errorf("destroy: exit %d, want 1\n%s", code, h.stderr)
+	// Such a journal is not valid: destroy goes by the name alone, and takes
+	// the VM's volumes from libvirt's definition of its domain.
+	if code := h.run("destroy", "v1"); code != exitOK {
+		t.Errorf("destroy: exit %d, want 0\n%s", code, h.stderr)
 	}
-	if d := h.deletes(); len(d) != 0 || !h.fake.world.Volumes["vmup/debian.qcow2"] {
-		t.Errorf("deleted %v on a journal naming debian.qcow2", d)
+	for _, d := range h.deletes() {
+		if slices.Contains(d, "debian.qcow2") {
+			t.Errorf("deleted %v on a journal naming debian.qcow2", d)
+		}
+	}
+	if !h.fake.world.Volumes["vmup/debian.qcow2"] || !strings.Contains(h.stderr.String(), "vmup: warning: VM v1: state.json is not valid") {
+		t.Errorf("debian.qcow2 gone, or no warning:\n%s", h.stderr)
 	}
 }
 
