@@ -151,7 +151,7 @@ func (u *upRun) verifyBase(ctx context.Context, img BaseImage, base string, user
 	if hex.EncodeToString(h.Sum(nil)) == img.SHA256 {
 		return nil
 	}
-	return &hintError{
+	return &hintedError{
 		msg: fmt.Sprintf("base volume %s in pool %s is incomplete (its upload was cut off), and volumes are backed by it: %s",
 			base, u.o.Pool, strings.Join(users, ", ")),
 		hint: "those volumes were built on a partial image: remove their VMs (vmup destroy NAME), then run vmup up again",

@@ -65,7 +65,8 @@ type upRun struct {
 	recover *Journal
 	// replaced is the journal of the VM that --reset replaces.
 	replaced *Journal
-	// holdJournal keeps j off the disk while the old VM's journal is still needed there.
+	// holdJournal keeps j off the disk while the journal there still
+	// describes the VM as it was (see releaseJournal).
 	holdJournal bool
 
 	phase  Phase
@@ -94,11 +95,6 @@ type upRun struct {
 
 	// failHint says what to do about the failure when more is known than the generic hint.
 	failHint string
-	// A re-up journals its phases only once it changed the VM (vmChanged, set
-	// by its worker under jmu) or started it (started): a run rejected or
-	// interrupted before that leaves the journal describing the VM.
-	vmChanged bool
-	started   bool
 }
 
 // created is what a run made in Preparing, undone by an interrupt there.
@@ -204,9 +200,9 @@ func (u *upRun) run() int {
 		}
 		if m.err != nil {
 			u.failure = m.err.Error()
-			var he *hintError
-			if errors.As(m.err, &he) {
-				u.failHint = he.hint
+			var h interface{ Hint() string }
+			if errors.As(m.err, &h) {
+				u.failHint = h.Hint()
 			}
 		}
 		if t.Exit != keep {
@@ -230,14 +226,8 @@ func (u *upRun) setPhase(from, to Phase) {
 		u.closeWindow()
 	}
 	u.env.Out.SetPhase(to)
-	if to == Booting || to == Running {
-		u.started = true
-	}
-	u.jmu.Lock()
-	quiet := u.kind == startReup && !u.vmChanged && !u.started
-	u.jmu.Unlock()
-	if quiet {
-		return
+	if to == Starting || to == Booting || to == Running {
+		u.releaseJournal()
 	}
 	err := u.updateJournal(func(j *Journal) {
 		j.Phase = to.String()
@@ -253,10 +243,11 @@ func (u *upRun) setPhase(from, to Phase) {
 	}
 }
 
-// markChanged records that a re-up is changing the VM: its phases are journalled from now on.
-func (u *upRun) markChanged() {
+// releaseJournal lets this run's journal onto the disk: the run is about to
+// change the VM or has started it, so the journal there must say so.
+func (u *upRun) releaseJournal() {
 	u.jmu.Lock()
-	u.vmChanged = true
+	u.holdJournal = false
 	u.jmu.Unlock()
 }
 

@@ -397,8 +397,6 @@ type fakeRunner struct {
 	onInspect func()
 	// uploadStarted, when set, gets each vol-upload, which then blocks until cancelled.
 	uploadStarted chan []string
-	// gate, when set, runs before a virsh command is answered (to hold it).
-	gate func(args []string)
 }
 
 func newFakeRunner() *fakeRunner {
@@ -427,9 +425,6 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 			f.uploadStarted <- short
 			<-ctx.Done()
 			return Result{}, ctx.Err()
-		}
-		if f.gate != nil {
-			f.gate(short[1:])
 		}
 		f.mu.Lock()
 		out, errOut, code := f.world.virsh(short[1:], c.Stdin)

@@ -120,9 +120,7 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 			return err
 		}
 	}
-	u.jmu.Lock()
-	u.holdJournal = false
-	u.jmu.Unlock()
+	u.releaseJournal()
 	if _, err := os.Stat(u.paths.Dir); errors.Is(err, os.ErrNotExist) {
 		u.created.dir = true
 	}
@@ -228,13 +226,8 @@ func (u *upRun) uploadBase(ctx context.Context, img BaseImage, base string) erro
 	return nil
 }
 
-// hintError is a failure with advice more to the point than the generic hint.
-type hintError struct{ msg, hint string }
-
-func (e *hintError) Error() string { return e.msg }
-
 func foreignVolume(o *Options, vol string) error {
-	return &hintError{
+	return &hintedError{
 		msg: fmt.Sprintf("volume %s in pool %s exists, and VM %s's journal does not record vmup making it", vol, o.Pool, o.Name),
 		hint: fmt.Sprintf("vmup deletes only volumes it made: remove it yourself if nothing needs it "+
 			"(virsh -c %s vol-delete --pool %s %s), or choose another VM name", o.Connect, o.Pool, vol),
@@ -520,7 +513,7 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 	}
 	// Something else may have taken the SSH port while the VM was off.
 	if !running && j.Network == "user" && o.Network == "user" && !portFree(j.SSHPort) {
-		u.markChanged()
+		u.releaseJournal()
 		lock, err := u.globalLock(ctx)
 		if err != nil {
 			return 0, err
@@ -535,7 +528,7 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		changed = true
 	}
 	if changed {
-		u.markChanged()
+		u.releaseJournal()
 		if o.Network != j.Network {
 			if err := u.switchNetwork(ctx); err != nil {
 				return 0, err
@@ -554,6 +547,7 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		out.Done("")
 	}
 	if u.j.SeedVolume != laterSeedVolume(o.Name) {
+		u.releaseJournal()
 		u.replaceSeed(ctx) // what the completion of the first boot could not do
 	}
 	if running {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -50,15 +51,14 @@ func TestRejectedReupKeepsJournalPhase(t *testing.T) {
 	// Interrupted while preparing, before anything changed: the domain's state
 	// is held until the interrupt was taken.
 	held, release := make(chan struct{}), make(chan struct{})
-	h.fake.gate = func(args []string) {
-		if args[0] == "domstate" {
-			close(held)
-			<-release
+	var once sync.Once
+	h.fake.onCall = func(args []string) {
+		if args[0] == "virsh" && args[1] == "domstate" {
+			once.Do(func() { close(held); <-release })
 		}
 	}
 	done := h.up("v1", "-d")
 	<-held
-	h.fake.gate = nil
 	h.sigs <- syscall.SIGINT
 	h.events.waitFor(t, "aborting", "Interrupted while preparing")
 	close(release)

@@ -32,6 +32,7 @@ func runUp(env Env, o *Options) int {
 	if err != nil {
 		return reportError(out, err)
 	}
+	exists := j != nil
 	u := &upRun{env: env, o: o, paths: paths}
 	switch {
 	case o.Reset || j == nil:
@@ -74,13 +75,14 @@ func runUp(env Env, o *Options) int {
 				}
 			}
 		}
-		// The old journal stays on disk until prepareFresh has wiped its VM:
-		// a run refused or killed before that leaves the old VM as it was.
-		u.holdJournal = j != nil
 		j = &Journal{Name: o.Name, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
 			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision}
 	}
 	u.j = j
+	// An existing journal stays on disk as it is until this run changes the
+	// VM (a wipe, a redefinition) or starts it: a run refused, failed or killed
+	// before that leaves it describing the VM as it was.
+	u.holdJournal = exists
 	return u.run()
 }
 
@@ -188,6 +190,7 @@ func checkLibvirt(ctx context.Context, v *Virsh, out *Output) error {
 type hintedError struct{ msg, hint string }
 
 func (e *hintedError) Error() string { return e.msg }
+func (e *hintedError) Hint() string  { return e.hint }
 
 // reportError prints err in vmup's voice and returns its exit code.
 func reportError(out *Output, err error) int {
@@ -198,12 +201,6 @@ func reportError(out *Output, err error) int {
 			out.Hint("%s", ue.hint)
 		}
 		return exitUsage
-	}
-	var he *hintedError
-	if errors.As(err, &he) {
-		out.Error("%s", he.msg)
-		out.Hint("%s", he.hint)
-		return exitFailed
 	}
 	out.Error("%v", err)
 	var h interface{ Hint() string }
