@@ -154,10 +154,9 @@ func runDown(env Env, o *Options) int {
 			if err != nil {
 				return reportError(out, err)
 			}
-			lock.Unlock()
-			return exitOK
-		}
-		if lock, code = waitBusy(env, paths, "down"); lock == nil {
+			// An up that was still preparing let go without stopping the VM:
+			// down goes on and does it (one that ran it, shut it down).
+		} else if lock, code = waitBusy(env, paths, "down"); lock == nil {
 			return code
 		}
 		// Its holder may have changed or removed the VM meanwhile.

@@ -271,3 +271,29 @@ func TestKilledVmupTakesItsChildren(t *testing.T) {
 	}
 	waitGone(t, grandchild, "the playbook's child, after destroy")
 }
+
+// `down` while an `up` of the running VM is still preparing: that up is asked
+// to stop and lets go before it started anything; down then shuts the VM
+// down itself. Both end as asked: the VM is off.
+func TestDownDuringReupPreparingStillShutsDown(t *testing.T) {
+	r := startVmup(t, "ok", "-d")
+	if code := r.exitCode(); code != 0 {
+		t.Fatalf("up -d: exit %d", code)
+	}
+	waiting, open := r.gate("domstate")
+	up, upOut := r.start("up", "v1")
+	waiting()
+	down, downOut := r.start("down", "v1")
+	up.Wait()
+	open()
+	down.Wait()
+	if code := down.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("down: exit %d\n%s\nup:\n%s", code, downOut, upOut)
+	}
+	if !r.called("virsh shutdown v1 --mode acpi") {
+		t.Errorf("down returned 0 but nobody shut the VM down; calls %v\ndown:\n%s", r.calls(), downOut)
+	}
+	if st := loadWorld(filepath.Join(r.dir, "world.json")).Domains["v1"]; st != "shut off" {
+		t.Errorf("the domain is %q after down, want shut off", st)
+	}
+}
