@@ -297,3 +297,28 @@ func TestDownDuringReupPreparingStillShutsDown(t *testing.T) {
 		t.Errorf("the domain is %q after down, want shut off", st)
 	}
 }
+
+// `--reset --connect OTHER` removes the old VM where it lives, on its own
+// connection, not on the one the new VM gets.
+func TestResetRemovesTheOldVMOnItsOwnConnection(t *testing.T) {
+	h := newHarness(t)
+	h.createDetached()
+	h.fake.mu.Lock()
+	h.fake.raw = nil
+	h.fake.mu.Unlock()
+	if code := h.wait(h.up(h.upArgs("--reset", "--connect", "qemu:///session", "-d")...)); code != 0 {
+		t.Fatalf("reset: exit %d\n%s", code, h.stderr)
+	}
+	undefined := false
+	for _, c := range h.fake.rawCalls() {
+		if len(c) > 3 && filepath.Base(c[0]) == "virsh" && c[3] == "undefine" {
+			undefined = true
+			if c[2] != "qemu:///system" {
+				t.Errorf("the old VM was undefined on %s, not on its own qemu:///system: %v", c[2], c)
+			}
+		}
+	}
+	if !undefined {
+		t.Error("the old VM was not undefined")
+	}
+}

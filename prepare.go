@@ -100,9 +100,10 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 			out.Say("recovering", "An earlier first boot of %s %s: removing it and starting clean", o.Name, how)
 			reapGroup(u.recover.PlaybookPGID, u.paths)
 		}
-		pool, vols := o.Pool, []string(nil)
+		// The old VM is removed where it lives: its own connection and pool.
+		v, pool, vols := u.virsh, o.Pool, []string(nil)
 		if old != nil {
-			pool, vols = old.Pool, old.Volumes
+			v, pool, vols = newVirsh(u.env.Runner, old.Connect), old.Pool, old.Volumes
 		}
 		if old != nil && old.UploadingBase != "" {
 			// The old run's upload: partial unless marked complete since.
@@ -110,13 +111,13 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			err = removePartialBase(ctx, u.virsh, pool, old.UploadingBase)
+			err = removePartialBase(ctx, v, pool, old.UploadingBase)
 			lock.Unlock()
 			if err != nil {
 				return err
 			}
 		}
-		if err := wipeVM(ctx, u.virsh, pool, u.paths, vols); err != nil {
+		if err := wipeVM(ctx, v, pool, u.paths, vols); err != nil {
 			return err
 		}
 	}
