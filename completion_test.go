@@ -268,3 +268,25 @@ func TestStaleControlSocketRemovedBeforeMaster(t *testing.T) {
 		t.Fatalf("exit %d\n%s", code, h.stderr)
 	}
 }
+
+// A failed first boot is retried as it was made: new settings are refused
+// (exit 2) rather than dropped without a word.
+func TestRetriedFirstBootRefusesNewSettings(t *testing.T) {
+	h := newHarness(t)
+	h.fake.playbook = "fail"
+	if code := h.wait(h.up(h.upArgs("-d")...)); code != exitProvision {
+		t.Fatalf("up: exit %d, want 3\n%s", code, h.stderr)
+	}
+	h.fake.calls = nil
+	if code := h.wait(h.up("v1", "-d", "--memory", "4096")); code != exitUsage {
+		t.Fatalf("retry with --memory: exit %d, want 2\n%s", code, h.stderr)
+	}
+	if !strings.Contains(h.stderr.String(), "vmup: hint:") {
+		t.Errorf("no hint:\n%s", h.stderr)
+	}
+	for _, c := range h.calls() {
+		if c[0] == "ansible-playbook" || c[0] == "virsh" && c[1] != "uri" && c[1] != "domstate" {
+			t.Errorf("a refused retry ran %v", c)
+		}
+	}
+}

@@ -469,10 +469,16 @@ func forwardStrings(fs []Forward) []string {
 
 // prepareResume picks up a first boot that failed earlier: same disk and seed.
 func (u *upRun) prepareResume(ctx context.Context) error {
-	out := u.env.Out
+	out, o := u.env.Out, u.o
 	out.Plan(5)
 	out.Step("Checking VM")
-	state, err := u.virsh.DomState(ctx, u.o.Name)
+	if settingsChanged(o, u.j) {
+		return &usageError{
+			msg:  fmt.Sprintf("VM %s has not completed its first boot; its settings cannot change before it has", o.Name),
+			hint: fmt.Sprintf("run `vmup up %s` without new settings to retry the first boot, or `vmup destroy %s` and create it anew", o.Name, o.Name),
+		}
+	}
+	state, err := u.virsh.DomState(ctx, o.Name)
 	if err != nil {
 		return err
 	}
@@ -481,6 +487,12 @@ func (u *upRun) prepareResume(ctx context.Context) error {
 	}
 	out.Done("resuming its first boot")
 	return nil
+}
+
+// settingsChanged says whether this run asks for settings the VM does not have.
+func settingsChanged(o *Options, j *Journal) bool {
+	return o.Network != j.Network || o.CPUs != j.CPUs || o.MemoryMiB != j.MemoryMiB || o.DiskGiB != j.DiskGiB ||
+		!slices.Equal(forwardStrings(o.Forwards), j.Forwards) || o.RestrictNetwork != j.Restrict
 }
 
 // prepareReup checks a VM whose first boot completed, redefining it when its
@@ -497,8 +509,7 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 		return 0, err
 	}
 	running := state != "shut off" && state != "crashed"
-	changed := o.Network != j.Network || o.CPUs != j.CPUs || o.MemoryMiB != j.MemoryMiB || o.DiskGiB != j.DiskGiB ||
-		!slices.Equal(forwardStrings(o.Forwards), j.Forwards) || o.RestrictNetwork != j.Restrict
+	changed := settingsChanged(o, j)
 	if changed && running {
 		return 0, &usageError{
 			msg: fmt.Sprintf("VM %s is running with other settings (network %s, restrict-network %v, cpus %d, memory %d, disk %d, forwards %v)",
