@@ -33,7 +33,7 @@ func runUp(env Env, o *Options) int {
 		return reportError(out, err)
 	}
 	exists := j != nil
-	u := &upRun{env: env, o: o, paths: paths}
+	u := &upRun{vmRun: vmRun{env: env, o: o, paths: paths}}
 	switch {
 	case o.Reset || j == nil:
 		u.kind, u.replaced = startFresh, j

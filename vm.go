@@ -1,0 +1,429 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// vmRun is the VM one `vmup up` works on: its settings, its journal, and
+// what this run made and runs for it. Its workers (prepare, boot, provision,
+// …) run on goroutines of their own, so j and the flags beside it are
+// guarded by jmu; the other fields are set before a worker reads them.
+type vmRun struct {
+	env   Env       // set by runUp
+	o     *Options  // set by runUp; a later up's inherit fills in the VM's own settings
+	paths Paths     // set by runUp
+	virsh *Virsh    // set by runUp
+	kind  startKind // set by runUp
+	// recover names an earlier, killed first boot that must be removed first (runUp).
+	recover *Journal
+	// replaced is the journal of the VM that --reset replaces (runUp).
+	replaced *Journal
+
+	jmu sync.Mutex
+	j   *Journal // changed only through updateJournal, by any worker
+	// holdJournal keeps j off the disk while the journal there still
+	// describes the VM as it was (runUp sets it, releaseJournal clears it).
+	holdJournal bool
+	wiped       bool // the state dir is gone: nothing more is written (wipe, removePartial)
+
+	masterCtx    context.Context    // the ssh ControlMaster's life: run makes it, finish and wipe end it
+	masterCancel context.CancelFunc //
+	ssh          *SSH               // set by the boot worker once SSH works
+	masterDone   <-chan error       // set by the boot worker; finish waits on it
+	forwards     *forwarder         // NAT forwards: claimed while preparing or opened by enterRunning, closed by finish
+
+	created created // what this run made in Preparing, for remove_partial; added to by the prepare worker
+	logPath string  // the last playbook log, set by the provision worker
+}
+
+// created is what a run made in Preparing, undone by an interrupt there.
+type created struct {
+	mu      sync.Mutex
+	dir     bool
+	domain  bool
+	volumes []string
+}
+
+func (c *created) add(vol string) {
+	c.mu.Lock()
+	c.volumes = append(c.volumes, vol)
+	c.mu.Unlock()
+}
+
+func (c *created) drop(vol string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, v := range c.volumes {
+		if v == vol {
+			c.volumes = append(c.volumes[:i], c.volumes[i+1:]...)
+			return
+		}
+	}
+}
+
+// The first boot's seed holds the guest's private host key; the seed of later
+// boots only the instance id.
+func firstSeedVolume(name string) string { return name + "-seed.iso" }
+func laterSeedVolume(name string) string { return name + "-seed-boot.iso" }
+
+func (vm *vmRun) updateJournal(f func(j *Journal)) error {
+	vm.jmu.Lock()
+	defer vm.jmu.Unlock()
+	f(vm.j)
+	if vm.wiped || vm.holdJournal {
+		return nil
+	}
+	return writeJournal(vm.paths, vm.j)
+}
+
+// releaseJournal lets this run's journal onto the disk: the run is about to
+// change the VM or has started it, so the journal there must say so.
+func (vm *vmRun) releaseJournal() {
+	vm.jmu.Lock()
+	vm.holdJournal = false
+	vm.jmu.Unlock()
+}
+
+// ---- workers: each ends by sending one event, unless it was cancelled ----
+
+func (u *upRun) boot(ctx context.Context, firstBoot bool) {
+	out := u.env.Out
+	ctx, cancel := context.WithTimeout(ctx, u.o.BootTimeout)
+	defer cancel()
+	fail := func(err error) {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			out.Fail("timed out")
+			u.send(EvBootTimeout, fmt.Errorf("the VM was not ready within --boot-timeout %s", u.o.BootTimeout))
+			return
+		}
+		if ctx.Err() != nil {
+			out.Fail("interrupted")
+			return // stopped by the controller
+		}
+		out.Fail(err.Error())
+		u.send(EvBootFailed, err)
+	}
+	out.Step("Booting VM")
+	state, err := u.virsh.DomState(ctx, u.o.Name)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if state == "running" {
+		out.Skip("already running")
+	} else {
+		if err := u.virsh.Start(ctx, u.o.Name); err != nil {
+			fail(err)
+			return
+		}
+		out.Done("")
+	}
+	out.Step("Waiting for SSH")
+	ep, err := u.endpoint(ctx)
+	if err != nil {
+		fail(err)
+		return
+	}
+	u.ssh = newSSH(u.env.Runner, u.o.Name, u.j.User, u.paths, ep)
+	if u.ssh.control, err = u.controlSocket(); err != nil {
+		fail(fmt.Errorf("cannot make a dir for the ssh ControlMaster's socket: %w", err))
+		return
+	}
+	done, err := u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive)
+	u.masterDone = done
+	if err != nil {
+		fail(fmt.Errorf("no SSH login on %s: %w", ep, err))
+		return
+	}
+	out.Done(ep.String())
+	if firstBoot {
+		out.Step("Waiting for cloud-init")
+		res, err := u.ssh.Exec(ctx, "cloud-init", "status", "--wait")
+		var ee *ExitError
+		switch {
+		case err == nil:
+			out.Done("")
+		case errors.As(err, &ee) && ee.ExitCode == 2:
+			// 2: cloud-init finished with recoverable errors (deprecated keys and such).
+			out.Done("finished with warnings")
+		default:
+			fail(fmt.Errorf("cloud-init: %s", strings.TrimSpace(string(res.Stdout)+" "+err.Error())))
+			return
+		}
+	}
+	u.send(EvReady, nil)
+}
+
+// controlSocket picks this run's ControlMaster socket. When the state dir's
+// path is too long for one, it lives in a private dir in the temp dir,
+// journalled so `vmup ssh` finds it and a wipe removes it.
+func (vm *vmRun) controlSocket() (string, error) {
+	vm.jmu.Lock()
+	sock := controlPath(vm.paths, vm.j)
+	vm.jmu.Unlock()
+	if sock != "" {
+		// Left by a killed run's master (this run holds the VM's lock): ssh
+		// would refuse to be a master on it, and no probe would ever pass.
+		os.Remove(sock)
+		return sock, nil
+	}
+	dir, err := newControlDir()
+	if err != nil {
+		return "", err
+	}
+	if err := vm.updateJournal(func(j *Journal) { j.ControlDir = dir }); err != nil {
+		os.Remove(dir)
+		return "", err
+	}
+	return filepath.Join(dir, "ssh.sock"), nil
+}
+
+// removeControlDir removes the private socket dir once no master uses it.
+func (vm *vmRun) removeControlDir() {
+	vm.jmu.Lock()
+	dir := vm.j.ControlDir
+	vm.jmu.Unlock()
+	if dir == "" {
+		return
+	}
+	if validControlDir(dir) == nil {
+		os.RemoveAll(dir)
+	}
+	vm.updateJournal(func(j *Journal) { j.ControlDir = "" })
+}
+
+// domainAlive fails once the domain stopped: waiting for its SSH is pointless then.
+func (vm *vmRun) domainAlive(ctx context.Context) error {
+	state, err := vm.virsh.DomState(ctx, vm.o.Name)
+	if err != nil {
+		return err
+	}
+	if state != "running" {
+		return fmt.Errorf("the domain is %s; see the console log %s", state, vm.paths.Console())
+	}
+	return nil
+}
+
+// endpoint says where to reach the guest's sshd.
+func (vm *vmRun) endpoint(ctx context.Context) (Endpoint, error) {
+	if vm.j.Network == "user" {
+		return Endpoint{Host: "127.0.0.1", Port: vm.j.SSHPort}, nil
+	}
+	for {
+		ip, err := vm.virsh.DomIPv4(ctx, vm.o.Name)
+		if err == nil && ip != "" {
+			vm.updateJournal(func(j *Journal) { j.SSHHost, j.SSHPort = ip, 22 })
+			return Endpoint{Host: ip, Port: 22}, nil
+		}
+		if err := sleepCtx(ctx, vm.env.Poll); err != nil {
+			return Endpoint{}, err
+		}
+	}
+}
+
+func (u *upRun) provision(ctx context.Context) {
+	out := u.env.Out
+	if u.o.Playbook == "" || u.o.NoProvision {
+		out.Step("Provisioning")
+		out.Skip("no playbook")
+		u.completeFirstBoot(ctx)
+		return
+	}
+	out.Step("Provisioning with " + u.o.Playbook)
+	if err := writeInventory(u.paths, u.o.Name, u.j.User, u.ssh.ep); err != nil {
+		out.Fail(err.Error())
+		u.send(EvProvisionFailed, err)
+		return
+	}
+	// While there is space: the playbook may fill the disk.
+	if err := u.prepareCompletion(); err != nil {
+		out.Fail(err.Error())
+		u.send(EvProvisionFailed, fmt.Errorf("cannot prepare the record of the completed first boot: %w", err))
+		return
+	}
+	logPath, err := newAnsible(u.env.Runner).Run(ctx, u.paths, u.ssh, u.o.Playbook, u.o.PlaybookArgs,
+		out.Indented("      "), func(pgid int) { u.updateJournal(func(j *Journal) { j.PlaybookPGID = pgid }) })
+	u.logPath = logPath
+	u.updateJournal(func(j *Journal) { j.PlaybookPGID = 0 })
+	if ctx.Err() != nil {
+		out.Fail("interrupted")
+		return
+	}
+	if err != nil {
+		out.Fail("see " + logPath)
+		u.send(EvProvisionFailed, err)
+		return
+	}
+	out.Done("")
+	u.completeFirstBoot(ctx)
+}
+
+func (vm *vmRun) prepareCompletion() error {
+	vm.jmu.Lock()
+	defer vm.jmu.Unlock()
+	return prepareCompletion(vm.paths, *vm.j)
+}
+
+// completeFirstBoot records on disk, before Running is entered, that no
+// interrupt may ever wipe this VM again, unless an abort took hold first.
+// Then the seed that holds the guest's private host key goes.
+func (u *upRun) completeFirstBoot(ctx context.Context) {
+	u.jmu.Lock()
+	if ctx.Err() != nil {
+		u.jmu.Unlock()
+		return // a confirmed abort came first: the VM is being removed
+	}
+	err := commitCompletion(u.paths)
+	if err != nil {
+		// No prepared record (no playbook ran): write the journal itself.
+		done := *u.j
+		done.FirstBootDone, done.PlaybookPGID = true, 0
+		err = writeJournal(u.paths, &done)
+	}
+	if err == nil {
+		u.j.FirstBootDone, u.j.PlaybookPGID = true, 0
+	}
+	u.jmu.Unlock()
+	if err != nil {
+		u.send(EvRecordFailed, err)
+		return
+	}
+	// Not cancellable: once recorded, the VM is kept, so this finishes too.
+	seedCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	u.replaceSeed(seedCtx)
+	cancel()
+	u.send(EvProvisioned, nil)
+}
+
+// replaceSeed attaches the seed of later boots, made in Preparing, then
+// deletes the first-boot seed, which holds the guest's private host key. In
+// that order, the VM always has a seed: without one cloud-init would take
+// the next boot for a new instance and make new host keys, which the pinned
+// known_hosts rejects. A later up finishes what fails here.
+func (u *upRun) replaceSeed(ctx context.Context) {
+	later := laterSeedVolume(u.o.Name)
+	if u.j.SeedVolume == later {
+		return
+	}
+	err := u.ensureLaterSeed(ctx)
+	if err == nil {
+		err = u.virsh.Define(ctx, u.paths.File("domain-later.xml"))
+	}
+	if err != nil {
+		u.env.Out.Warn("the cloud-init seed still holds the guest's private host key (%v); `vmup up %s` replaces it later", err, u.o.Name)
+		return
+	}
+	u.updateJournal(func(j *Journal) { j.SeedVolume = later })
+	first := firstSeedVolume(u.o.Name)
+	if err := u.virsh.VolDelete(ctx, u.o.Pool, first); err != nil {
+		u.env.Out.Warn("cannot delete the first boot's cloud-init seed: %v", err)
+		return
+	}
+	u.updateJournal(func(j *Journal) {
+		j.Volumes = slices.DeleteFunc(j.Volumes, func(v string) bool { return v == first })
+	})
+}
+
+func (u *upRun) enterRunning() {
+	out := u.env.Out
+	ep := Endpoint{Host: u.j.SSHHost, Port: u.j.SSHPort}
+	if ep.Host == "" {
+		ep.Host = "127.0.0.1"
+	}
+	// The ready line lists only forwards that are served: a user network's by
+	// QEMU, a NAT network's by the listeners Preparing bound, while vmup runs.
+	var served []Forward
+	switch {
+	case u.j.Network == "user":
+		served = u.o.Forwards
+	case u.forwards != nil:
+		u.forwards.serve(ep.Host)
+		served = u.o.Forwards
+	case len(u.o.Forwards) > 0:
+		out.Warn("forwards %s are not served: on the NAT network vmup serves them only while `vmup up %s` runs in the foreground",
+			strings.Join(forwardStrings(u.o.Forwards), ", "), u.o.Name)
+	}
+	msg := fmt.Sprintf("VM %s is running: `vmup ssh %s` (%s@%s)", u.o.Name, u.o.Name, u.j.User, ep)
+	for _, f := range served {
+		msg += fmt.Sprintf(", %s:%d -> %d", f.Addr, f.Host, f.Guest)
+	}
+	out.Say("ready", "%s", msg)
+	if u.o.Detach {
+		u.send(EvDetach, nil)
+		return
+	}
+	out.Say("waiting", "Press Ctrl+C to shut the VM down")
+	u.goWork(u.watch)
+}
+
+// watch reports when the domain stops by itself or from outside.
+func (u *upRun) watch(ctx context.Context) {
+	for sleepCtx(ctx, u.env.Poll) == nil {
+		state, err := u.virsh.DomState(ctx, u.o.Name)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errNotFound) || (err == nil && state != "running" && state != "paused" && state != "in shutdown") {
+			u.send(EvDomainStopped, nil)
+			return
+		}
+	}
+}
+
+func (u *upRun) startShutdown() {
+	old := u.oldWorkers
+	u.env.Out.Say("stopping", "Shutting down VM %s (up to %s; Ctrl+C again forces it off)", u.o.Name, u.o.ShutdownTimeout)
+	u.goWork(func(ctx context.Context) {
+		u.waitOldWorkers(old)
+		timer := time.NewTimer(u.o.ShutdownTimeout)
+		defer timer.Stop()
+		if err := u.virsh.Shutdown(ctx, u.o.Name); err != nil && ctx.Err() == nil {
+			if st, serr := u.virsh.DomState(ctx, u.o.Name); serr == nil && st == "running" {
+				u.env.Out.Warn("ACPI shutdown failed: %v", err)
+				u.send(EvShutdownTimeout, nil)
+			}
+		}
+		timedOut := false
+		for {
+			state, err := u.virsh.DomState(ctx, u.o.Name)
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, errNotFound) || (err == nil && state == "shut off") {
+				u.send(EvDomainStopped, nil)
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+				if !timedOut {
+					timedOut = true
+					u.env.Out.Warn("the guest did not shut down within %s", u.o.ShutdownTimeout)
+					u.send(EvShutdownTimeout, nil)
+				}
+			case <-time.After(u.env.Poll):
+			}
+		}
+	})
+}
+
+func (u *upRun) forceOff(ctx context.Context) {
+	u.env.Out.Say("force_off", "Forcing VM %s off", u.o.Name)
+	err := u.virsh.Destroy(ctx, u.o.Name)
+	if err == nil || ctx.Err() != nil || errors.Is(err, errNotFound) {
+		return // the shutdown poll sees the domain stop
+	}
+	if st, serr := u.virsh.DomState(ctx, u.o.Name); serr == nil && st != "running" {
+		return
+	}
+	u.send(EvForceOffFailed, err)
+}
