@@ -86,7 +86,7 @@ func deletePartialBase(ctx context.Context, v *Virsh, pool, base string) error {
 
 // ensureBase makes base a complete base volume of img in the pool: cached,
 // verified, or uploaded. Call it under the global lock.
-func (u *upRun) ensureBase(ctx context.Context, img BaseImage, base string) error {
+func (u *vmRun) ensureBase(ctx context.Context, img BaseImage, base string) error {
 	out, v, pool := u.env.Out, u.virsh, u.o.Pool
 	exists, complete, err := baseState(ctx, v, pool, base)
 	if err != nil {
@@ -143,7 +143,7 @@ func (u *upRun) ensureBase(ctx context.Context, img BaseImage, base string) erro
 // verifyBase reads an unmarked base volume that VMs are built on back and
 // compares it with the image: only its content tells a complete upload by an
 // older vmup from a cut-off one.
-func (u *upRun) verifyBase(ctx context.Context, img BaseImage, base string, users []string) error {
+func (u *vmRun) verifyBase(ctx context.Context, img BaseImage, base string, users []string) error {
 	h := sha256.New()
 	if err := u.virsh.VolDownload(ctx, u.o.Pool, base, h); err != nil {
 		return err

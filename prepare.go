@@ -48,7 +48,7 @@ func (u *upRun) prepare(ctx context.Context) {
 }
 
 // globalLock guards what VMs share: the pool, base volumes, port choice.
-func (u *upRun) globalLock(ctx context.Context) (*Lock, error) {
+func (u *vmRun) globalLock(ctx context.Context) (*Lock, error) {
 	l, err := waitLock(ctx, filepath.Join(u.env.Home, "locks", "_global.lock"), "up")
 	if errors.Is(err, errLocked) {
 		return nil, ctx.Err()
@@ -56,7 +56,7 @@ func (u *upRun) globalLock(ctx context.Context) (*Lock, error) {
 	return l, err
 }
 
-func (u *upRun) prepareFresh(ctx context.Context) error {
+func (u *vmRun) prepareFresh(ctx context.Context) error {
 	out, o := u.env.Out, u.o
 	out.Plan(6)
 	out.Step("Preparing image")
@@ -189,7 +189,7 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 // on their way: the volume's name claims a content hash that every later
 // `up` trusts, so what was uploaded must be what was hashed. Another content
 // deletes the volume again.
-func (u *upRun) uploadBase(ctx context.Context, img BaseImage, base string) error {
+func (u *vmRun) uploadBase(ctx context.Context, img BaseImage, base string) error {
 	pool := u.o.Pool
 	f, err := os.Open(img.Path)
 	if err != nil {
@@ -237,7 +237,7 @@ func foreignVolume(o *Options, vol string) error {
 
 // refuseForeignVolumes fails if a volume this run would create is in the
 // pool already and is not one the journal being replaced (old) recorded.
-func (u *upRun) refuseForeignVolumes(ctx context.Context, old *Journal) error {
+func (u *vmRun) refuseForeignVolumes(ctx context.Context, old *Journal) error {
 	o := u.o
 	vols := []string{o.Name + ".qcow2", o.Name + "-seed.iso"}
 	if o.Kernel != "" {
@@ -264,7 +264,7 @@ func (u *upRun) refuseForeignVolumes(ctx context.Context, old *Journal) error {
 // createVolume journals a volume of this VM, then creates it: a killed run
 // leaves a name that a later `up` or `destroy` deletes, never a volume
 // nobody knows of. One that appeared meanwhile is someone else's.
-func (u *upRun) createVolume(ctx context.Context, vol string, bytes int64, format, backing, backingFormat string) error {
+func (u *vmRun) createVolume(ctx context.Context, vol string, bytes int64, format, backing, backingFormat string) error {
 	if err := u.updateJournal(func(j *Journal) {
 		if !slices.Contains(j.Volumes, vol) {
 			j.Volumes = append(j.Volumes, vol)
@@ -285,7 +285,7 @@ func (u *upRun) createVolume(ctx context.Context, vol string, bytes int64, forma
 	return err
 }
 
-func (u *upRun) upload(ctx context.Context, file, vol string) error {
+func (u *vmRun) upload(ctx context.Context, file, vol string) error {
 	st, err := os.Stat(file)
 	if err != nil {
 		return err
@@ -298,7 +298,7 @@ func (u *upRun) upload(ctx context.Context, file, vol string) error {
 
 // writeSeed makes the keys and the NoCloud seed and uploads it. The host's
 // private key lives only in the seed, which is deleted after the first boot.
-func (u *upRun) writeSeed(ctx context.Context) error {
+func (u *vmRun) writeSeed(ctx context.Context) error {
 	o := u.o
 	client, err := loadOrCreateKey(u.paths.Key(), "vmup-"+o.Name)
 	if err != nil {
@@ -328,7 +328,7 @@ func (u *upRun) writeSeed(ctx context.Context) error {
 
 // laterSeedISO is the seed of the boots after the first: the same instance id
 // (so cloud-init keeps the host keys) and no secrets.
-func (u *upRun) laterSeedISO() []byte {
+func (u *vmRun) laterSeedISO() []byte {
 	return buildISO("cidata", map[string][]byte{
 		"meta-data": metaData(u.o.Name, u.j.InstanceID),
 		"user-data": []byte("#cloud-config\n"),
@@ -337,7 +337,7 @@ func (u *upRun) laterSeedISO() []byte {
 
 // ensureLaterSeed makes what replaceSeed attaches, where an earlier run did
 // not: the seed volume of later boots and the definition that names it.
-func (u *upRun) ensureLaterSeed(ctx context.Context) error {
+func (u *vmRun) ensureLaterSeed(ctx context.Context) error {
 	later := laterSeedVolume(u.o.Name)
 	exists, err := u.virsh.VolExists(ctx, u.o.Pool, later)
 	if err != nil {
@@ -355,7 +355,7 @@ func (u *upRun) ensureLaterSeed(ctx context.Context) error {
 }
 
 // uploadBytes uploads data as a new volume, through a 0600 file in the state dir.
-func (u *upRun) uploadBytes(ctx context.Context, data []byte, vol string) error {
+func (u *vmRun) uploadBytes(ctx context.Context, data []byte, vol string) error {
 	file := u.paths.File("upload.tmp")
 	if err := writeFileAtomic(file, data, 0o600); err != nil {
 		return err
@@ -364,7 +364,7 @@ func (u *upRun) uploadBytes(ctx context.Context, data []byte, vol string) error 
 	return u.upload(ctx, file, vol)
 }
 
-func (u *upRun) domainType(ctx context.Context) (string, error) {
+func (u *vmRun) domainType(ctx context.Context) (string, error) {
 	if u.o.DomainType != "auto" {
 		return u.o.DomainType, nil
 	}
@@ -375,7 +375,7 @@ func (u *upRun) domainType(ctx context.Context) (string, error) {
 }
 
 // seedVolume is the seed the domain boots with now.
-func (u *upRun) seedVolume() string {
+func (u *vmRun) seedVolume() string {
 	if u.j.SeedVolume != "" {
 		return u.j.SeedVolume
 	}
@@ -384,7 +384,7 @@ func (u *upRun) seedVolume() string {
 
 // writeLaterDefinition prepares domain-later.xml: the definition the domain
 // gets once its first boot completed, with the seed of later boots.
-func (u *upRun) writeLaterDefinition(ctx context.Context) error {
+func (u *vmRun) writeLaterDefinition(ctx context.Context) error {
 	data, err := u.domainXML(ctx, laterSeedVolume(u.o.Name))
 	if err != nil {
 		return err
@@ -393,7 +393,7 @@ func (u *upRun) writeLaterDefinition(ctx context.Context) error {
 }
 
 // domainXML builds the domain's definition from the options and the journal.
-func (u *upRun) domainXML(ctx context.Context, seedVol string) ([]byte, error) {
+func (u *vmRun) domainXML(ctx context.Context, seedVol string) ([]byte, error) {
 	o, j := u.o, u.j
 	path := func(vol string) (string, error) { return u.virsh.VolPath(ctx, o.Pool, vol) }
 	spec := DomainSpec{
@@ -426,7 +426,7 @@ func (u *upRun) domainXML(ctx context.Context, seedVol string) ([]byte, error) {
 }
 
 // define (re)defines the domain from the options and the journal.
-func (u *upRun) define(ctx context.Context) error {
+func (u *vmRun) define(ctx context.Context) error {
 	o, j := u.o, u.j
 	data, err := u.domainXML(ctx, u.seedVolume())
 	if err != nil {
@@ -468,7 +468,7 @@ func forwardStrings(fs []Forward) []string {
 }
 
 // prepareResume picks up a first boot that failed earlier: same disk and seed.
-func (u *upRun) prepareResume(ctx context.Context) error {
+func (u *vmRun) prepareResume(ctx context.Context) error {
 	out, o := u.env.Out, u.o
 	out.Plan(5)
 	out.Step("Checking VM")
@@ -497,7 +497,7 @@ func settingsChanged(o *Options, j *Journal) bool {
 
 // prepareReup checks a VM whose first boot completed, redefining it when its
 // settings changed and it is shut off.
-func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
+func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	out, o, j := u.env.Out, u.o, u.j
 	out.Plan(3)
 	out.Step("Checking VM")
@@ -572,7 +572,7 @@ func (u *upRun) prepareReup(ctx context.Context) (Event, error) {
 // switchNetwork journals a shut-off VM's move to o.Network, for define: on
 // nat its address comes from the DHCP lease at boot, on user it gets a free
 // loopback SSH port.
-func (u *upRun) switchNetwork(ctx context.Context) error {
+func (u *vmRun) switchNetwork(ctx context.Context) error {
 	host, port := "", 0
 	if u.o.Network == "user" {
 		lock, err := u.globalLock(ctx)
@@ -593,7 +593,7 @@ func (u *upRun) switchNetwork(ctx context.Context) error {
 // starts. A NAT network's forwards are vmup's own listeners: bound now, held
 // until vmup ends and served once the guest's address is known. QEMU binds a
 // user network's when the domain starts, so their ports must be free now.
-func (u *upRun) claimForwards(running bool) error {
+func (u *vmRun) claimForwards(running bool) error {
 	o := u.o
 	switch {
 	case len(o.Forwards) == 0, o.Network == "nat" && o.Detach, o.Network == "user" && running:
@@ -612,7 +612,7 @@ func (u *upRun) claimForwards(running bool) error {
 }
 
 // freePort picks a loopback port for SSH that no other vmup VM has journalled.
-func (u *upRun) freePort() (int, error) {
+func (u *vmRun) freePort() (int, error) {
 	taken := map[int]bool{}
 	names, _ := listVMs(u.env.Home)
 	for _, n := range names {

@@ -12,10 +12,12 @@ import (
 	"time"
 )
 
-// vmRun is the VM one `vmup up` works on: its settings, its journal, and
-// what this run made and runs for it. Its workers (prepare, boot, provision,
-// …) run on goroutines of their own, so j and the flags beside it are
-// guarded by jmu; the other fields are set before a worker reads them.
+// vmRun is the VM one `vmup up` works on: its settings, its journal, what
+// this run made and runs for it, and the operations on it (preparing its
+// volumes and seed, defining its domain). The workers that report to the
+// controller (prepare, boot, provision, …; methods of upRun) run on
+// goroutines of their own, so j and the flags beside it are guarded by jmu;
+// the other fields are set before a worker reads them.
 type vmRun struct {
 	env   Env       // set by runUp
 	o     *Options  // set by runUp; a later up's inherit fills in the VM's own settings
@@ -74,22 +76,22 @@ func (c *created) drop(vol string) {
 func firstSeedVolume(name string) string { return name + "-seed.iso" }
 func laterSeedVolume(name string) string { return name + "-seed-boot.iso" }
 
-func (vm *vmRun) updateJournal(f func(j *Journal)) error {
-	vm.jmu.Lock()
-	defer vm.jmu.Unlock()
-	f(vm.j)
-	if vm.wiped || vm.holdJournal {
+func (u *vmRun) updateJournal(f func(j *Journal)) error {
+	u.jmu.Lock()
+	defer u.jmu.Unlock()
+	f(u.j)
+	if u.wiped || u.holdJournal {
 		return nil
 	}
-	return writeJournal(vm.paths, vm.j)
+	return writeJournal(u.paths, u.j)
 }
 
 // releaseJournal lets this run's journal onto the disk: the run is about to
 // change the VM or has started it, so the journal there must say so.
-func (vm *vmRun) releaseJournal() {
-	vm.jmu.Lock()
-	vm.holdJournal = false
-	vm.jmu.Unlock()
+func (u *vmRun) releaseJournal() {
+	u.jmu.Lock()
+	u.holdJournal = false
+	u.jmu.Unlock()
 }
 
 // ---- workers: each ends by sending one event, unless it was cancelled ----
@@ -165,10 +167,10 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 // controlSocket picks this run's ControlMaster socket. When the state dir's
 // path is too long for one, it lives in a private dir in the temp dir,
 // journalled so `vmup ssh` finds it and a wipe removes it.
-func (vm *vmRun) controlSocket() (string, error) {
-	vm.jmu.Lock()
-	sock := controlPath(vm.paths, vm.j)
-	vm.jmu.Unlock()
+func (u *vmRun) controlSocket() (string, error) {
+	u.jmu.Lock()
+	sock := controlPath(u.paths, u.j)
+	u.jmu.Unlock()
 	if sock != "" {
 		// Left by a killed run's master (this run holds the VM's lock): ssh
 		// would refuse to be a master on it, and no probe would ever pass.
@@ -179,7 +181,7 @@ func (vm *vmRun) controlSocket() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := vm.updateJournal(func(j *Journal) { j.ControlDir = dir }); err != nil {
+	if err := u.updateJournal(func(j *Journal) { j.ControlDir = dir }); err != nil {
 		os.Remove(dir)
 		return "", err
 	}
@@ -187,43 +189,43 @@ func (vm *vmRun) controlSocket() (string, error) {
 }
 
 // removeControlDir removes the private socket dir once no master uses it.
-func (vm *vmRun) removeControlDir() {
-	vm.jmu.Lock()
-	dir := vm.j.ControlDir
-	vm.jmu.Unlock()
+func (u *vmRun) removeControlDir() {
+	u.jmu.Lock()
+	dir := u.j.ControlDir
+	u.jmu.Unlock()
 	if dir == "" {
 		return
 	}
 	if validControlDir(dir) == nil {
 		os.RemoveAll(dir)
 	}
-	vm.updateJournal(func(j *Journal) { j.ControlDir = "" })
+	u.updateJournal(func(j *Journal) { j.ControlDir = "" })
 }
 
 // domainAlive fails once the domain stopped: waiting for its SSH is pointless then.
-func (vm *vmRun) domainAlive(ctx context.Context) error {
-	state, err := vm.virsh.DomState(ctx, vm.o.Name)
+func (u *vmRun) domainAlive(ctx context.Context) error {
+	state, err := u.virsh.DomState(ctx, u.o.Name)
 	if err != nil {
 		return err
 	}
 	if state != "running" {
-		return fmt.Errorf("the domain is %s; see the console log %s", state, vm.paths.Console())
+		return fmt.Errorf("the domain is %s; see the console log %s", state, u.paths.Console())
 	}
 	return nil
 }
 
 // endpoint says where to reach the guest's sshd.
-func (vm *vmRun) endpoint(ctx context.Context) (Endpoint, error) {
-	if vm.j.Network == "user" {
-		return Endpoint{Host: "127.0.0.1", Port: vm.j.SSHPort}, nil
+func (u *vmRun) endpoint(ctx context.Context) (Endpoint, error) {
+	if u.j.Network == "user" {
+		return Endpoint{Host: "127.0.0.1", Port: u.j.SSHPort}, nil
 	}
 	for {
-		ip, err := vm.virsh.DomIPv4(ctx, vm.o.Name)
+		ip, err := u.virsh.DomIPv4(ctx, u.o.Name)
 		if err == nil && ip != "" {
-			vm.updateJournal(func(j *Journal) { j.SSHHost, j.SSHPort = ip, 22 })
+			u.updateJournal(func(j *Journal) { j.SSHHost, j.SSHPort = ip, 22 })
 			return Endpoint{Host: ip, Port: 22}, nil
 		}
-		if err := sleepCtx(ctx, vm.env.Poll); err != nil {
+		if err := sleepCtx(ctx, u.env.Poll); err != nil {
 			return Endpoint{}, err
 		}
 	}
@@ -266,10 +268,10 @@ func (u *upRun) provision(ctx context.Context) {
 	u.completeFirstBoot(ctx)
 }
 
-func (vm *vmRun) prepareCompletion() error {
-	vm.jmu.Lock()
-	defer vm.jmu.Unlock()
-	return prepareCompletion(vm.paths, *vm.j)
+func (u *vmRun) prepareCompletion() error {
+	u.jmu.Lock()
+	defer u.jmu.Unlock()
+	return prepareCompletion(u.paths, *u.j)
 }
 
 // completeFirstBoot records on disk, before Running is entered, that no
@@ -308,7 +310,7 @@ func (u *upRun) completeFirstBoot(ctx context.Context) {
 // that order, the VM always has a seed: without one cloud-init would take
 // the next boot for a new instance and make new host keys, which the pinned
 // known_hosts rejects. A later up finishes what fails here.
-func (u *upRun) replaceSeed(ctx context.Context) {
+func (u *vmRun) replaceSeed(ctx context.Context) {
 	later := laterSeedVolume(u.o.Name)
 	if u.j.SeedVolume == later {
 		return
