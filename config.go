@@ -35,6 +35,7 @@ type Options struct {
 	Pool            string
 	DomainType      string
 	Kernel          string
+	Firmware        string // bios or uefi: how a disk without --kernel boots
 	Initrd          string
 	Cmdline         string
 	User            string
@@ -138,6 +139,7 @@ type fileConfig struct {
 	Pool            *string  `json:"pool"`
 	DomainType      *string  `json:"domain-type"`
 	Kernel          *string  `json:"kernel"`
+	Firmware        *string  `json:"firmware"`
 	Initrd          *string  `json:"initrd"`
 	Cmdline         *string  `json:"cmdline"`
 	User            *string  `json:"user"`
@@ -157,7 +159,7 @@ func defaultOptions() *Options {
 	}
 	return &Options{
 		CPUs: 2, MemoryMiB: 2048, DiskGiB: 20, Connect: connect, Pool: "vmup",
-		DomainType: "auto", User: "vmup", BootTimeout: 5 * time.Minute, ShutdownTimeout: 60 * time.Second,
+		DomainType: "auto", Firmware: "bios", User: "vmup", BootTimeout: 5 * time.Minute, ShutdownTimeout: 60 * time.Second,
 		set: map[string]bool{},
 	}
 }
@@ -208,6 +210,7 @@ func loadConfig(o *Options) error {
 	setStr(&o.Pool, c.Pool)
 	setStr(&o.DomainType, c.DomainType)
 	setStr(&o.Kernel, c.Kernel)
+	setStr(&o.Firmware, c.Firmware)
 	setStr(&o.Initrd, c.Initrd)
 	setStr(&o.Cmdline, c.Cmdline)
 	setStr(&o.User, c.User)
@@ -292,6 +295,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.StringVar(&o.Pool, "pool", o.Pool, "")
 		fs.StringVar(&o.DomainType, "domain-type", o.DomainType, "")
 		fs.StringVar(&o.Kernel, "kernel", o.Kernel, "")
+		fs.StringVar(&o.Firmware, "firmware", o.Firmware, "")
 		fs.StringVar(&o.Initrd, "initrd", o.Initrd, "")
 		fs.StringVar(&o.Cmdline, "cmdline", o.Cmdline, "")
 		fs.StringVar(&o.User, "user", o.User, "")
@@ -415,6 +419,11 @@ func validateUp(o *Options) error {
 		return usagef("", "--restrict-network needs --network user")
 	case (o.Initrd != "" || o.Cmdline != "") && o.Kernel == "":
 		return usagef("", "--initrd and --cmdline need --kernel")
+	case o.Firmware != "bios" && o.Firmware != "uefi":
+		return usagef("", "--firmware %q: want bios or uefi", o.Firmware)
+	case o.Firmware == "uefi" && o.Kernel != "":
+		return usagef("leave out --firmware uefi, or --kernel to boot the disk through UEFI",
+			"--firmware uefi with --kernel: a kernel booted directly needs no firmware")
 	case o.ImageSHA256 != "" && !regexp.MustCompile(`^[0-9a-fA-F]{64}$`).MatchString(o.ImageSHA256):
 		return usagef("", "--image-sha256: want 64 hex digits")
 	case !validLogin(o.User):

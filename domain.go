@@ -17,6 +17,7 @@ type DomainSpec struct {
 	Forwards                []Forward
 	Restrict                bool
 	ConsoleLog              string
+	UEFI                    bool // boot the disk through UEFI firmware (OVMF), not BIOS
 }
 
 // The structs below are the part of libvirt's domain schema vmup uses.
@@ -55,11 +56,23 @@ type memoryXML struct {
 }
 
 type osXML struct {
-	Type    osTypeXML `xml:"type"`
-	Kernel  string    `xml:"kernel,omitempty"`
-	Initrd  string    `xml:"initrd,omitempty"`
-	Cmdline string    `xml:"cmdline,omitempty"`
-	Boot    *bootXML  `xml:"boot,omitempty"`
+	Firmware string      `xml:"firmware,attr,omitempty"`
+	Type     osTypeXML   `xml:"type"`
+	Features *osFeatures `xml:"firmware,omitempty"`
+	Kernel   string      `xml:"kernel,omitempty"`
+	Initrd   string      `xml:"initrd,omitempty"`
+	Cmdline  string      `xml:"cmdline,omitempty"`
+	Boot     *bootXML    `xml:"boot,omitempty"`
+}
+
+// osFeatures pins what libvirt's firmware auto-selection may pick.
+type osFeatures struct {
+	Features []osFeature `xml:"feature"`
+}
+
+type osFeature struct {
+	Enabled string `xml:"enabled,attr"`
+	Name    string `xml:"name,attr"`
 }
 
 type osTypeXML struct {
@@ -210,6 +223,14 @@ func domainXMLFor(s DomainSpec) ([]byte, error) {
 		d.OS.Kernel, d.OS.Initrd, d.OS.Cmdline = s.Kernel, s.Initrd, s.Cmdline
 	} else {
 		d.OS.Boot = &bootXML{Dev: "hd"}
+	}
+	if s.UEFI {
+		// libvirt picks OVMF and makes the VM's own NVRAM at its first start.
+		// Secure Boot is pinned off: Debian's descriptors for it would win
+		// and refuse an unsigned boot loader.
+		d.OS.Firmware = "efi"
+		// (libvirt 9.0 refuses <loader secure='no'/> beside auto-selection.)
+		d.OS.Features = &osFeatures{Features: []osFeature{{Enabled: "no", Name: "secure-boot"}, {Enabled: "no", Name: "enrolled-keys"}}}
 	}
 	d.Devices.Disks = append(d.Devices.Disks, diskXML{
 		Type: "file", Device: "disk", Driver: driverXML{"qemu", "qcow2"},

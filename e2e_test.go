@@ -541,10 +541,14 @@ func TestE2EKilledDuringStartingRecovers(t *testing.T) {
 
 // The domain XML vmup writes is valid under libvirt's schema.
 func TestE2EDomainXMLValidates(t *testing.T) {
-	for _, network := range []string{"user", "nat"} {
-		data, err := domainXMLFor(DomainSpec{Name: "x", Type: "qemu", CPUs: 1, MemoryMiB: 512, Disk: "/a.qcow2",
+	for _, network := range []string{"user", "nat", "uefi"} {
+		spec := DomainSpec{Name: "x", Type: "qemu", CPUs: 1, MemoryMiB: 512, Disk: "/a.qcow2",
 			Seed: "/s.iso", Kernel: "/k", Initrd: "/i", Cmdline: "root=/dev/vda", Network: network, SSHPort: 2222,
-			Forwards: []Forward{{"127.0.0.1", 8080, 80}}, ConsoleLog: "/c.log"})
+			Forwards: []Forward{{"127.0.0.1", 8080, 80}}, ConsoleLog: "/c.log"}
+		if network == "uefi" {
+			spec.Network, spec.UEFI, spec.Kernel, spec.Initrd, spec.Cmdline = "user", true, "", "", ""
+		}
+		data, err := domainXMLFor(spec)
 		if err != nil {
 			t.Fatal(err)
 		}

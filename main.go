@@ -40,6 +40,8 @@ Flags of up:
   --pool NAME             storage pool for the VM's volumes (default vmup)
   --domain-type auto|kvm|qemu             qemu is software emulation (TCG)
   --kernel F --initrd F --cmdline S       direct kernel boot
+  --firmware bios|uefi    how a disk without --kernel boots (default bios;
+                          x86_64 guests; uefi uses the host's OVMF)
   --user NAME             guest login made by cloud-init (default vmup)
   -d, --detach            exit once the VM runs, and leave it running
   --no-provision          skip the playbook

@@ -174,6 +174,7 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 	}
 	u.updateJournal(func(j *Journal) {
 		j.BaseVolume, j.Kernel, j.Initrd, j.Cmdline, j.DomainType = base, o.Kernel != "", o.Initrd != "", o.Cmdline, domType
+		j.Firmware = o.Firmware
 	})
 	if err := u.define(ctx); err != nil {
 		return err
@@ -399,7 +400,7 @@ func (u *vmRun) domainXML(ctx context.Context, seedVol string) ([]byte, error) {
 	spec := DomainSpec{
 		Name: o.Name, UUID: j.UUID, Type: j.DomainType, CPUs: o.CPUs, MemoryMiB: o.MemoryMiB,
 		Network: j.Network, SSHPort: j.SSHPort, Forwards: o.Forwards, Restrict: o.RestrictNetwork,
-		Cmdline: j.Cmdline, ConsoleLog: u.paths.Console(),
+		Cmdline: j.Cmdline, ConsoleLog: u.paths.Console(), UEFI: j.Firmware == "uefi",
 	}
 	var err error
 	if spec.Disk, err = path(o.Name + ".qcow2"); err != nil {

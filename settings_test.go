@@ -25,6 +25,7 @@ func TestFixedSettingsCannotChange(t *testing.T) {
 		{[]string{"--domain-type", "kvm"}, "--domain-type"},
 		{[]string{"--kernel", kernel}, "--kernel"},
 		{[]string{"--kernel", kernel, "--initrd", kernel}, "--kernel"},
+		{[]string{"--firmware", "uefi"}, "--firmware"},
 	} {
 		h.fake.calls = nil
 		h.stderr.Reset()

@@ -49,6 +49,7 @@ type Journal struct {
 	UUID          string   `json:"uuid,omitempty"`
 	InstanceID    string   `json:"instance_id,omitempty"`
 	Kernel        bool     `json:"kernel,omitempty"`
+	Firmware      string   `json:"firmware,omitempty"` // bios (also for --kernel) or uefi
 	Initrd        bool     `json:"initrd,omitempty"`
 	Cmdline       string   `json:"cmdline,omitempty"`
 	BaseVolume    string   `json:"base_volume,omitempty"`
@@ -182,6 +183,7 @@ func validateJournal(j *Journal, name string) error {
 	check(!slices.ContainsFunc(j.PlaybookArgs, hasNUL), "playbook_args hold a NUL byte")
 	check(!j.Restrict || j.Network == "user", "restrict_network is set on network %q", j.Network)
 	check(j.DomainType == "" || j.DomainType == "kvm" || j.DomainType == "qemu", "domain_type %q is not kvm or qemu", j.DomainType)
+	check(j.Firmware == "" || j.Firmware == "bios" || j.Firmware == "uefi" && !j.Kernel, "firmware %q is not bios or uefi", j.Firmware)
 	check(j.UUID == "" || uuidRE.MatchString(j.UUID), "uuid %q is not a UUID", j.UUID)
 	check(j.InstanceID == "" || instanceIDRE.MatchString(j.InstanceID), "instance_id %q is not one vmup makes", j.InstanceID)
 	check(!hasNUL(j.Cmdline), "cmdline holds a NUL byte")

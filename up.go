@@ -124,6 +124,7 @@ func inherit(o *Options, j *Journal) error {
 		{"kernel", !bootKnown || (o.Kernel != "") == j.Kernel, with(j.Kernel, "--kernel")},
 		{"initrd", !bootKnown || (o.Initrd != "") == j.Initrd, with(j.Initrd, "--initrd")},
 		{"cmdline", !bootKnown || o.Cmdline == j.Cmdline, fmt.Sprintf("with --cmdline %q", j.Cmdline)},
+		{"firmware", !bootKnown || o.Firmware == j.Firmware || j.Firmware == "" && o.Firmware == "bios", "to boot with " + j.Firmware + " firmware"},
 	}
 	for _, f := range fixed {
 		if o.set[f.flag] && !f.same {
