@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -152,11 +153,37 @@ type fileConfig struct {
 
 const configFile = "vmup.json"
 
-func defaultOptions() *Options {
-	connect := os.Getenv("LIBVIRT_DEFAULT_URI")
-	if connect == "" {
-		connect = "qemu:///system"
+// defaultURI is libvirt's own default connection, resolved as virsh does:
+// $LIBVIRT_DEFAULT_URI, else uri_default in the libvirt.conf of whoever runs
+// vmup, else qemu:///system for root and qemu:///session for anyone else.
+func defaultURI(euid int) string {
+	if uri := os.Getenv("LIBVIRT_DEFAULT_URI"); uri != "" {
+		return uri
 	}
+	conf := "/etc/libvirt/libvirt.conf"
+	if euid != 0 {
+		dir := os.Getenv("XDG_CONFIG_HOME")
+		if dir == "" {
+			home, _ := os.UserHomeDir()
+			dir = filepath.Join(home, ".config")
+		}
+		conf = filepath.Join(dir, "libvirt", "libvirt.conf")
+	}
+	if data, err := os.ReadFile(conf); err == nil {
+		if m := uriDefaultRE.FindSubmatch(data); m != nil {
+			return string(m[1])
+		}
+	}
+	if euid == 0 {
+		return "qemu:///system"
+	}
+	return "qemu:///session"
+}
+
+var uriDefaultRE = regexp.MustCompile(`(?m)^\s*uri_default\s*=\s*"([^"]*)"`)
+
+func defaultOptions() *Options {
+	connect := defaultURI(os.Geteuid())
 	return &Options{
 		CPUs: 2, MemoryMiB: 2048, DiskGiB: 20, Connect: connect, Pool: "vmup",
 		DomainType: "auto", Firmware: "bios", User: "vmup", BootTimeout: 5 * time.Minute, ShutdownTimeout: 60 * time.Second,

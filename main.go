@@ -36,7 +36,9 @@ Flags of up:
   --network nat|user      nat: libvirt network "default"; user: QEMU user-mode
                           networking with loopback forwards
   --restrict-network      with --network user: the guest reaches only its forwards
-  --connect URI           libvirt URI (default $LIBVIRT_DEFAULT_URI, else qemu:///system)
+  --connect URI           libvirt URI (default: libvirt's own, as virsh picks it:
+                          $LIBVIRT_DEFAULT_URI, uri_default in libvirt.conf,
+                          else qemu:///system for root, qemu:///session for others)
   --pool NAME             storage pool for the VM's volumes (default vmup)
   --domain-type auto|kvm|qemu             qemu is software emulation (TCG)
   --kernel F --initrd F --cmdline S       direct kernel boot
