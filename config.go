@@ -48,6 +48,9 @@ type Options struct {
 	RestrictNetwork bool
 	BootTimeout     time.Duration
 	ShutdownTimeout time.Duration
+	// CloudInitErrors says what cloud-init's errors in the first boot do:
+	// "warn" goes on to the playbook, "fail" fails the boot (VM kept).
+	CloudInitErrors string
 	// set names the settings given by a flag or vmup.json, so a re-up knows
 	// which of the VM's own settings were left alone.
 	set map[string]bool
@@ -149,6 +152,7 @@ type fileConfig struct {
 	RestrictNetwork *bool    `json:"restrict-network"`
 	BootTimeout     *string  `json:"boot-timeout"`
 	ShutdownTimeout *string  `json:"shutdown-timeout"`
+	CloudInitErrors *string  `json:"cloud-init-errors"`
 }
 
 const configFile = "vmup.json"
@@ -187,7 +191,7 @@ func defaultOptions() *Options {
 	return &Options{
 		CPUs: 2, MemoryMiB: 2048, DiskGiB: 20, Connect: connect, Pool: "vmup",
 		DomainType: "auto", Firmware: "bios", User: "vmup", BootTimeout: 5 * time.Minute, ShutdownTimeout: 60 * time.Second,
-		set: map[string]bool{},
+		CloudInitErrors: "warn", set: map[string]bool{},
 	}
 }
 
@@ -241,6 +245,7 @@ func loadConfig(o *Options) error {
 	setStr(&o.Initrd, c.Initrd)
 	setStr(&o.Cmdline, c.Cmdline)
 	setStr(&o.User, c.User)
+	setStr(&o.CloudInitErrors, c.CloudInitErrors)
 	setBool(&o.Detach, c.Detach)
 	setBool(&o.NoProvision, c.NoProvision)
 	setBool(&o.RestrictNetwork, c.RestrictNetwork)
@@ -333,6 +338,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.BoolVar(&o.RestrictNetwork, "restrict-network", o.RestrictNetwork, "")
 		fs.DurationVar(&o.BootTimeout, "boot-timeout", o.BootTimeout, "")
 		fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "")
+		fs.StringVar(&o.CloudInitErrors, "cloud-init-errors", o.CloudInitErrors, "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "down":
 		fs.BoolVar(&o.Force, "force", o.Force, "")
@@ -439,6 +445,8 @@ func validateUp(o *Options) error {
 		return usagef("", "--disk %d: want %d to %d (GiB, up to 16 TiB)", o.DiskGiB, minDiskGiB, maxDiskGiB)
 	case o.BootTimeout <= 0 || o.ShutdownTimeout <= 0:
 		return usagef("", "timeouts must be positive")
+	case o.CloudInitErrors != "warn" && o.CloudInitErrors != "fail":
+		return usagef("", "--cloud-init-errors %q: want warn or fail", o.CloudInitErrors)
 	case o.Network == "nat" && o.Detach && len(o.Forwards) > 0:
 		return usagef("use --network user for forwards that outlive vmup, or run vmup up in the foreground",
 			"--network nat with --detach cannot keep --forward: the forwards would end with vmup")

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -291,6 +292,7 @@ func TestE2EDetachedLifecycle(t *testing.T) {
 	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-marker"); !strings.Contains(out, "provisioned by vmup") {
 		t.Errorf("marker: %q", out)
 	}
+	e.checkUserDataSchema()
 	out, _, code := e.vmup(time.Minute, "status", e.name, "--json")
 	var st vmStatus
 	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Domain != "running" {
@@ -628,4 +630,100 @@ func TestNATInNetns(t *testing.T) {
 	if code := f.exitCode(3 * time.Minute); code != 0 {
 		t.Fatalf("exit %d, want 0", code)
 	}
+}
+
+// checkUserDataSchema runs cloud-init's own validator in the guest on the
+// user-data vmup gave it: zero errors.
+func (e *e2e) checkUserDataSchema() {
+	e.t.Helper()
+	out, stderr, code := e.vmup(time.Minute, "ssh", e.name, "--", "sudo", "cloud-init", "schema", "--system")
+	if code != 0 || !strings.Contains(out, "Valid cloud-config") || strings.Contains(out+stderr, "schema errors") {
+		e.t.Errorf("cloud-init schema --system in the guest: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
+// jsonEvents reads the JSON events of an `up --json` run's stdout.
+func jsonEvents(stdout string) []jsonEvent {
+	var events []jsonEvent
+	for _, line := range strings.Split(stdout, "\n") {
+		var ev jsonEvent
+		if json.Unmarshal([]byte(line), &ev) == nil {
+			events = append(events, ev)
+		}
+	}
+	return events
+}
+
+// Part 3 of issue 8: a guest image whose own cloud-init configuration makes
+// one module fail (not vmup's user-data). Under --cloud-init-errors fail up
+// exits 1 and keeps the VM; a later up under warn (the default) names the
+// module in its warning, runs the playbook once and exits 0.
+func TestE2ECloudInitModuleError(t *testing.T) {
+	e := newE2E(t, "e2e-ci")
+	image := filepath.Join(e.imageDir, "disk-cloudinit-error.qcow2")
+	if _, err := os.Stat(image); err != nil {
+		t.Fatalf("the image variant whose cloud-init fails a module: %v (scripts/test-image.sh builds it)", err)
+	}
+	args := e.upArgs("marker.yml", "-d", "--json", "--cloud-init-errors", "fail")
+	for i, a := range args {
+		if a == filepath.Join(e.imageDir, "disk.qcow2") {
+			args[i] = image
+		}
+	}
+	start := time.Now()
+	stdout, stderr, code := e.vmup(10*time.Minute, args...)
+	t.Logf("TIMING up of the failing-module image to its failure: %.1fs", time.Since(start).Seconds())
+	if code != exitFailed {
+		t.Fatalf("under --cloud-init-errors fail: exit %d, want 1", code)
+	}
+	modules := cloudInitModulesWarned(t, jsonEvents(stdout))
+	if st := e.domState(); st != "running" {
+		t.Errorf("after the failed first boot the domain is %q, want kept running", st)
+	}
+	if !strings.Contains(stderr, "vmup destroy "+e.name) {
+		t.Errorf("no hint how to remove the VM:\n%s", stderr)
+	}
+	if out, _, _ := e.vmup(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-runs"); strings.Contains(out, "run") {
+		t.Errorf("the playbook ran under --cloud-init-errors fail: %q", out)
+	}
+
+	stdout, stderr, code = e.vmup(10*time.Minute, "up", e.name, "-d", "--json")
+	if code != 0 {
+		t.Fatalf("up under warn: exit %d", code)
+	}
+	if again := cloudInitModulesWarned(t, jsonEvents(stdout)); !slices.Equal(again, modules) {
+		t.Errorf("modules warned about: %v, then %v", modules, again)
+	}
+	for _, m := range modules {
+		if !strings.Contains(stderr, "vmup: warning: cloud-init finished with errors") || !strings.Contains(stderr, "module "+m+": ") {
+			t.Errorf("the warning on stderr does not name module %s:\n%s", m, stderr)
+		}
+	}
+	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-runs"); strings.Count(out, "run") != 1 {
+		t.Errorf("the playbook ran %d times, want 1", strings.Count(out, "run"))
+	}
+	e.checkUserDataSchema() // vmup's own user-data is still valid; the image's config failed
+}
+
+// cloudInitModulesWarned returns the modules of the JSON warning about
+// cloud-init, which must name at least one, each also in its message.
+func cloudInitModulesWarned(t *testing.T, events []jsonEvent) []string {
+	t.Helper()
+	for _, ev := range events {
+		if ev.Event != "warning" || !strings.HasPrefix(ev.Message, "cloud-init finished with errors") {
+			continue
+		}
+		if len(ev.Modules) == 0 {
+			t.Errorf("the warning names no module: %+v", ev)
+		}
+		for _, m := range ev.Modules {
+			if !strings.Contains(ev.Message, "module "+m+": ") {
+				t.Errorf("the warning's message does not name module %s: %s", m, ev.Message)
+			}
+		}
+		t.Logf("cloud-init warning: modules %v: %s", ev.Modules, ev.Message)
+		return ev.Modules
+	}
+	t.Errorf("no JSON warning about cloud-init's errors; events %v", events)
+	return nil
 }

@@ -47,6 +47,103 @@ type fakeWorld struct {
 	Snapshots map[string][]string
 	// ManagedSave names the domains with a managed save image.
 	ManagedSave map[string]bool
+	// CloudInit is the guest's cloud-init, as vmup's ssh commands find it.
+	CloudInit fakeCloudInit
+}
+
+// fakeCloudInit answers what vmup asks the guest's cloud-init over ssh. By
+// default it is Debian 12's 22.4, finished without errors.
+type fakeCloudInit struct {
+	// Running is how many probes of result.json still find cloud-init at
+	// work; -1: it never finishes (an old cloud-init stuck on a bootcmd).
+	Running int
+	// Errors is what the finished run reports; EarlyErrors of them come from
+	// a stage that ended while later ones still run.
+	Errors      []string
+	EarlyErrors int
+	// Newer is a cloud-init since 23.4: extended_status, recoverable_errors,
+	// and exit 2 when only those are there (degraded).
+	Newer       bool
+	Recoverable map[string][]string
+	// Disabled is a guest whose cloud-init is disabled (it never writes result.json).
+	Disabled bool
+}
+
+// fakeResultJSON is where cloud-init says that all its stages are done.
+const fakeResultJSON = "/run/cloud-init/result.json"
+
+// guest answers a command run in the guest over ssh (the words after `--`).
+// block says that it would not end by itself (a real guest would hang).
+func (w *fakeWorld) guest(cmd []string) (stdout, stderr string, code int, block bool) {
+	c := &w.CloudInit
+	switch strings.Join(cmd, " ") {
+	case "test -e " + fakeResultJSON:
+		if c.Running != 0 || c.Disabled {
+			if c.Running > 0 {
+				c.Running--
+			}
+			return "", "", 1, false
+		}
+		return "", "", 0, false
+	case "cloud-init status --format json":
+		st, code := c.status()
+		data, _ := json.MarshalIndent(st, "", "  ") // sorted keys, as cloud-init prints them
+		return string(data) + "\n", "", code, false
+	case "cloud-init status --wait":
+		// 22.4 waits while it runs without errors, and returns as soon as
+		// any stage logged one, while later stages still run.
+		st, code := c.status()
+		if st["status"] == "running" {
+			if c.Running < 0 {
+				return "", "", 0, true
+			}
+			c.Running = 0
+			st, code = c.status()
+		}
+		return "...\nstatus: " + st["status"].(string) + "\n", "", code, false
+	}
+	return "", "", 0, false
+}
+
+// status is `cloud-init status --format json` and its exit code.
+func (c *fakeCloudInit) status() (map[string]any, int) {
+	running := c.Running != 0
+	errs := c.Errors
+	if running {
+		errs = errs[:min(c.EarlyErrors, len(errs))]
+	}
+	status := "done"
+	switch {
+	case c.Disabled:
+		status = "disabled"
+	case len(errs) > 0:
+		status = "error" // 22.4: errors win, also while later stages still run
+	case running:
+		status = "running"
+	}
+	st := map[string]any{"boot_status_code": "enabled-by-generator", "datasource": "nocloud",
+		"detail": "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]", "errors": append([]string{}, errs...),
+		"last_update": "Thu, 01 Jan 1970 00:00:42 +0000", "status": status}
+	code := 0
+	if status == "error" {
+		code = 1
+	}
+	if !c.Newer {
+		st["_schema_version"] = "1"
+		return st, code
+	}
+	phase := "done"
+	if running {
+		phase = "running"
+	}
+	st["extended_status"], st["recoverable_errors"] = status, map[string][]string{}
+	switch {
+	case status == "error":
+		st["extended_status"] = "error - " + phase
+	case len(c.Recoverable) > 0:
+		st["extended_status"], st["recoverable_errors"], code = "degraded "+phase, c.Recoverable, 2
+	}
+	return st, code
 }
 
 func newFakeWorld() *fakeWorld {
@@ -449,11 +546,24 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		}
 		f.mu.Lock()
 		up := f.world.anyRunning()
-		f.mu.Unlock()
-		if !up {
-			return fail(255, "ssh: connect to host 127.0.0.1: Connection refused")
+		var out, errOut string
+		code, block := 0, false
+		if up {
+			out, errOut, code, block = f.world.guest(remoteCommand(short))
 		}
-		return Result{}, nil
+		f.mu.Unlock()
+		switch {
+		case !up:
+			return fail(255, "ssh: connect to host 127.0.0.1: Connection refused")
+		case block:
+			<-ctx.Done()
+			return Result{}, ctx.Err()
+		case code != 0:
+			res, err := fail(code, errOut)
+			res.Stdout = []byte(out)
+			return res, err
+		}
+		return Result{Stdout: []byte(out)}, nil
 	case "ansible-playbook":
 		f.playbookStarted <- struct{}{}
 		if f.onPlaybook != nil {
@@ -471,6 +581,14 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		return Result{}, nil
 	}
 	return fail(127, "fake: unknown program "+c.Args[0])
+}
+
+// remoteCommand is what an ssh command line runs in the guest: the words after `--`.
+func remoteCommand(short []string) []string {
+	if i := slices.Index(short, "--"); i >= 0 {
+		return short[i+1:]
+	}
+	return nil
 }
 
 // virshCalls returns the recorded calls, leaving out ssh's (its polling is timing).

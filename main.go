@@ -49,6 +49,8 @@ Flags of up:
   --no-provision          skip the playbook
   --reset                 destroy this VM's domain, volumes and state first
   --boot-timeout D        (default 5m)
+  --cloud-init-errors warn|fail           what a failed cloud-init module does in
+                          the first boot: warn and go on (default), or fail (VM kept)
   --shutdown-timeout D    (default 60s)
   --json                  JSON Lines events on stdout
 

@@ -86,15 +86,24 @@ func fakeMain(prog string, args []string) int {
 		return 0
 	case "ssh":
 		up := world.anyRunning()
-		unlock()
 		if slices.Contains(short, "master") {
+			unlock()
 			time.Sleep(24 * time.Hour) // the ControlMaster runs until vmup stops its group
 		}
 		if !up {
+			unlock()
 			fmt.Fprintln(os.Stderr, "ssh: connect to host 127.0.0.1: Connection refused")
 			return 255
 		}
-		return 0
+		out, errOut, code, block := world.guest(remoteCommand(short))
+		saveWorld(filepath.Join(dir, "world.json"), world)
+		unlock()
+		if block {
+			time.Sleep(24 * time.Hour) // until vmup stops its group
+		}
+		fmt.Print(out)
+		fmt.Fprint(os.Stderr, errOut)
+		return code
 	case "ansible-playbook":
 		unlock()
 		mode := os.Getenv("VMUP_FAKE_PLAYBOOK")

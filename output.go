@@ -37,6 +37,8 @@ type jsonEvent struct {
 	Message  string `json:"message,omitempty"`
 	Step     string `json:"step,omitempty"`
 	ExitCode *int   `json:"exit_code,omitempty"`
+	// Modules names the cloud-init modules a warning is about.
+	Modules []string `json:"modules,omitempty"`
 }
 
 func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
@@ -52,11 +54,15 @@ func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
 }
 
 func (o *Output) emit(event, message, step string, exit *int) {
+	o.emitEvent(jsonEvent{Event: event, Message: message, Step: step, ExitCode: exit})
+}
+
+// emitEvent adds the time, the VM and the phase to ev and writes it.
+func (o *Output) emitEvent(ev jsonEvent) {
 	if o.json == nil {
 		return
 	}
-	ev := jsonEvent{Time: time.Now().UTC().Format(time.RFC3339Nano), VM: o.vm, Event: event,
-		Message: message, Step: step, ExitCode: exit}
+	ev.Time, ev.VM = time.Now().UTC().Format(time.RFC3339Nano), o.vm
 	if o.phase >= 0 {
 		ev.Phase = o.phase.String()
 	}
@@ -196,6 +202,16 @@ func (w *indentWriter) Write(p []byte) (int, error) {
 func (o *Output) Warn(format string, a ...any)  { o.message("warning", format, a...) }
 func (o *Output) Hint(format string, a ...any)  { o.message("hint", format, a...) }
 func (o *Output) Error(format string, a ...any) { o.message("error", format, a...) }
+
+// WarnModules is a warning about failed cloud-init modules: its JSON event
+// names them in "modules", so a script need not parse the message.
+func (o *Output) WarnModules(modules []string, format string, a ...any) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	msg := fmt.Sprintf(format, a...)
+	o.line("vmup: warning: %s", msg)
+	o.emitEvent(jsonEvent{Event: "warning", Message: msg, Modules: modules})
+}
 
 func (o *Output) message(kind, format string, a ...any) {
 	o.mu.Lock()

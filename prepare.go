@@ -332,7 +332,7 @@ func (u *vmRun) writeSeed(ctx context.Context) error {
 func (u *vmRun) laterSeedISO() []byte {
 	return buildISO("cidata", map[string][]byte{
 		"meta-data": metaData(u.o.Name, u.j.InstanceID),
-		"user-data": []byte("#cloud-config\n"),
+		"user-data": []byte("#cloud-config\n{}\n"), // a mapping, as the schema wants
 	})
 }
 

@@ -211,8 +211,9 @@ func userData(name, user, userPublic string, host SSHKey) []byte {
 	b.WriteString("    ssh_authorized_keys:\n")
 	fmt.Fprintf(&b, "      - %q\n", strings.TrimSpace(userPublic))
 	b.WriteString("ssh_pwauth: false\n")
+	// The image's host keys go; with ssh_keys given, cloud-init generates
+	// none (an empty ssh_genkeytypes would be a schema error).
 	b.WriteString("ssh_deletekeys: true\n")
-	b.WriteString("ssh_genkeytypes: []\n")
 	b.WriteString("ssh_keys:\n")
 	b.WriteString("  ed25519_private: |\n")
 	for _, line := range strings.Split(strings.TrimSpace(string(host.Private)), "\n") {

@@ -274,13 +274,12 @@ func (h *harness) freshPrepare() [][]string {
 }
 
 func firstBoot() [][]string {
-	return seq(
+	return concat(seq(
 		"virsh domstate v1",
 		"virsh start v1",
 		"ssh master",
 		"ssh -O check",
-		"ssh -- cloud-init status --wait",
-	)
+	), cloudInitDone())
 }
 
 // completeFirstBoot attaches the seed of later boots, made in Preparing, and
@@ -494,8 +493,8 @@ func TestFailedPlaybookKeepsVMAndReupRetries(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("retry: exit %d\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(seq("virsh uri", "virsh domstate v1", "virsh domstate v1", "ssh master", "ssh -O check",
-		"ssh -- cloud-init status --wait", "ansible-playbook play.yml"), completeFirstBoot()))
+	h.checkCalls(concat(seq("virsh uri", "virsh domstate v1", "virsh domstate v1", "ssh master", "ssh -O check"),
+		cloudInitDone(), seq("ansible-playbook play.yml"), completeFirstBoot()))
 }
 
 // First boot: one Ctrl+C warns and keeps going; a second within the window wipes.

@@ -146,22 +146,52 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 		return
 	}
 	out.Done(ep.String())
-	if firstBoot {
-		out.Step("Waiting for cloud-init")
-		res, err := u.ssh.Exec(ctx, "cloud-init", "status", "--wait")
-		var ee *ExitError
-		switch {
-		case err == nil:
-			out.Done("")
-		case errors.As(err, &ee) && ee.ExitCode == 2:
-			// 2: cloud-init finished with recoverable errors (deprecated keys and such).
-			out.Done("finished with warnings")
-		default:
-			fail(fmt.Errorf("cloud-init: %s", strings.TrimSpace(string(res.Stdout)+" "+err.Error())))
-			return
-		}
+	if firstBoot && !u.cloudInitFinished(ctx, fail) {
+		return
 	}
 	u.send(EvReady, nil)
+}
+
+// cloudInitFinished waits for cloud-init and reports how it ended. Its
+// errors, while vmup's own login works, are a warning under
+// --cloud-init-errors warn, and fail the boot under fail.
+func (u *upRun) cloudInitFinished(ctx context.Context, fail func(error)) bool {
+	out := u.env.Out
+	out.Step("Waiting for cloud-init")
+	st, err := u.waitCloudInit(ctx)
+	switch {
+	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		out.Fail("timed out")
+		u.send(EvBootTimeout, fmt.Errorf("cloud-init was still running after --boot-timeout %s", u.o.BootTimeout))
+		return false
+	case err != nil:
+		fail(err)
+		return false
+	case !st.failed() && !st.degraded():
+		if st.Status == "done" {
+			out.Done("")
+		} else {
+			out.Done(st.Status) // disabled
+		}
+		return true
+	}
+	what := "finished with errors"
+	if !st.failed() {
+		what = "finished with recoverable errors"
+	}
+	msg, modules := st.report(u.o.Name)
+	if u.o.CloudInitErrors == "fail" {
+		out.Fail(what)
+	} else {
+		out.Done(what)
+	}
+	out.WarnModules(modules, "%s", msg)
+	if u.o.CloudInitErrors == "fail" {
+		u.send(EvBootFailed, fmt.Errorf("cloud-init %s, and --cloud-init-errors is fail (`vmup up %s --cloud-init-errors warn` goes on to the playbook)",
+			what, u.o.Name))
+		return false
+	}
+	return true
 }
 
 // controlSocket picks this run's ControlMaster socket. When the state dir's
