@@ -525,34 +525,12 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 		return 0, err
 	}
 	// Something else may have taken the SSH port while the VM was off.
-	if !running && j.Network == "user" && o.Network == "user" && !portFree(j.SSHPort) {
+	portTaken := !running && j.Network == "user" && o.Network == "user" && !portFree(j.SSHPort)
+	if changed || portTaken {
 		u.releaseJournal()
-		lock, err := u.globalLock(ctx)
-		if err != nil {
-			return 0, err
-		}
-		port, err := u.freePort()
-		lock.Unlock()
-		if err != nil {
-			return 0, err
-		}
-		out.Say("ssh_port", "SSH port %d is taken now; VM %s moves to %d", j.SSHPort, o.Name, port)
-		u.updateJournal(func(j *Journal) { j.SSHPort = port })
-		changed = true
-	}
-	if changed {
-		u.releaseJournal()
-		if o.Network != j.Network {
-			if err := u.switchNetwork(ctx); err != nil {
-				return 0, err
-			}
-		}
-		if o.DiskGiB > j.DiskGiB {
-			if err := u.virsh.VolResize(ctx, o.Pool, o.Name+".qcow2", int64(o.DiskGiB)<<30); err != nil {
-				return 0, err
-			}
-		}
-		if err := u.define(ctx); err != nil {
+		// Not cut short by an interrupt (each step is quick): the interrupt
+		// takes effect once the domain and the journal agree again.
+		if err := u.redefine(context.WithoutCancel(ctx), portTaken); err != nil {
 			return 0, err
 		}
 		out.Done("settings updated")
@@ -568,6 +546,48 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 		return EvPreparedRunning, nil
 	}
 	return EvPreparedBoot, nil
+}
+
+// redefine applies this run's settings to a shut-off VM: a new SSH port if
+// its own was taken, the network, the disk's size, then the definition. If a
+// step fails, the journal goes back to what the domain still has.
+func (u *vmRun) redefine(ctx context.Context, portTaken bool) error {
+	out, o := u.env.Out, u.o
+	u.jmu.Lock()
+	before := *u.j
+	u.jmu.Unlock()
+	err := func() error {
+		if portTaken {
+			lock, err := u.globalLock(ctx)
+			if err != nil {
+				return err
+			}
+			port, err := u.freePort()
+			lock.Unlock()
+			if err != nil {
+				return err
+			}
+			out.Say("ssh_port", "SSH port %d is taken now; VM %s moves to %d", before.SSHPort, o.Name, port)
+			u.updateJournal(func(j *Journal) { j.SSHPort = port })
+		}
+		if o.Network != before.Network {
+			if err := u.switchNetwork(ctx); err != nil {
+				return err
+			}
+		}
+		if o.DiskGiB > before.DiskGiB {
+			if err := u.virsh.VolResize(ctx, o.Pool, o.Name+".qcow2", int64(o.DiskGiB)<<30); err != nil {
+				return err
+			}
+			before.DiskGiB = o.DiskGiB // grown for good
+			u.updateJournal(func(j *Journal) { j.DiskGiB = o.DiskGiB })
+		}
+		return u.define(ctx)
+	}()
+	if err != nil {
+		u.updateJournal(func(j *Journal) { *j = before })
+	}
+	return err
 }
 
 // switchNetwork journals a shut-off VM's move to o.Network, for define: on

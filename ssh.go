@@ -39,8 +39,9 @@ func newSSH(r Runner, name, user string, paths Paths, ep Endpoint) *SSH {
 
 func hostKeyAlias(name string) string { return "vmup-" + name }
 
-// maxSocketPath keeps a socket's path within the kernel's 108 bytes.
-const maxSocketPath = 100
+// maxSocketPath keeps a socket's path within the kernel's 108 bytes, with
+// room for the ".XXXXXXXXXXXXXXXX" that ssh's master appends while it binds.
+const maxSocketPath = 90
 
 // controlPath says where the ControlMaster's socket is: in the VM's state dir,
 // or, when that path is too long for a socket, in the private dir the journal

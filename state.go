@@ -22,7 +22,10 @@ import (
 // Journal is state.json: what a later vmup needs to know about this VM,
 // written on every phase change.
 type Journal struct {
-	Name string `json:"name"`
+	// Version is the journal's format: 0 (absent) for one the previous
+	// release wrote, which journalled no volumes.
+	Version int    `json:"version,omitempty"`
+	Name    string `json:"name"`
 	// Phase is the last phase the owning `up` reached; FailedIn the phase it
 	// failed in, so a later `up` knows whether to resume or start clean.
 	Phase    string `json:"phase"`
@@ -128,8 +131,17 @@ func readJournal(p Paths) (*Journal, error) {
 	if err := validateJournal(&j, p.Name()); err != nil {
 		return nil, &journalError{name: p.Name(), problem: "is not valid: " + err.Error()}
 	}
+	if j.Version == 0 && len(j.Volumes) == 0 {
+		// The previous release made its volumes under these names and
+		// journalled none: they are this VM's.
+		name := p.Name()
+		j.Volumes = []string{name + ".qcow2", firstSeedVolume(name), laterSeedVolume(name), name + "-kernel", name + "-initrd"}
+	}
 	return &j, nil
 }
+
+// journalVersion is the format writeJournal writes.
+const journalVersion = 2
 
 // journalError is a state.json that cannot be read or is not to be trusted:
 // nothing is run or deleted on its word.
@@ -161,6 +173,7 @@ func validateJournal(j *Journal, name string) error {
 	hasNUL := func(s string) bool { return strings.ContainsRune(s, 0) }
 	unset := func(n int) bool { return n == 0 } // sizes are journalled once the domain is defined
 
+	check(j.Version >= 0 && j.Version <= journalVersion, "version %d is newer than this vmup knows (%d)", j.Version, journalVersion)
 	check(j.Name == name && validName(name), "name %q is not the VM's name %q", j.Name, name)
 	check(isPhase(j.Phase), "phase %q is no phase", j.Phase)
 	check(isPhase(j.FailedIn), "failed_in %q is no phase", j.FailedIn)
@@ -193,14 +206,16 @@ func validateJournal(j *Journal, name string) error {
 	for _, v := range j.Volumes {
 		check(validVMVolume(name, v), "volumes: %q is not a volume vmup makes for VM %s", v, name)
 	}
-	check(j.ControlDir == "" || filepath.Dir(j.ControlDir) == filepath.Clean(os.TempDir()) &&
+	// By shape only: TMPDIR may differ between runs; what is used is checked
+	// again (validControlDir: owner, mode, no symlink) and a stale one ignored.
+	check(j.ControlDir == "" || filepath.IsAbs(j.ControlDir) && filepath.Clean(j.ControlDir) == j.ControlDir &&
 		strings.HasPrefix(filepath.Base(j.ControlDir), "vmup-"), "control_dir %q is not one vmup makes", j.ControlDir)
 	return bad
 }
 
 // writeJournal replaces state.json atomically: a crash leaves the old or the new one.
 func writeJournal(p Paths, j *Journal) error {
-	j.Updated = time.Now().UTC()
+	j.Version, j.Updated = journalVersion, time.Now().UTC()
 	data, err := json.MarshalIndent(j, "", "  ")
 	if err != nil {
 		return err
@@ -211,7 +226,7 @@ func writeJournal(p Paths, j *Journal) error {
 // prepareCompletion writes the journal that commitCompletion puts in place.
 func prepareCompletion(p Paths, j Journal) error {
 	j.FirstBootDone, j.FailedIn, j.PlaybookPGID = true, "", 0
-	j.Updated = time.Now().UTC()
+	j.Version, j.Updated = journalVersion, time.Now().UTC()
 	data, err := json.MarshalIndent(j, "", "  ")
 	if err != nil {
 		return err

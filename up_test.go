@@ -130,6 +130,7 @@ type harness struct {
 	imgHash string
 	play    string
 	dir     string
+	killHit bool
 }
 
 func newHarness(t *testing.T) *harness {

@@ -353,6 +353,8 @@ func (u *vmRun) replaceSeed(ctx context.Context) {
 		u.env.Out.Warn("the cloud-init seed still holds the guest's private host key (%v); `vmup up %s` replaces it later", err, u.o.Name)
 		return
 	}
+	// The domain boots from it now: no undoing of this run may remove it.
+	u.created.drop(later)
 	u.updateJournal(func(j *Journal) { j.SeedVolume = later })
 	first := firstSeedVolume(u.o.Name)
 	if err := u.virsh.VolDelete(ctx, u.o.Pool, first); err != nil {

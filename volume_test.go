@@ -94,7 +94,7 @@ func TestResetValidatesBeforeDeleting(t *testing.T) {
 // are names vmup gives this VM's volumes.
 func TestWipeDeletesOnlyTheVMsVolumeNames(t *testing.T) {
 	for vol, ok := range map[string]bool{
-		"v1.qcow2": true, "v1-seed.iso": true, "v1-seed-2.iso": true, "v1-kernel": true, "v1-initrd": true,
+		"v1.qcow2": true, "v1-seed.iso": true, "v1-seed-boot.iso": true, "v1-seed-2.iso": false, "v1-kernel": true, "v1-initrd": true,
 		"v2.qcow2": false, "v1.raw": false, "vmup-base-0123456789abcdef.qcow2": false, "v1-seed.iso/../x": false,
 		"../v1.qcow2": false, "v1-seed-.iso": false, "": false,
 	} {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,16 +23,13 @@ func validVMVolume(name, vol string) bool {
 	if !validName(name) {
 		return false
 	}
+	// Exactly these: VM "a-seed"'s first seed is "a-seed-seed.iso".
 	switch vol {
-	case name + ".qcow2", name + "-kernel", name + "-initrd":
+	case name + ".qcow2", name + "-kernel", name + "-initrd", firstSeedVolume(name), laterSeedVolume(name):
 		return true
 	}
-	mid, ok := strings.CutPrefix(vol, name+"-seed")
-	mid, iso := strings.CutSuffix(mid, ".iso")
-	return ok && iso && seedSuffixRE.MatchString(mid)
+	return false
 }
-
-var seedSuffixRE = regexp.MustCompile(`^(-[0-9a-z]+)?$`)
 
 func (u *upRun) wipe(_ context.Context, old []*sync.WaitGroup) {
 	u.waitOldWorkers(old)
