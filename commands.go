@@ -134,6 +134,7 @@ func waitBusy(env Env, paths Paths, cmd string) (*Lock, int) {
 
 func runDown(env Env, o *Options) int {
 	out := env.Out
+	go sayGoingOn(env, "down", o.Name)
 	paths, j, code := loadVM(env, o, "down")
 	if j == nil {
 		return code
@@ -224,6 +225,7 @@ func waitShutOff(ctx context.Context, v *Virsh, name string, timeout, poll time.
 
 func runDestroy(env Env, o *Options) int {
 	out := env.Out
+	go sayGoingOn(env, "destroy", o.Name)
 	if err := requireName(o, "destroy"); err != nil {
 		return reportError(out, err)
 	}
@@ -333,6 +335,14 @@ func domainVolumes(ctx context.Context, v *Virsh, pool, name string) ([]string, 
 }
 
 var domainFileRE = regexp.MustCompile(`(?:file=['"]|<kernel>|<initrd>)(/[^'"<]+)`)
+
+// sayGoingOn acknowledges a signal to destroy or down, which finish what
+// they began: stopped halfway they would leave the VM half removed.
+func sayGoingOn(env Env, cmd, name string) {
+	for range env.Signals {
+		env.Out.Warn("vmup %s of VM %s goes on until it is done; it is never left halfway", cmd, name)
+	}
+}
 
 // vmStatus is one VM as `status --json` shows it.
 type vmStatus struct {

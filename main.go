@@ -116,7 +116,9 @@ func run(args []string) int {
 
 	// Signals are caught from the start, so none is lost before the controller runs.
 	sigs := make(chan os.Signal, 8)
-	if cmd == "up" || cmd == "provision" {
+	// destroy and down catch them too: killed halfway, they would leave a
+	// half-removed or half-stopped VM.
+	if cmd == "up" || cmd == "provision" || cmd == "destroy" || cmd == "down" {
 		stop := notifySignals(sigs)
 		defer stop()
 	}

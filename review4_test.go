@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -21,7 +22,11 @@ func TestReviewCtrlCDuringDestroyHalfDestroys(t *testing.T) {
 	d, out := r.start("destroy", "v1")
 	waiting()
 	unix.Kill(-d.Process.Pid, syscall.SIGINT) // the terminal's Ctrl+C to the foreground job
-	time.Sleep(300 * time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "goes on until it is done"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) || d.ProcessState != nil {
+			break // the old code died at once
+		}
+	}
 	open()
 	d.Wait()
 	w := loadWorld(filepath.Join(r.dir, "world.json"))
