@@ -331,6 +331,13 @@ func domainVolumes(ctx context.Context, v *Virsh, pool, name string) ([]string, 
 			vols = append(vols, vol)
 		}
 	}
+	// The seed the domain does not boot from now (the later one, during the
+	// first boot) is named by no definition, but it is this VM's all the same.
+	for _, seed := range []string{firstSeedVolume(name), laterSeedVolume(name)} {
+		if exists, err := v.VolExists(ctx, pool, seed); err == nil && exists && !slices.Contains(vols, seed) {
+			vols = append(vols, seed)
+		}
+	}
 	return vols, nil
 }
 
