@@ -303,7 +303,6 @@ func runDestroy(env Env, o *Options) int {
 	if err := wipeVM(ctx, v, pool, paths, vols); err != nil {
 		return reportError(out, err)
 	}
-	os.Remove(paths.Lock)
 	out.Say("destroyed", "VM %s destroyed", o.Name)
 	return exitOK
 }

@@ -110,15 +110,21 @@ func TestReviewLockFileRemovalTwoHolders(t *testing.T) {
 	// ... destroy finishes: os.Remove(paths.Lock), then Unlock.
 	os.Remove(path)
 	d.Unlock()
-	// up's flock now succeeds on the removed inode ...
-	if err := flockNB(f); err != nil {
-		t.Fatalf("flock: %v", err)
-	}
-	// ... and another up locks the new file at the path.
-	l2, _, err := tryLock(path, "up")
+	// up's lock on the removed file must not count ...
+	l1, _, err := lockOpened(f, path, "up")
 	if err == nil {
-		l2.Unlock()
+		defer l1.Unlock()
+	}
+	// ... so that another up may lock the file at the path, and only one holds it.
+	l2, _, err2 := tryLock(path, "up")
+	if err2 == nil {
+		defer l2.Unlock()
+	}
+	if err == nil && err2 == nil {
 		t.Errorf("two processes hold VM v1's lock at once")
+	}
+	if !errors.Is(err, errStaleLock) {
+		t.Errorf("a lock on a removed lock file: %v, want errStaleLock", err)
 	}
 }
 

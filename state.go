@@ -427,18 +427,47 @@ func tryLock(path, cmd string) (*Lock, int, error) {
 	if err := ensureDir(filepath.Dir(path)); err != nil {
 		return nil, 0, err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, 0, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		data, _ := os.ReadFile(path)
-		rec, _ := parseLockRecord(data)
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, rec.PID, errLocked
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, 0, err
 		}
-		return nil, 0, err
+		l, pid, err := lockOpened(f, path, cmd)
+		if !errors.Is(err, errStaleLock) {
+			return l, pid, err
+		}
+	}
+}
+
+// errStaleLock is a lock taken on a file no longer at its path.
+var errStaleLock = errors.New("lock file replaced")
+
+// lockOpened takes the lock on f, opened at path, and records the taker. A
+// holder that wrote no record yet is a probe (status) or a taker about to
+// write one: waited for briefly, it is no reason to say busy. A file removed
+// or replaced since it was opened locks nothing: errStaleLock, open it anew.
+func lockOpened(f *os.File, path, cmd string) (*Lock, int, error) {
+	for tries := 0; ; tries++ {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		data, _ := os.ReadFile(path)
+		rec, ok := parseLockRecord(data)
+		if !errors.Is(err, unix.EWOULDBLOCK) || ok || tries == 20 {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, rec.PID, errLocked
+			}
+			return nil, 0, err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var held, atPath unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &held) != nil || unix.Stat(path, &atPath) != nil ||
+		held.Ino != atPath.Ino || held.Dev != atPath.Dev {
+		f.Close()
+		return nil, 0, errStaleLock
 	}
 	start, _ := procStart(os.Getpid())
 	rec := fmt.Sprintf("%d %d %s\n", os.Getpid(), start, cmd)
