@@ -134,7 +134,7 @@ func waitBusy(env Env, paths Paths, cmd string) (*Lock, int) {
 
 func runDown(env Env, o *Options) int {
 	out := env.Out
-	go sayGoingOn(env, "down", o.Name)
+	defer sayGoingOn(env, "down", o.Name)()
 	paths, j, code := loadVM(env, o, "down")
 	if j == nil {
 		return code
@@ -225,7 +225,7 @@ func waitShutOff(ctx context.Context, v *Virsh, name string, timeout, poll time.
 
 func runDestroy(env Env, o *Options) int {
 	out := env.Out
-	go sayGoingOn(env, "destroy", o.Name)
+	defer sayGoingOn(env, "destroy", o.Name)()
 	if err := requireName(o, "destroy"); err != nil {
 		return reportError(out, err)
 	}
@@ -342,12 +342,21 @@ func domainVolumes(ctx context.Context, v *Virsh, pool, name string) ([]string, 
 
 var domainFileRE = regexp.MustCompile(`(?:file=['"]|<kernel>|<initrd>)(/[^'"<]+)`)
 
-// sayGoingOn acknowledges a signal to destroy or down, which finish what
-// they began: stopped halfway they would leave the VM half removed.
-func sayGoingOn(env Env, cmd, name string) {
-	for range env.Signals {
-		env.Out.Warn("vmup %s of VM %s goes on until it is done; it is never left halfway", cmd, name)
-	}
+// sayGoingOn acknowledges each signal to destroy or down until stop, as they
+// finish what they began: stopped halfway they would leave the VM half removed.
+func sayGoingOn(env Env, cmd, name string) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-env.Signals:
+				env.Out.Warn("vmup %s of VM %s goes on until it is done; it is never left halfway", cmd, name)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // vmStatus is one VM as `status --json` shows it.
