@@ -142,13 +142,13 @@ func runDown(env Env, o *Options) int {
 	lock, _, err := tryLock(paths.Lock, "down")
 	if errors.Is(err, errLocked) {
 		if up, ok := upHolding(paths.Lock); ok {
-			cur, _ := readJournal(paths)
-			if cur != nil {
-				if p, ok := parsePhase(cur.Phase); ok && (p == Preparing || p.FirstBoot() || p == Wiping) {
-					out.Error("VM %s is in its first boot (vmup pid %d); down would leave it half made", o.Name, up.PID)
-					out.Hint("press Ctrl+C twice in that terminal to abort it, or run `vmup destroy %s`", o.Name)
-					return exitBusy
-				}
+			// Decided by first_boot_done, which only ever turns true, not by a
+			// phase: a retry holds its journal back while it prepares, and a
+			// SIGTERM that lands once it started would wipe the VM.
+			if cur, _ := readJournal(paths); cur == nil || !cur.FirstBootDone {
+				out.Error("VM %s is in its first boot (vmup pid %d); down would leave it half made", o.Name, up.PID)
+				out.Hint("press Ctrl+C twice in that terminal to abort it, or run `vmup destroy %s`", o.Name)
+				return exitBusy
 			}
 			out.Say("stopping", "Asking vmup pid %d to shut VM %s down", up.PID, o.Name)
 			lock, err = askOwnerToStop(env, paths, up, "down", o.ShutdownTimeout+30*time.Second)

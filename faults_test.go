@@ -208,17 +208,25 @@ func TestInterruptedRedefinitionKeepsCompletedDomain(t *testing.T) {
 	delete(j, "uuid")
 	data, _ = json.Marshal(j)
 	os.WriteFile(journal, data, 0o600)
-	waiting, _ := r.gate("domuuid")
+	waiting, open := r.gate("domuuid")
 	up := exec.Command(vmupBinary, "up", "v1", "--cpus", "4", "-d")
 	up.Env = r.env
 	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	up.Stderr = &testLogWriter{t: t}
+	stderr := &lockedWriter{w: &strings.Builder{}}
+	up.Stderr = stderr
 	if err := up.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Kill(-up.Process.Pid, syscall.SIGKILL) })
 	waiting()
 	unix.Kill(-up.Process.Pid, syscall.SIGINT)
+	// The redefinition runs to its end once begun; the interrupt then takes effect.
+	for deadline := time.Now().Add(20 * time.Second); !stderr.contains("Interrupted while preparing"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the interrupt was not taken:\n%s", stderr.String())
+		}
+	}
+	open()
 	up.Wait()
 	if code := up.ProcessState.ExitCode(); code != exitSIGINT {
 		t.Errorf("interrupted re-up: exit %d, want 130", code)
@@ -320,5 +328,27 @@ func TestResetRemovesTheOldVMOnItsOwnConnection(t *testing.T) {
 	}
 	if !undefined {
 		t.Error("the old VM was not undefined")
+	}
+}
+
+// `down` never asks an up to stop while the VM has not completed its first
+// boot: a retry of a failed first boot holds back its journal while it
+// prepares, and a SIGTERM landing once it started would wipe the kept VM.
+func TestDownRefusesARetriedFirstBoot(t *testing.T) {
+	r := startVmup(t, "fail", "-d")
+	if code := r.exitCode(); code != exitProvision {
+		t.Fatalf("up -d: exit %d, want 3", code)
+	}
+	waiting, open := r.gate("domstate")
+	up, upOut := r.start("up", "v1", "-d")
+	waiting()
+	out, code := r.vmup("down", "v1")
+	open()
+	up.Wait()
+	if code != exitBusy || !strings.Contains(out, "vmup: hint:") {
+		t.Errorf("down during a retried first boot: exit %d, want 5 with a hint\n%s", code, out)
+	}
+	if up.ProcessState.ExitCode() == exitSIGTERM || r.called("virsh undefine v1") {
+		t.Errorf("down stopped the retried first boot (exit %d)\n%s", up.ProcessState.ExitCode(), upOut)
 	}
 }

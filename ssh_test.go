@@ -195,3 +195,15 @@ func TestControlDirFromJournalValidated(t *testing.T) {
 		t.Errorf("destroy left the VM's socket dir %s: %v", good, err)
 	}
 }
+
+// ssh's master binds PATH.<16 random characters> before it renames that to
+// PATH: a socket path of 91-99 bytes never works (seen with a real sshd), so
+// vmup's paths leave room for it within the kernel's 108 bytes.
+func TestControlPathLeavesRoomForSSHsTempName(t *testing.T) {
+	for n := 60; n < 120; n++ {
+		dir := "/" + strings.Repeat("d", n-len("/ssh.sock")-1)
+		if sock := controlPath(Paths{Dir: dir}, nil); sock != "" && len(sock)+len(".0123456789abcdef") >= 108 {
+			t.Errorf("a %d-byte socket path leaves ssh no room: %s", len(sock), sock)
+		}
+	}
+}

@@ -159,6 +159,14 @@ type lockedWriter struct {
 	w  io.Writer
 }
 
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprint(l.w)
+}
+
+func (l *lockedWriter) contains(s string) bool { return strings.Contains(l.String(), s) }
+
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -12,9 +12,9 @@ import (
 	"testing"
 )
 
-// R1: a re-up that switches the network and then fails to redefine leaves a
+// a re-up that switches the network and then fails to redefine leaves a
 // journal that describes a network the domain does not have.
-func TestReviewFailedRedefineKeepsJournalTrue(t *testing.T) {
+func TestFailedRedefinitionLeavesJournalAsTheDomainIs(t *testing.T) {
 	h := newHarness(t)
 	h.createDetached()
 	h.fake.world.Domains["v1"] = "shut off"
@@ -39,9 +39,9 @@ func TestReviewFailedRedefineKeepsJournalTrue(t *testing.T) {
 	}
 }
 
-// R2: destroy with a damaged journal leaves the later seed (never attached
+// destroy with a damaged journal leaves the later seed (never attached
 // during the first boot) in the pool.
-func TestReviewDamagedJournalDestroyLeavesSeedBoot(t *testing.T) {
+func TestDestroyWithUntrustedJournalRemovesBothSeeds(t *testing.T) {
 	h := newHarness(t)
 	h.fake.playbook = "fail"
 	if code := h.wait(h.up(h.upArgs("-d")...)); code != exitProvision {
@@ -64,9 +64,9 @@ func TestReviewDamagedJournalDestroyLeavesSeedBoot(t *testing.T) {
 	}
 }
 
-// R3: lockHolder's probe takes the lock for a moment: an `up` (or any command)
+// lockHolder's probe takes the lock for a moment: an `up` (or any command)
 // that tries the free lock in that moment is told the VM is busy (exit 5).
-func TestReviewStatusProbeMakesUpBusy(t *testing.T) {
+func TestStatusProbeNeverMakesALockBusy(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "v1.lock")
 	l, _, _ := tryLock(path, "up")
@@ -97,10 +97,10 @@ func TestReviewStatusProbeMakesUpBusy(t *testing.T) {
 	}
 }
 
-// R4: destroy removes the lock file while it holds the lock; a command that
+// destroy removes the lock file while it holds the lock; a command that
 // opened the old file before, and flocks it after destroy let go, holds a lock
 // on a dead inode while the next command locks a new file: two holders.
-func TestReviewLockFileRemovalTwoHolders(t *testing.T) {
+func TestLockOnARemovedLockFileCountsForNothing(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "v1.lock")
 	d, _, _ := tryLock(path, "destroy")
@@ -128,10 +128,10 @@ func TestReviewLockFileRemovalTwoHolders(t *testing.T) {
 	}
 }
 
-// R5: a re-up that finishes the seed replacement (the later seed made by this
+// a re-up that finishes the seed replacement (the later seed made by this
 // run) and is interrupted after the redefinition: remove_partial deletes the
 // seed the completed domain now boots with.
-func TestReviewInterruptedReupSeedReplacementDeletesAttachedSeed(t *testing.T) {
+func TestInterruptedReupKeepsTheSeedItsDomainBootsFrom(t *testing.T) {
 	h := newHarness(t)
 	h.createDetached()
 	h.fake.world.Domains["v1"] = "shut off"
@@ -159,10 +159,10 @@ func TestReviewInterruptedReupSeedReplacementDeletesAttachedSeed(t *testing.T) {
 	}
 }
 
-// R6: a journal that names a private ControlMaster dir (a killed up on a long
+// a journal that names a private ControlMaster dir (a killed up on a long
 // state path) is invalid as soon as TMPDIR differs: every command refuses the
 // completed VM and the hint says to destroy it.
-func TestReviewControlDirUnderOtherTMPDIR(t *testing.T) {
+func TestControlDirJournalledUnderAnotherTMPDIRStillReads(t *testing.T) {
 	h := newHarness(t)
 	h.createDetached()
 	paths := pathsFor(h.env.Home, "v1")
@@ -180,10 +180,10 @@ func TestReviewControlDirUnderOtherTMPDIR(t *testing.T) {
 	}
 }
 
-// R7: a VM made by the previous release (state.json without "volumes" and
+// a VM made by the previous release (state.json without "volumes" and
 // "seed_volume", seed named v1-seed.iso): destroy removes the domain and the
 // state and leaves every volume in the pool.
-func TestReviewDestroyOfPreviousReleaseVMLeavesVolumes(t *testing.T) {
+func TestDestroyOfAPreviousReleaseVMRemovesItsVolumes(t *testing.T) {
 	h := newHarness(t)
 	h.createDetached()
 	paths := pathsFor(h.env.Home, "v1")
@@ -209,9 +209,9 @@ func TestReviewDestroyOfPreviousReleaseVMLeavesVolumes(t *testing.T) {
 	}
 }
 
-// R8: validVMVolume accepts another VM's volume: VM "a-seed"'s first seed
+// validVMVolume accepts another VM's volume: VM "a-seed"'s first seed
 // "a-seed-seed.iso" passes as a volume of VM "a".
-func TestReviewValidVMVolumeAcceptsAnotherVMsSeed(t *testing.T) {
+func TestVolumeNamesAreExactlyTheVMsOwn(t *testing.T) {
 	if validName("a-seed") && validVMVolume("a", "a-seed-seed.iso") {
 		t.Errorf(`a journal of VM "a" may name "a-seed-seed.iso", the first seed (with its private host key) of VM "a-seed"`)
 	}

@@ -40,7 +40,7 @@ func (h *harness) interruptAt(n int, args ...string) (code int, hit string) {
 				h.events.mu.Lock()
 				seen := false
 				for _, ev := range h.events.events[before:] {
-					if ev.Event == "aborting" || ev.Event == "stopping" || ev.Event == "confirm_abort" {
+					if ev.Event == "aborting" || ev.Event == "stopping" || ev.Event == "confirm_abort" || ev.Event == "exit" {
 						seen = true
 					}
 				}
@@ -74,7 +74,7 @@ func (h *harness) leftovers() []string {
 	return left
 }
 
-func TestReviewInterruptEveryStepOfFreshPreparing(t *testing.T) {
+func TestInterruptAtEveryStepOfFreshPreparingLeavesNothing(t *testing.T) {
 	for i := 1; i <= 60; i++ {
 		n, kill := (i+1)/2, i%2 == 0
 		t.Run(fmt.Sprint(n, kill), func(t *testing.T) {
@@ -102,7 +102,7 @@ func TestReviewInterruptEveryStepOfFreshPreparing(t *testing.T) {
 // A completed VM, shut off, re-upped with changed settings (and a pending
 // seed replacement): every interrupt in Preparing keeps a bootable VM whose
 // journal matches its domain.
-func TestReviewInterruptEveryStepOfReupPreparing(t *testing.T) {
+func TestInterruptAtEveryStepOfReupPreparingKeepsTheVM(t *testing.T) {
 	for i := 1; i <= 40; i++ {
 		n, kill := (i+1)/2, i%2 == 0
 		t.Run(fmt.Sprint(n, kill), func(t *testing.T) {
@@ -159,7 +159,7 @@ func (h *harness) tracked(what string) {
 	}
 }
 
-func TestReviewInterruptEveryStepOfRecoverAndReset(t *testing.T) {
+func TestInterruptAtEveryStepOfRecoveryAndReset(t *testing.T) {
 	for _, mode := range []string{"recover", "reset"} {
 		for i := 1; i <= 70; i++ {
 			n, kill := (i+1)/2, i%2 == 0

@@ -11,9 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// R9: Ctrl+C (or a closed terminal's SIGHUP) during `vmup destroy` kills it
+// Ctrl+C (or a closed terminal's SIGHUP) during `vmup destroy` kills it
 // between `virsh destroy` and `undefine`: a half-destroyed VM.
-func TestReviewCtrlCDuringDestroyHalfDestroys(t *testing.T) {
+func TestCtrlCDuringDestroyNeverHalfDestroys(t *testing.T) {
 	r := startVmup(t, "ok", "-d")
 	if code := r.exitCode(); code != 0 {
 		t.Fatalf("up -d: exit %d", code)
@@ -45,12 +45,12 @@ func TestReviewCtrlCDuringDestroyHalfDestroys(t *testing.T) {
 	}
 }
 
-// R11: `down` decides "not in its first boot" from state.json, which a
+// `down` decides "not in its first boot" from state.json, which a
 // retried first boot holds back while it prepares; if the up enters starting
 // between that read and the SIGTERM, the kept VM is wiped.
-func TestReviewDownRacesRetriedFirstBoot(t *testing.T) {
-	if os.Getenv("REVIEW_RACE") == "" {
-		t.Skip("slow")
+func TestDownRacingARetriedFirstBootStress(t *testing.T) {
+	if os.Getenv("VMUP_STRESS") == "" {
+		t.Skip("a stress test: set VMUP_STRESS=1")
 	}
 	r := startVmup(t, "fail", "-d")
 	if code := r.exitCode(); code != exitProvision {
