@@ -143,7 +143,7 @@ func runDown(env Env, o *Options) int {
 		if up, ok := upHolding(paths.Lock); ok {
 			cur, _ := readJournal(paths)
 			if cur != nil {
-				if p, ok := parsePhase(cur.Phase); ok && (p == Preparing || p.FirstBoot() || p == Wiping) {
+				if p := cur.Phase; p == Preparing || p.FirstBoot() || p == Wiping {
 					out.Error("VM %s is in its first boot (vmup pid %d); down would leave it half made", o.Name, up.PID)
 					out.Hint("press Ctrl+C twice in that terminal to abort it, or run `vmup destroy %s`", o.Name)
 					return exitBusy
@@ -203,7 +203,7 @@ func runDown(env Env, o *Options) int {
 
 func markStopped(paths Paths) {
 	if j, err := readJournal(paths); err == nil && j != nil {
-		j.Phase = Stopped.String()
+		j.Phase = Stopped
 		writeJournal(paths, j)
 	}
 }
@@ -355,12 +355,12 @@ func statusOf(ctx context.Context, env Env, name string) vmStatus {
 		s.Phase = "damaged" // `vmup status NAME` says how
 	}
 	if j != nil {
-		s.Phase, connect = j.Phase, j.Connect
+		s.Phase, connect = j.Phase.String(), j.Connect
 		rec, held := lockHolder(paths.Lock)
 		if held && rec.alive() {
 			s.PID, s.Holder = rec.PID, rec.Command
 		}
-		if (!held || rec.Command != "up") && (s.Phase == Running.String() || s.Phase == Booting.String()) {
+		if (!held || rec.Command != "up") && (j.Phase == Running || j.Phase == Booting) {
 			s.Phase = "detached" // its vmup is gone; the VM may still run
 		}
 		if j.SSHPort != 0 {

@@ -230,12 +230,12 @@ func (u *upRun) setPhase(from, to Phase) {
 		u.releaseJournal()
 	}
 	err := u.updateJournal(func(j *Journal) {
-		j.Phase = to.String()
+		j.Phase = to
 		j.PID = os.Getpid()
 		if to == Failed || to == StopFailed {
-			j.FailedIn = from.String()
+			j.FailedIn = from
 		} else if !to.Terminal() {
-			j.FailedIn = ""
+			j.FailedIn = noPhase
 		}
 	})
 	if err != nil && !errors.Is(err, os.ErrNotExist) {

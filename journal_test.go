@@ -65,8 +65,8 @@ func TestJournalValuesAreValidated(t *testing.T) {
 		{"pid", -1, "pid -1"},
 		{"playbook_pgid", -1, "playbook_pgid -1"},
 		{"playbook_pgid", int64(1) << 40, "playbook_pgid 1099511627776"},
-		{"phase", "bogus", `phase "bogus"`},
-		{"failed_in", "later", `failed_in "later"`},
+		{"phase", "bogus", `"bogus" is no phase`}, // a Phase reads only its names
+		{"failed_in", "later", `"later" is no phase`},
 		{"playbook", "site.yml", `playbook "site.yml"`},
 		{"playbook_args", []string{"-e", "a\x00b"}, `playbook_args`},
 		{"forwards", []string{"80"}, `forwards`},

@@ -40,7 +40,7 @@ type jsonEvent struct {
 }
 
 func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
-	o := &Output{human: human, vm: vm, phase: -1}
+	o := &Output{human: human, vm: vm, phase: noPhase}
 	if jsonOut != nil {
 		o.json = json.NewEncoder(jsonOut)
 	}
@@ -57,7 +57,7 @@ func (o *Output) emit(event, message, step string, exit *int) {
 	}
 	ev := jsonEvent{Time: time.Now().UTC().Format(time.RFC3339Nano), VM: o.vm, Event: event,
 		Message: message, Step: step, ExitCode: exit}
-	if o.phase >= 0 {
+	if o.phase != noPhase {
 		ev.Phase = o.phase.String()
 	}
 	o.json.Encode(ev)
@@ -78,7 +78,7 @@ func (o *Output) SetPhase(p Phase) {
 	from := o.phase
 	o.phase = p
 	msg := p.String()
-	if from >= 0 {
+	if from != noPhase {
 		msg = from.String() + " -> " + p.String()
 	}
 	o.emit("phase", msg, "", nil)

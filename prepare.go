@@ -94,8 +94,8 @@ func (u *upRun) prepareFresh(ctx context.Context) error {
 	if u.recover != nil || o.Reset {
 		if u.recover != nil {
 			how := fmt.Sprintf("was interrupted (vmup pid %d is gone)", u.recover.PID)
-			if u.recover.Phase == Failed.String() {
-				how = "failed while " + u.recover.FailedIn
+			if u.recover.Phase == Failed {
+				how = "failed while " + u.recover.FailedIn.String()
 			}
 			out.Say("recovering", "An earlier first boot of %s %s: removing it and starting clean", o.Name, how)
 			reapGroup(u.recover.PlaybookPGID, u.paths)

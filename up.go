@@ -75,7 +75,7 @@ func runUp(env Env, o *Options) int {
 				}
 			}
 		}
-		j = &Journal{Name: o.Name, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
+		j = &Journal{Name: o.Name, Phase: Preparing, FailedIn: noPhase, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
 			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision}
 	}
 	u.j = j
@@ -91,11 +91,11 @@ func runUp(env Env, o *Options) int {
 // or of one that failed before anything booted. Only those are wiped and
 // started clean; every other unfinished first boot is kept and retried.
 func diedMidFirstBoot(j *Journal) bool {
-	switch p, _ := parsePhase(j.Phase); p {
+	switch j.Phase {
 	case Preparing, Starting, Provisioning, Wiping:
-		return j.Phase == p.String()
+		return true
 	case Failed:
-		return j.FailedIn == Preparing.String() || j.FailedIn == Wiping.String()
+		return j.FailedIn == Preparing || j.FailedIn == Wiping
 	}
 	return false
 }
