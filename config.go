@@ -85,6 +85,7 @@ const (
 type usageError struct{ msg, hint string }
 
 func (e *usageError) Error() string { return e.msg }
+func (e *usageError) Hint() string  { return e.hint }
 
 func usagef(hint, format string, a ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, a...), hint: hint}
@@ -173,7 +174,7 @@ func loadConfig(o *Options) error {
 	}
 	var c fileConfig
 	if err := decodeStrict(data, &c); err != nil {
-		return usagef("field names are the long flag names, e.g. {\"image\": \"debian.qcow2\", \"memory\": 4096}",
+		return usagef("name the fields as the long flags, e.g. `{\"image\": \"debian.qcow2\", \"memory\": 4096}`",
 			"%s: %v", configFile, err)
 	}
 	raw := map[string]json.RawMessage{}
@@ -234,7 +235,7 @@ func loadConfig(o *Options) error {
 		}
 		v, err := time.ParseDuration(*d.src)
 		if err != nil {
-			return usagef("durations are Go duration strings such as \"90s\" or \"5m\"", "%s: %s: %v", configFile, d.name, err)
+			return usagef("write durations as Go durations such as \"90s\" or \"5m\"", "%s: %s: %v", configFile, d.name, err)
 		}
 		*d.dst = v
 	}
@@ -343,7 +344,7 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, nil, err
 			}
-			return nil, nil, usagef(fmt.Sprintf("see: vmup %s --help", cmd), "%v", err)
+			return nil, nil, usagef(fmt.Sprintf("run `vmup %s --help` to see its flags", cmd), "%v", err)
 		}
 		if fs.NArg() == 0 {
 			break
@@ -358,7 +359,7 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 		o.set[f.Name] = true
 	})
 	if len(positional) > 1 {
-		return nil, nil, usagef(fmt.Sprintf("see: vmup %s --help", cmd), "too many arguments: %s", strings.Join(positional, " "))
+		return nil, nil, usagef(fmt.Sprintf("run `vmup %s --help` to see its arguments", cmd), "too many arguments: %s", strings.Join(positional, " "))
 	}
 	if len(positional) == 1 {
 		o.Name = positional[0]
@@ -375,10 +376,10 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 // requireName checks the VM name that a command acts on.
 func requireName(o *Options, cmd string) error {
 	if o.Name == "" {
-		return usagef(fmt.Sprintf("give a name (vmup %s NAME) or put \"name\" in %s", cmd, configFile), "no VM name")
+		return usagef(fmt.Sprintf("give a name (`vmup %s NAME`) or put \"name\" in %s", cmd, configFile), "no VM name")
 	}
 	if !validName(o.Name) {
-		return usagef("names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit",
+		return usagef("choose a name of 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit",
 			"invalid VM name %q", o.Name)
 	}
 	return nil
@@ -409,7 +410,7 @@ func validateUp(o *Options) error {
 	case o.BootTimeout <= 0 || o.ShutdownTimeout <= 0:
 		return usagef("", "timeouts must be positive")
 	case o.Network == "nat" && o.Detach && len(o.Forwards) > 0:
-		return usagef("use --network user for forwards that outlive vmup, or run vmup up in the foreground",
+		return usagef("use `--network user` for forwards that outlive vmup, or run `vmup up` in the foreground",
 			"--network nat with --detach cannot keep --forward: the forwards would end with vmup")
 	case o.RestrictNetwork && o.Network != "user":
 		return usagef("", "--restrict-network needs --network user")
@@ -422,7 +423,7 @@ func validateUp(o *Options) error {
 	case !validConnect(o.Connect):
 		return usagef("", "--connect %q is not a libvirt URI", o.Connect)
 	case !validPool(o.Pool):
-		return usagef("pool names are letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool)
+		return usagef("choose a pool name of letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool)
 	}
 	for _, f := range []struct{ flag, path string }{
 		{"--playbook", o.Playbook}, {"--kernel", o.Kernel}, {"--initrd", o.Initrd},

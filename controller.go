@@ -363,34 +363,43 @@ func (u *upRun) finish() {
 	out.Exit(u.exit, u.phase.String())
 }
 
+// reportFailure reports what failed and what to do about it; the table's row
+// has set the exit code.
 func (u *upRun) reportFailure(from Phase, ev Event) {
-	out := u.env.Out
 	name := u.o.Name
+	var err *hintedError
 	switch {
+	case ev == EvPrepareRejected:
+		err = &hintedError{msg: u.failure, hint: u.failHint}
 	case ev == EvRecordFailed:
-		out.Error("the playbook passed, but the completed first boot could not be recorded: %s", u.failure)
-		out.Hint("free space in %s, then run `vmup up %s`: it runs the first boot's playbook again", u.env.Home, name)
+		err = &hintedError{
+			msg:  "the playbook passed, but the completed first boot could not be recorded: " + u.failure,
+			hint: fmt.Sprintf("free space in %s, then run `vmup up %s` to run the first boot's playbook again", u.env.Home, name),
+		}
 	case u.phase == StopFailed:
-		out.Error("VM %s could not be stopped: %s", name, u.failure)
-		out.Hint("try: virsh -c %s destroy %s", u.o.Connect, name)
+		err = &hintedError{
+			msg:  fmt.Sprintf("VM %s could not be stopped: %s", name, u.failure),
+			hint: fmt.Sprintf("run `virsh -c %s destroy %s` to force it off", u.o.Connect, name),
+		}
 	case from == Wiping:
-		out.Error("could not remove VM %s completely: %s", name, u.failure)
-		out.Hint("run: vmup destroy %s", name)
+		err = &hintedError{
+			msg:  fmt.Sprintf("could not remove VM %s completely: %s", name, u.failure),
+			hint: fmt.Sprintf("run `vmup destroy %s` to remove the rest", name),
+		}
 	case from == Preparing:
-		out.Error("preparing VM %s failed: %s", name, u.failure)
-		if u.failHint != "" {
-			out.Hint("%s", u.failHint)
-		} else {
-			out.Hint("fix the cause, then run `vmup up %s` again", name)
+		err = &hintedError{msg: fmt.Sprintf("preparing VM %s failed: %s", name, u.failure), hint: u.failHint}
+		if err.hint == "" {
+			err.hint = fmt.Sprintf("fix the cause, then run `vmup up %s` again", name)
 		}
 	default:
-		out.Error("%s failed: %s", from, u.failure)
+		err = &hintedError{msg: fmt.Sprintf("%s failed: %s", from, u.failure)}
 		if from == Provisioning && u.logPath != "" {
-			out.Hint("the VM keeps running; playbook log: %s", u.logPath)
+			err.hint = fmt.Sprintf("read the playbook's log %s (the VM keeps running)\n", u.logPath)
 		}
-		out.Hint("inspect with `vmup ssh %s` or the console log %s; `vmup up %s` retries; `vmup destroy %s` removes it",
-			name, u.paths.Console(), name, name)
+		err.hint += fmt.Sprintf("run `vmup ssh %s` or read the console log %s to see what went wrong\n", name, u.paths.Console()) +
+			fmt.Sprintf("run `vmup up %s` to try again, or `vmup destroy %s` to remove the VM", name, name)
 	}
+	reportError(u.env.Out, err)
 }
 
 // ---- workers: each ends by sending one event, unless it was cancelled ----
@@ -508,7 +517,7 @@ func (u *upRun) domainAlive(ctx context.Context) error {
 		return err
 	}
 	if state != "running" {
-		return fmt.Errorf("the domain is %s; see the console log %s", state, u.paths.Console())
+		return fmt.Errorf("the domain is %s", state) // the failure's hint names the console log
 	}
 	return nil
 }

@@ -1,7 +1,23 @@
 package main
 
+// Everything vmup tells the user goes through Output, in one voice:
+//
+//   - An error says what failed and names the thing: "cannot reach libvirt at
+//     qemu:///system: …". Lowercase unless it starts with a name (VM web),
+//     no trailing period.
+//   - A warning says what vmup did anyway, or did not do: "the guest did not
+//     shut down within 1m0s; forcing it off".
+//   - A hint says what to do next: an imperative, any command in backticks,
+//     "run `vmup destroy web` to remove it". One hint per line; an error may
+//     have several.
+//
+// reportError is the only function that prints an error and its hints. Code
+// that fails returns an error carrying them: a usageError (exit 2, nothing
+// created) or a hintedError (exit 1 unless it names another code).
+
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -196,6 +212,42 @@ func (w *indentWriter) Write(p []byte) (int, error) {
 func (o *Output) Warn(format string, a ...any)  { o.message("warning", format, a...) }
 func (o *Output) Hint(format string, a ...any)  { o.message("hint", format, a...) }
 func (o *Output) Error(format string, a ...any) { o.message("error", format, a...) }
+
+// hintedError is a failure that says what to do about it. Each line of hint
+// is a hint of its own; code is the exit code, exitFailed if 0.
+type hintedError struct {
+	msg, hint string
+	code      int
+}
+
+func (e *hintedError) Error() string { return e.msg }
+func (e *hintedError) Hint() string  { return e.hint }
+
+// reportError prints err and its hints, and returns the exit code it calls for.
+func reportError(out *Output, err error) int {
+	code := exitFailed
+	var ue *usageError
+	var he *hintedError
+	switch {
+	case errors.As(err, &ue):
+		out.Error("%s", ue.msg)
+		code = exitUsage
+	default:
+		out.Error("%v", err)
+		if errors.As(err, &he) && he.code != 0 {
+			code = he.code
+		}
+	}
+	var h interface{ Hint() string }
+	if errors.As(err, &h) {
+		for line := range strings.SplitSeq(h.Hint(), "\n") {
+			if line != "" {
+				out.Hint("%s", line)
+			}
+		}
+	}
+	return code
+}
 
 func (o *Output) message(kind, format string, a ...any) {
 	o.mu.Lock()

@@ -84,7 +84,7 @@ func vmupHome() (string, error) {
 	}
 	home, err := os.UserHomeDir()
 	if err != nil {
-		return "", fmt.Errorf("cannot find a home for vmup's state: %w (set VMUP_HOME)", err)
+		return "", &hintedError{msg: "cannot find a home for vmup's state: " + err.Error(), hint: "set VMUP_HOME to a directory for it"}
 	}
 	return filepath.Join(home, ".local", "state", "vmup"), nil
 }
@@ -137,7 +137,7 @@ type journalError struct{ name, problem string }
 
 func (e *journalError) Error() string { return fmt.Sprintf("VM %s: state.json %s", e.name, e.problem) }
 func (e *journalError) Hint() string {
-	return fmt.Sprintf("`vmup destroy %s` removes the VM and its state", e.name)
+	return fmt.Sprintf("run `vmup destroy %s` to remove the VM and its state", e.name)
 }
 
 var (
@@ -295,7 +295,7 @@ type dirError struct{ path, why string }
 
 func (e *dirError) Error() string { return "state directory " + e.path + " " + e.why }
 func (e *dirError) Hint() string {
-	return "vmup keeps its state only in directories of its own: move this one away, or set VMUP_HOME"
+	return "move this one away, or set VMUP_HOME elsewhere: vmup keeps its state only in directories of its own"
 }
 
 // checkOwnDir accepts a directory that is missing (vmup makes it) or is a
