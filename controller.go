@@ -350,7 +350,7 @@ func (u *upRun) finish() {
 	u.workCancel()
 	switch u.phase {
 	case Stopped:
-		out.Say("stopped", "VM %s is shut off (start it again with: vmup up %s)", u.o.Name, u.o.Name)
+		out.Say("stopped", "VM %s is shut off (start it again with `vmup up %s`)", u.o.Name, u.o.Name)
 	case Aborted:
 		if u.wiped {
 			out.Say("aborted", "Aborted: VM %s was removed", u.o.Name)
@@ -358,7 +358,7 @@ func (u *upRun) finish() {
 			out.Say("aborted", "Aborted")
 		}
 	case Detached:
-		out.Say("detached", "VM %s keeps running (stop it with: vmup down %s)", u.o.Name, u.o.Name)
+		out.Say("detached", "VM %s keeps running (stop it with `vmup down %s`)", u.o.Name, u.o.Name)
 	}
 	out.Exit(u.exit, u.phase.String())
 }

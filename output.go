@@ -209,6 +209,8 @@ func (w *indentWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Warn may be called anywhere; Error and Hint only by reportError
+// (voice_test.go checks).
 func (o *Output) Warn(format string, a ...any)  { o.message("warning", format, a...) }
 func (o *Output) Hint(format string, a ...any)  { o.message("hint", format, a...) }
 func (o *Output) Error(format string, a ...any) { o.message("error", format, a...) }
