@@ -79,7 +79,10 @@ func deletePartialBase(ctx context.Context, v *Virsh, pool, base string) error {
 	err := v.VolDelete(ctx, pool, base)
 	if errors.Is(err, errBusy) {
 		// libvirt holds a volume while a stream writes it.
-		return fmt.Errorf("base volume %s is being written (does another vmup upload it?); try again once it is done: %w", base, err)
+		return &hintedError{
+			msg:  fmt.Sprintf("base volume %s is being written, maybe by another vmup: %v", base, err),
+			hint: "wait for that upload to finish, then run the command again",
+		}
 	}
 	return err
 }
@@ -154,6 +157,6 @@ func (u *vmRun) verifyBase(ctx context.Context, img BaseImage, base string, user
 	return &hintedError{
 		msg: fmt.Sprintf("base volume %s in pool %s is incomplete (its upload was cut off), and volumes are backed by it: %s",
 			base, u.o.Pool, strings.Join(users, ", ")),
-		hint: "those volumes were built on a partial image: remove their VMs (vmup destroy NAME), then run vmup up again",
+		hint: "run `vmup destroy NAME` for each of those VMs (they were built on a partial image), then `vmup up` again",
 	}
 }

@@ -229,7 +229,7 @@ func (u *vmRun) cloudInitStatus(ctx context.Context) (cloudInitStatus, error) {
 	}
 	st, perr := parseCloudInitStatus(res.Stdout)
 	if perr != nil {
-		return st, fmt.Errorf("cannot read `cloud-init status --format json` in the guest (exit %d): %v", res.ExitCode, perr)
+		return st, fmt.Errorf("cannot read cloud-init's JSON status in the guest (exit %d): %v", res.ExitCode, perr)
 	}
 	st.exitCode = res.ExitCode
 	return st, nil

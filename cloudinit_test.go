@@ -76,8 +76,9 @@ func TestCloudInitErrorsFailPolicyKeepsVMAndLaterUpDecidesAgain(t *testing.T) {
 	h.checkCalls(concat(h.freshPrepare(), firstBoot()))
 	for _, want := range []string{
 		"vmup: warning: cloud-init finished with errors: module scripts-user: Runparts",
-		"vmup: error: starting failed: cloud-init finished with errors, and --cloud-init-errors is fail (`vmup up v1 --cloud-init-errors warn` goes on to the playbook)",
-		"`vmup destroy v1` removes it",
+		"vmup: error: starting failed: cloud-init finished with errors, and --cloud-init-errors is fail",
+		"vmup: hint: run `vmup up v1 --cloud-init-errors warn` to go on to the playbook",
+		"`vmup destroy v1` to remove the VM",
 	} {
 		if !strings.Contains(h.stderr.String(), want) {
 			t.Errorf("stderr lacks %q:\n%s", want, h.stderr)
@@ -86,7 +87,7 @@ func TestCloudInitErrorsFailPolicyKeepsVMAndLaterUpDecidesAgain(t *testing.T) {
 	if ev := h.cloudInitWarning(); ev == nil || !slices.Equal(ev.Modules, []string{"scripts-user"}) {
 		t.Errorf("JSON warning %+v; want modules [scripts-user]", ev)
 	}
-	if j := h.journal(); j.Phase != "failed" || j.FailedIn != "starting" || j.FirstBootDone {
+	if j := h.journal(); j.Phase != Failed || j.FailedIn != Starting || j.FirstBootDone {
 		t.Errorf("journal %+v; want failed in starting", j)
 	}
 	for _, vol := range firstBootVolumes {
@@ -211,7 +212,7 @@ func TestCloudInitStillRunningAtBootTimeoutKeepsVM(t *testing.T) {
 	if !strings.Contains(h.stderr.String(), "cloud-init was still running after --boot-timeout 300ms") {
 		t.Errorf("the error does not say cloud-init was still running:\n%s", h.stderr)
 	}
-	if j := h.journal(); j.Phase != "failed" || j.FailedIn != "starting" {
+	if j := h.journal(); j.Phase != Failed || j.FailedIn != Starting {
 		t.Errorf("journal phase %s failed in %s; want failed in starting", j.Phase, j.FailedIn)
 	}
 	if h.fake.world.Domains["v1"] != "running" || !h.fake.world.Volumes["vmup/v1.qcow2"] {

@@ -21,8 +21,7 @@ import (
 func lockVM(out *Output, paths Paths, cmd string) (*Lock, int) {
 	lock, holder, err := tryLock(paths.Lock, cmd)
 	if errors.Is(err, errLocked) {
-		out.Error("VM %s is busy (pid %d)", paths.Name(), holder)
-		return nil, exitBusy
+		return nil, reportError(out, &hintedError{msg: fmt.Sprintf("VM %s is busy (pid %d)", paths.Name(), holder), code: exitBusy})
 	}
 	if err != nil {
 		return nil, reportError(out, err)
@@ -44,9 +43,10 @@ func loadVM(env Env, o *Options, cmd string) (Paths, *Journal, int) {
 		return paths, nil, reportError(env.Out, err)
 	}
 	if j == nil {
-		env.Out.Error("no VM named %s", o.Name)
-		env.Out.Hint("`vmup status` lists the VMs; `vmup up %s --image …` creates it", o.Name)
-		return paths, nil, exitFailed
+		return paths, nil, reportError(env.Out, &hintedError{
+			msg:  "no VM named " + o.Name,
+			hint: fmt.Sprintf("run `vmup status` to list the VMs, or `vmup up %s --image …` to create it", o.Name),
+		})
 	}
 	return paths, j, -1
 }
@@ -122,9 +122,11 @@ func waitBusy(env Env, paths Paths, cmd string) (*Lock, int) {
 	l, err := waitLock(ctx, paths.Lock, cmd)
 	if errors.Is(err, errLocked) {
 		rec, _ := lockHolder(paths.Lock)
-		env.Out.Error("VM %s is busy: %s is working on it", paths.Name(), rec.describe())
-		env.Out.Hint("wait for it to finish, then run the command again")
-		return nil, exitBusy
+		return nil, reportError(env.Out, &hintedError{
+			msg:  fmt.Sprintf("VM %s is busy: %s is working on it", paths.Name(), rec.describe()),
+			hint: "wait for it to finish, then run the command again",
+			code: exitBusy,
+		})
 	}
 	if err != nil {
 		return nil, reportError(env.Out, err)
@@ -146,9 +148,11 @@ func runDown(env Env, o *Options) int {
 			// phase: a retry holds its journal back while it prepares, and a
 			// SIGTERM that lands once it started would wipe the VM.
 			if cur, _ := readJournal(paths); cur == nil || !cur.FirstBootDone {
-				out.Error("VM %s is in its first boot (vmup pid %d); down would leave it half made", o.Name, up.PID)
-				out.Hint("press Ctrl+C twice in that terminal to abort it, or run `vmup destroy %s`", o.Name)
-				return exitBusy
+				return reportError(out, &hintedError{
+					msg:  fmt.Sprintf("VM %s is in its first boot (vmup pid %d); down would leave it half made", o.Name, up.PID),
+					hint: fmt.Sprintf("press Ctrl+C twice in that terminal to abort it, or run `vmup destroy %s`", o.Name),
+					code: exitBusy,
+				})
 			}
 			out.Say("stopping", "Asking vmup pid %d to shut VM %s down", up.PID, o.Name)
 			lock, err = askOwnerToStop(env, paths, up, "down", o.ShutdownTimeout+30*time.Second)
@@ -173,8 +177,8 @@ func runDown(env Env, o *Options) int {
 	}
 	v := newVirsh(env.Runner, j.Connect)
 	ctx := context.Background()
-	if err := checkLibvirt(ctx, v, out); err != nil {
-		return exitFailed
+	if err := checkLibvirt(ctx, v); err != nil {
+		return reportError(out, err)
 	}
 	state, err := v.DomState(ctx, o.Name)
 	if errors.Is(err, errNotFound) || state == "shut off" {
@@ -194,8 +198,7 @@ func runDown(env Env, o *Options) int {
 		out.Warn("the guest did not shut down within %s; forcing it off", o.ShutdownTimeout)
 	}
 	if err := v.Destroy(ctx, o.Name); err != nil && !isNotRunning(err) {
-		out.Error("cannot force VM %s off: %v", o.Name, err)
-		return exitStopFailed
+		return reportError(out, &hintedError{msg: fmt.Sprintf("cannot force VM %s off: %v", o.Name, err), code: exitStopFailed})
 	}
 	markStopped(paths)
 	out.Say("stopped", "VM %s is off", o.Name)
@@ -204,7 +207,7 @@ func runDown(env Env, o *Options) int {
 
 func markStopped(paths Paths) {
 	if j, err := readJournal(paths); err == nil && j != nil {
-		j.Phase = Stopped.String()
+		j.Phase = Stopped
 		writeJournal(paths, j)
 	}
 }
@@ -265,8 +268,8 @@ func runDestroy(env Env, o *Options) int {
 	}
 	v := newVirsh(env.Runner, connect)
 	ctx := context.Background()
-	if err := checkLibvirt(ctx, v, out); err != nil {
-		return exitFailed
+	if err := checkLibvirt(ctx, v); err != nil {
+		return reportError(out, err)
 	}
 	if bad != nil {
 		// Nothing in it is trusted: the name is the command line's, connect and
@@ -380,12 +383,12 @@ func statusOf(ctx context.Context, env Env, name string) vmStatus {
 		s.Phase = "damaged" // `vmup status NAME` says how
 	}
 	if j != nil {
-		s.Phase, connect = j.Phase, j.Connect
+		s.Phase, connect = j.Phase.String(), j.Connect
 		rec, held := lockHolder(paths.Lock)
 		if held && rec.alive() {
 			s.PID, s.Holder = rec.PID, rec.Command
 		}
-		if (!held || rec.Command != "up") && (s.Phase == Running.String() || s.Phase == Booting.String()) {
+		if (!held || rec.Command != "up") && (j.Phase == Running || j.Phase == Booting) {
 			s.Phase = "detached" // its vmup is gone; the VM may still run
 		}
 		if j.SSHPort != 0 {
@@ -449,8 +452,7 @@ func runStatus(env Env, o *Options) int {
 		return reportError(env.Out, err)
 	}
 	if j == nil {
-		env.Out.Error("no VM named %s", o.Name)
-		return statusNoSuchVM
+		return reportError(env.Out, &hintedError{msg: "no VM named " + o.Name, code: statusNoSuchVM})
 	}
 	s := statusOf(ctx, env, o.Name)
 	print(s)
@@ -466,9 +468,10 @@ func sshFor(env Env, o *Options, cmd string) (*SSH, int) {
 		return nil, code
 	}
 	if j.SSHPort == 0 {
-		env.Out.Error("VM %s has no SSH endpoint yet", o.Name)
-		env.Out.Hint("start it with `vmup up %s`", o.Name)
-		return nil, exitFailed
+		return nil, reportError(env.Out, &hintedError{
+			msg:  fmt.Sprintf("VM %s has no SSH endpoint yet", o.Name),
+			hint: fmt.Sprintf("run `vmup up %s` to start it", o.Name),
+		})
 	}
 	s := newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort})
 	s.control = controlPath(paths, j)
@@ -524,7 +527,7 @@ func runProvision(env Env, o *Options) int {
 		playbook, args = j.Playbook, j.PlaybookArgs
 	}
 	if playbook == "" {
-		return reportError(out, usagef("vmup provision NAME --playbook FILE", "no playbook to run"))
+		return reportError(out, usagef(fmt.Sprintf("run `vmup provision %s --playbook FILE` to name one", o.Name), "no playbook to run"))
 	}
 	if _, err := os.Stat(playbook); err != nil {
 		return reportError(out, usagef("", "--playbook %s: no such file", playbook))
@@ -532,13 +535,14 @@ func runProvision(env Env, o *Options) int {
 	v := newVirsh(env.Runner, j.Connect)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := checkLibvirt(ctx, v, out); err != nil {
-		return exitFailed
+	if err := checkLibvirt(ctx, v); err != nil {
+		return reportError(out, err)
 	}
 	if state, err := v.DomState(ctx, o.Name); err != nil || state != "running" {
-		out.Error("VM %s is not running", o.Name)
-		out.Hint("start it with `vmup up %s -d`", o.Name)
-		return exitFailed
+		return reportError(out, &hintedError{
+			msg:  fmt.Sprintf("VM %s is not running", o.Name),
+			hint: fmt.Sprintf("run `vmup up %s -d` to start it", o.Name),
+		})
 	}
 	s := newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort})
 	s.control = controlPath(paths, j)
@@ -560,8 +564,7 @@ func runProvision(env Env, o *Options) int {
 		return signalExit(sig)
 	case err != nil:
 		out.Fail("see " + logPath)
-		out.Error("%v", err)
-		return exitProvision
+		return reportError(out, &hintedError{msg: err.Error(), code: exitProvision})
 	}
 	out.Done("")
 	return exitOK

@@ -90,6 +90,7 @@ const (
 type usageError struct{ msg, hint string }
 
 func (e *usageError) Error() string { return e.msg }
+func (e *usageError) Hint() string  { return e.hint }
 
 func usagef(hint, format string, a ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, a...), hint: hint}
@@ -206,7 +207,7 @@ func loadConfig(o *Options) error {
 	}
 	var c fileConfig
 	if err := decodeStrict(data, &c); err != nil {
-		return usagef("field names are the long flag names, e.g. {\"image\": \"debian.qcow2\", \"memory\": 4096}",
+		return usagef("name the fields as the long flags, e.g. `{\"image\": \"debian.qcow2\", \"memory\": 4096}`",
 			"%s: %v", configFile, err)
 	}
 	raw := map[string]json.RawMessage{}
@@ -269,7 +270,7 @@ func loadConfig(o *Options) error {
 		}
 		v, err := time.ParseDuration(*d.src)
 		if err != nil {
-			return usagef("durations are Go duration strings such as \"90s\" or \"5m\"", "%s: %s: %v", configFile, d.name, err)
+			return usagef("write durations as Go durations such as \"90s\" or \"5m\"", "%s: %s: %v", configFile, d.name, err)
 		}
 		*d.dst = v
 	}
@@ -380,7 +381,7 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, nil, err
 			}
-			return nil, nil, usagef(fmt.Sprintf("see: vmup %s --help", cmd), "%v", err)
+			return nil, nil, usagef(fmt.Sprintf("run `vmup %s --help` to see its flags", cmd), "%v", err)
 		}
 		if fs.NArg() == 0 {
 			break
@@ -395,7 +396,7 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 		o.set[f.Name] = true
 	})
 	if len(positional) > 1 {
-		return nil, nil, usagef(fmt.Sprintf("see: vmup %s --help", cmd), "too many arguments: %s", strings.Join(positional, " "))
+		return nil, nil, usagef(fmt.Sprintf("run `vmup %s --help` to see its arguments", cmd), "too many arguments: %s", strings.Join(positional, " "))
 	}
 	if len(positional) == 1 {
 		o.Name = positional[0]
@@ -412,10 +413,10 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 // requireName checks the VM name that a command acts on.
 func requireName(o *Options, cmd string) error {
 	if o.Name == "" {
-		return usagef(fmt.Sprintf("give a name (vmup %s NAME) or put \"name\" in %s", cmd, configFile), "no VM name")
+		return usagef(fmt.Sprintf("give a name (`vmup %s NAME`) or put \"name\" in %s", cmd, configFile), "no VM name")
 	}
 	if !validName(o.Name) {
-		return usagef("names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit",
+		return usagef("choose a name of 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit",
 			"invalid VM name %q", o.Name)
 	}
 	return nil
@@ -448,7 +449,7 @@ func validateUp(o *Options) error {
 	case o.CloudInitErrors != "warn" && o.CloudInitErrors != "fail":
 		return usagef("", "--cloud-init-errors %q: want warn or fail", o.CloudInitErrors)
 	case o.Network == "nat" && o.Detach && len(o.Forwards) > 0:
-		return usagef("use --network user for forwards that outlive vmup, or run vmup up in the foreground",
+		return usagef("use `--network user` for forwards that outlive vmup, or run `vmup up` in the foreground",
 			"--network nat with --detach cannot keep --forward: the forwards would end with vmup")
 	case o.RestrictNetwork && o.Network != "user":
 		return usagef("", "--restrict-network needs --network user")
@@ -466,7 +467,7 @@ func validateUp(o *Options) error {
 	case !validConnect(o.Connect):
 		return usagef("", "--connect %q is not a libvirt URI", o.Connect)
 	case !validPool(o.Pool):
-		return usagef("pool names are letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool)
+		return usagef("choose a pool name of letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool)
 	}
 	for _, f := range []struct{ flag, path string }{
 		{"--playbook", o.Playbook}, {"--kernel", o.Kernel}, {"--initrd", o.Initrd},

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"time"
 )
@@ -123,12 +124,12 @@ func (u *upRun) setPhase(from, to Phase) {
 		u.releaseJournal()
 	}
 	err := u.updateJournal(func(j *Journal) {
-		j.Phase = to.String()
+		j.Phase = to
 		j.PID = os.Getpid()
 		if to == Failed || to == StopFailed {
-			j.FailedIn = from.String()
+			j.FailedIn = from
 		} else if !to.Terminal() {
-			j.FailedIn = ""
+			j.FailedIn = noPhase
 		}
 	})
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -227,7 +228,7 @@ func (u *upRun) finish() {
 	u.workCancel()
 	switch u.phase {
 	case Stopped:
-		out.Say("stopped", "VM %s is shut off (start it again with: vmup up %s)", u.o.Name, u.o.Name)
+		out.Say("stopped", "VM %s is shut off (start it again with `vmup up %s`)", u.o.Name, u.o.Name)
 	case Aborted:
 		if u.wiped {
 			out.Say("aborted", "Aborted: VM %s was removed", u.o.Name)
@@ -235,37 +236,52 @@ func (u *upRun) finish() {
 			out.Say("aborted", "Aborted")
 		}
 	case Detached:
-		out.Say("detached", "VM %s keeps running (stop it with: vmup down %s)", u.o.Name, u.o.Name)
+		out.Say("detached", "VM %s keeps running (stop it with `vmup down %s`)", u.o.Name, u.o.Name)
 	}
 	out.Exit(u.exit, u.phase.String())
 }
 
+// reportFailure reports what failed and what to do about it; the table's row
+// has set the exit code.
 func (u *upRun) reportFailure(from Phase, ev Event) {
-	out := u.env.Out
 	name := u.o.Name
+	var err *hintedError
 	switch {
+	case ev == EvPrepareRejected:
+		err = &hintedError{msg: u.failure, hint: u.failHint}
 	case ev == EvRecordFailed:
-		out.Error("the playbook passed, but the completed first boot could not be recorded: %s", u.failure)
-		out.Hint("free space in %s, then run `vmup up %s`: it runs the first boot's playbook again", u.env.Home, name)
+		err = &hintedError{
+			msg:  "the playbook passed, but the completed first boot could not be recorded: " + u.failure,
+			hint: fmt.Sprintf("free space in %s, then run `vmup up %s` to run the first boot's playbook again", u.env.Home, name),
+		}
 	case u.phase == StopFailed:
-		out.Error("VM %s could not be stopped: %s", name, u.failure)
-		out.Hint("try: virsh -c %s destroy %s", u.o.Connect, name)
+		err = &hintedError{
+			msg:  fmt.Sprintf("VM %s could not be stopped: %s", name, u.failure),
+			hint: fmt.Sprintf("run `virsh -c %s destroy %s` to force it off", u.o.Connect, name),
+		}
 	case from == Wiping:
-		out.Error("could not remove VM %s completely: %s", name, u.failure)
-		out.Hint("run: vmup destroy %s", name)
-	case from == Preparing:
-		out.Error("preparing VM %s failed: %s", name, u.failure)
+		err = &hintedError{
+			msg:  fmt.Sprintf("could not remove VM %s completely: %s", name, u.failure),
+			hint: fmt.Sprintf("run `vmup destroy %s` to remove the rest", name),
+		}
 		if u.failHint != "" {
-			out.Hint("%s", u.failHint)
-		} else {
-			out.Hint("fix the cause, then run `vmup up %s` again", name)
+			err.hint = u.failHint + "\n" + err.hint
+		}
+	case from == Preparing:
+		err = &hintedError{msg: fmt.Sprintf("preparing VM %s failed: %s", name, u.failure), hint: u.failHint}
+		if err.hint == "" {
+			err.hint = fmt.Sprintf("fix the cause, then run `vmup up %s` again", name)
 		}
 	default:
-		out.Error("%s failed: %s", from, u.failure)
-		if from == Provisioning && u.logPath != "" {
-			out.Hint("the VM keeps running; playbook log: %s", u.logPath)
+		err = &hintedError{msg: fmt.Sprintf("%s failed: %s", from, u.failure)}
+		if u.failHint != "" {
+			err.hint = u.failHint + "\n"
 		}
-		out.Hint("inspect with `vmup ssh %s` or the console log %s; `vmup up %s` retries; `vmup destroy %s` removes it",
-			name, u.paths.Console(), name, name)
+		if from == Provisioning && u.logPath != "" {
+			err.hint = fmt.Sprintf("read the playbook's log %s (the VM keeps running)\n", u.logPath)
+		}
+		err.hint += fmt.Sprintf("run `vmup ssh %s` or read the console log %s to see what went wrong\n", name, u.paths.Console()) +
+			fmt.Sprintf("run `vmup up %s` to try again, or `vmup destroy %s` to remove the VM", name, name)
 	}
+	reportError(u.env.Out, err)
 }

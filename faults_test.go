@@ -271,6 +271,17 @@ func waitGone(t *testing.T, pid int, what string) {
 func TestKilledVmupTakesItsChildren(t *testing.T) {
 	r := startVmup(t, "block")
 	pid, _, grandchild := r.waitPlaybook()
+	// vmup journals the playbook's group as it starts; the fake playbook
+	// starts its child at once, faster than any ansible.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		data, _ := os.ReadFile(filepath.Join(r.home, "vms", "v1", "state.json"))
+		if strings.Contains(string(data), `"playbook_pgid"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the playbook's process group was never journalled")
+		}
+	}
 	unix.Kill(r.cmd.Process.Pid, syscall.SIGKILL)
 	r.exitCode()
 	waitGone(t, pid, "the playbook of a killed vmup")

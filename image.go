@@ -81,7 +81,7 @@ func fetchImage(ctx context.Context, home, image, wantSHA string) (string, error
 		if !strings.EqualFold(got, wantSHA) {
 			os.Remove(part)
 			return "", &usageError{msg: fmt.Sprintf("%s has sha256 %s, not %s", image, got, wantSHA),
-				hint: "check --image-sha256, or the image behind the URL changed"}
+				hint: "check --image-sha256; the image behind the URL may have changed"}
 		}
 	}
 	return dest, os.Rename(part, dest)

@@ -65,8 +65,8 @@ func TestJournalValuesAreValidated(t *testing.T) {
 		{"pid", -1, "pid -1"},
 		{"playbook_pgid", -1, "playbook_pgid -1"},
 		{"playbook_pgid", int64(1) << 40, "playbook_pgid 1099511627776"},
-		{"phase", "bogus", `phase "bogus"`},
-		{"failed_in", "later", `failed_in "later"`},
+		{"phase", "bogus", `"bogus" is no phase`}, // a Phase reads only its names
+		{"failed_in", "later", `"later" is no phase`},
 		{"playbook", "site.yml", `playbook "site.yml"`},
 		{"playbook_args", []string{"-e", "a\x00b"}, `playbook_args`},
 		{"forwards", []string{"80"}, `forwards`},
@@ -126,7 +126,7 @@ func TestJournalWithHostileUserNeverReachesSSH(t *testing.T) {
 		t.Errorf("up ran programs on the word of an invalid journal: %v", h.calls())
 	}
 	wantErr := `vmup: error: VM v1: state.json is not valid: user "-oProxyCommand=touch X" is not a login name`
-	wantHint := "vmup: hint: `vmup destroy v1` removes the VM and its state"
+	wantHint := "vmup: hint: run `vmup destroy v1` to remove the VM and its state"
 	if !strings.Contains(h.stderr.String(), wantErr) || !strings.Contains(h.stderr.String(), wantHint) {
 		t.Errorf("stderr lacks %q and %q:\n%s", wantErr, wantHint, h.stderr)
 	}
@@ -220,7 +220,7 @@ func TestDestroyWithDamagedJournal(t *testing.T) {
 				t.Errorf("status: exit %d, want 1", code)
 			}
 			if !strings.Contains(h.stderr.String(), "vmup: error: VM v1: state.json is") ||
-				!strings.Contains(h.stderr.String(), "vmup: hint: `vmup destroy v1` removes the VM and its state") {
+				!strings.Contains(h.stderr.String(), "vmup: hint: run `vmup destroy v1` to remove the VM and its state") {
 				t.Errorf("status does not say the state is damaged and how to remove it:\n%s", h.stderr)
 			}
 

@@ -108,10 +108,7 @@ func run(args []string) int {
 		return exitOK
 	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision":
 	default:
-		errOut := newOutput(os.Stderr, nil, "")
-		errOut.Error("unknown command %q", cmd)
-		errOut.Hint("see: vmup --help")
-		return exitUsage
+		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
 
 	// Signals are caught from the start, so none is lost before the controller runs.

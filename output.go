@@ -1,7 +1,23 @@
 package main
 
+// Everything vmup tells the user goes through Output, in one voice:
+//
+//   - An error says what failed and names the thing: "cannot reach libvirt at
+//     qemu:///system: …". Lowercase unless it starts with a name (VM web),
+//     no trailing period.
+//   - A warning says what vmup did anyway, or did not do: "the guest did not
+//     shut down within 1m0s; forcing it off".
+//   - A hint says what to do next: an imperative, any command in backticks,
+//     "run `vmup destroy web` to remove it". One hint per line; an error may
+//     have several.
+//
+// reportError is the only function that prints an error and its hints. Code
+// that fails returns an error carrying them: a usageError (exit 2, nothing
+// created) or a hintedError (exit 1 unless it names another code).
+
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -42,7 +58,7 @@ type jsonEvent struct {
 }
 
 func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
-	o := &Output{human: human, vm: vm, phase: -1}
+	o := &Output{human: human, vm: vm, phase: noPhase}
 	if jsonOut != nil {
 		o.json = json.NewEncoder(jsonOut)
 	}
@@ -63,7 +79,7 @@ func (o *Output) emitEvent(ev jsonEvent) {
 		return
 	}
 	ev.Time, ev.VM = time.Now().UTC().Format(time.RFC3339Nano), o.vm
-	if o.phase >= 0 {
+	if o.phase != noPhase {
 		ev.Phase = o.phase.String()
 	}
 	o.json.Encode(ev)
@@ -84,7 +100,7 @@ func (o *Output) SetPhase(p Phase) {
 	from := o.phase
 	o.phase = p
 	msg := p.String()
-	if from >= 0 {
+	if from != noPhase {
 		msg = from.String() + " -> " + p.String()
 	}
 	o.emit("phase", msg, "", nil)
@@ -199,6 +215,8 @@ func (w *indentWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Warn may be called anywhere; Error and Hint only by reportError
+// (voice_test.go checks).
 func (o *Output) Warn(format string, a ...any)  { o.message("warning", format, a...) }
 func (o *Output) Hint(format string, a ...any)  { o.message("hint", format, a...) }
 func (o *Output) Error(format string, a ...any) { o.message("error", format, a...) }
@@ -211,6 +229,42 @@ func (o *Output) WarnModules(modules []string, format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	o.line("vmup: warning: %s", msg)
 	o.emitEvent(jsonEvent{Event: "warning", Message: msg, Modules: modules})
+}
+
+// hintedError is a failure that says what to do about it. Each line of hint
+// is a hint of its own; code is the exit code, exitFailed if 0.
+type hintedError struct {
+	msg, hint string
+	code      int
+}
+
+func (e *hintedError) Error() string { return e.msg }
+func (e *hintedError) Hint() string  { return e.hint }
+
+// reportError prints err and its hints, and returns the exit code it calls for.
+func reportError(out *Output, err error) int {
+	code := exitFailed
+	var ue *usageError
+	var he *hintedError
+	switch {
+	case errors.As(err, &ue):
+		out.Error("%s", ue.msg)
+		code = exitUsage
+	default:
+		out.Error("%v", err)
+		if errors.As(err, &he) && he.code != 0 {
+			code = he.code
+		}
+	}
+	var h interface{ Hint() string }
+	if errors.As(err, &h) {
+		for line := range strings.SplitSeq(h.Hint(), "\n") {
+			if line != "" {
+				out.Hint("%s", line)
+			}
+		}
+	}
+	return code
 }
 
 func (o *Output) message(kind, format string, a ...any) {

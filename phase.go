@@ -176,7 +176,7 @@ var table = [numPhases]map[Event]Transition{
 		EvPreparedBoot:      to(Booting, keep, ActStartBoot),
 		EvPreparedRunning:   to(Running, keep, ActEnterRunning),
 		EvPrepareFailed:     to(Wiping, exitFailed, ActReportFailure, ActRemovePartial),
-		EvPrepareRejected:   to(Wiping, exitUsage, ActRemovePartial),
+		EvPrepareRejected:   to(Wiping, exitUsage, ActReportFailure, ActRemovePartial),
 	},
 	// First boot: one Ctrl+C only warns; a confirmed one, SIGTERM or SIGHUP wipes the VM.
 	Starting: {
@@ -342,3 +342,37 @@ func (t Transition) describe(from Phase) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// noPhase is a journal's phase before any was recorded, and its failed_in
+// when it did not fail: written as "" (failed_in not at all), and read from
+// "" or an absent key.
+const noPhase Phase = -1
+
+// MarshalText writes a phase by its name, as state.json has always held it.
+func (p Phase) MarshalText() ([]byte, error) {
+	if p == noPhase {
+		return []byte{}, nil
+	}
+	if p < 0 || p >= numPhases {
+		return nil, fmt.Errorf("phase %d is no phase", int(p))
+	}
+	return []byte(phaseNames[p]), nil
+}
+
+// UnmarshalText reads a phase's name; any other name is an error, so a
+// journal naming one is not trusted.
+func (p *Phase) UnmarshalText(text []byte) error {
+	if len(text) == 0 {
+		*p = noPhase
+		return nil
+	}
+	q, ok := parsePhase(string(text))
+	if !ok {
+		return fmt.Errorf("%q is no phase", text)
+	}
+	*p = q
+	return nil
+}
+
+// IsZero makes `omitzero` leave out noPhase, not Preparing (whose value is 0).
+func (p Phase) IsZero() bool { return p == noPhase }

@@ -34,10 +34,6 @@ func (u *upRun) prepare(ctx context.Context) {
 		u.env.Out.Fail(err.Error())
 		var ue *usageError
 		if errors.As(err, &ue) {
-			u.env.Out.Error("%s", ue.msg)
-			if ue.hint != "" {
-				u.env.Out.Hint("%s", ue.hint)
-			}
 			u.send(EvPrepareRejected, err)
 			return
 		}
@@ -94,8 +90,8 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 	if u.recover != nil || o.Reset {
 		if u.recover != nil {
 			how := fmt.Sprintf("was interrupted (vmup pid %d is gone)", u.recover.PID)
-			if u.recover.Phase == Failed.String() {
-				how = "failed while " + u.recover.FailedIn
+			if u.recover.Phase == Failed {
+				how = "failed while " + u.recover.FailedIn.String()
 			}
 			out.Say("recovering", "An earlier first boot of %s %s: removing it and starting clean", o.Name, how)
 			reapGroup(u.recover.PlaybookPGID, u.paths)
@@ -206,7 +202,10 @@ func (u *vmRun) uploadBase(ctx context.Context, img BaseImage, base string) erro
 			// Not this run's: another user of the pool is uploading it.
 			u.created.drop(base)
 			u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
-			return fmt.Errorf("base volume %s appeared in pool %s meanwhile (does another vmup upload it?); try again later: %w", base, pool, err)
+			return &hintedError{
+				msg:  fmt.Sprintf("base volume %s appeared in pool %s meanwhile, maybe uploaded by another vmup: %v", base, pool, err),
+				hint: fmt.Sprintf("wait for that upload to finish, then run `vmup up %s` again", u.o.Name),
+			}
 		}
 		return err
 	}
@@ -222,7 +221,7 @@ func (u *vmRun) uploadBase(ctx context.Context, img BaseImage, base string) erro
 		u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
 		return &usageError{
 			msg:  fmt.Sprintf("%s changed while it was uploaded: the bytes sent have sha256 %s, not %s", u.o.Image, got, img.SHA256),
-			hint: "nothing was kept; run vmup up again once the image file no longer changes",
+			hint: fmt.Sprintf("run `vmup up %s` again once the image file no longer changes (nothing was kept)", u.o.Name),
 		}
 	}
 	return nil
@@ -231,8 +230,8 @@ func (u *vmRun) uploadBase(ctx context.Context, img BaseImage, base string) erro
 func foreignVolume(o *Options, vol string) error {
 	return &hintedError{
 		msg: fmt.Sprintf("volume %s in pool %s exists, and VM %s's journal does not record vmup making it", vol, o.Pool, o.Name),
-		hint: fmt.Sprintf("vmup deletes only volumes it made: remove it yourself if nothing needs it "+
-			"(virsh -c %s vol-delete --pool %s %s), or choose another VM name", o.Connect, o.Pool, vol),
+		hint: fmt.Sprintf("run `virsh -c %s vol-delete --pool %s %s` if nothing needs it (vmup deletes only volumes it made), "+
+			"or choose another VM name", o.Connect, o.Pool, vol),
 	}
 }
 
@@ -505,7 +504,10 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	state, err := u.virsh.DomState(ctx, o.Name)
 	if err != nil {
 		if errors.Is(err, errNotFound) {
-			return 0, fmt.Errorf("the domain of VM %s is gone; `vmup destroy %s` clears what is left", o.Name, o.Name)
+			return 0, &hintedError{
+				msg:  fmt.Sprintf("the domain of VM %s is gone", o.Name),
+				hint: fmt.Sprintf("run `vmup destroy %s` to clear what is left", o.Name),
+			}
 		}
 		return 0, err
 	}

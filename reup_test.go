@@ -16,7 +16,7 @@ func TestRejectedReupKeepsJournalPhase(t *testing.T) {
 	h.createDetached()
 	paths := pathsFor(h.env.Home, "v1")
 	before, _ := os.ReadFile(paths.Journal())
-	check := func(what, phase string) {
+	check := func(what string, phase Phase) {
 		t.Helper()
 		if j := h.journal(); j.Phase != phase {
 			t.Errorf("%s: journal phase %q, want %q", what, j.Phase, phase)
@@ -30,7 +30,7 @@ func TestRejectedReupKeepsJournalPhase(t *testing.T) {
 	if code := h.wait(h.up("v1", "--memory", "4096")); code != exitUsage {
 		t.Fatalf("exit %d, want 2\n%s", code, h.stderr)
 	}
-	check("rejected while running", "detached")
+	check("rejected while running", Detached)
 	if s := statusOf(context.Background(), h.env, "v1"); s.Phase != "detached" {
 		t.Errorf("status phase %q, want detached", s.Phase)
 	}
@@ -46,7 +46,7 @@ func TestRejectedReupKeepsJournalPhase(t *testing.T) {
 	if code := h.wait(h.up("v1", "-d", "--disk", "2")); code != exitUsage {
 		t.Fatalf("exit %d, want 2\n%s", code, h.stderr)
 	}
-	check("rejected while shut off", "stopped")
+	check("rejected while shut off", Stopped)
 
 	// Interrupted while preparing, before anything changed: the domain's state
 	// is held until the interrupt was taken.
@@ -65,5 +65,5 @@ func TestRejectedReupKeepsJournalPhase(t *testing.T) {
 	if code := h.wait(done); code != exitSIGINT {
 		t.Fatalf("exit %d, want 130\n%s", code, h.stderr)
 	}
-	check("interrupted while preparing", "stopped")
+	check("interrupted while preparing", Stopped)
 }

@@ -28,8 +28,8 @@ type Journal struct {
 	Name    string `json:"name"`
 	// Phase is the last phase the owning `up` reached; FailedIn the phase it
 	// failed in, so a later `up` knows whether to resume or start clean.
-	Phase    string `json:"phase"`
-	FailedIn string `json:"failed_in,omitempty"`
+	Phase    Phase `json:"phase"`
+	FailedIn Phase `json:"failed_in,omitzero"`
 	// FirstBootDone decides, alone, whether an interrupt may ever wipe this VM.
 	FirstBootDone bool     `json:"first_boot_done"`
 	PID           int      `json:"pid,omitempty"`
@@ -88,7 +88,7 @@ func vmupHome() (string, error) {
 	}
 	home, err := os.UserHomeDir()
 	if err != nil {
-		return "", fmt.Errorf("cannot find a home for vmup's state: %w (set VMUP_HOME)", err)
+		return "", &hintedError{msg: "cannot find a home for vmup's state: " + err.Error(), hint: "set VMUP_HOME to a directory for it"}
 	}
 	return filepath.Join(home, ".local", "state", "vmup"), nil
 }
@@ -124,7 +124,8 @@ func readJournal(p Paths) (*Journal, error) {
 	if err != nil {
 		return nil, err
 	}
-	var j Journal
+	// Absent keys read as no phase, not as Preparing (whose value is 0).
+	j := Journal{Phase: noPhase, FailedIn: noPhase}
 	if err := decodeStrict(data, &j); err != nil {
 		return nil, &journalError{name: p.Name(), problem: "is damaged: " + err.Error()}
 	}
@@ -149,7 +150,7 @@ type journalError struct{ name, problem string }
 
 func (e *journalError) Error() string { return fmt.Sprintf("VM %s: state.json %s", e.name, e.problem) }
 func (e *journalError) Hint() string {
-	return fmt.Sprintf("`vmup destroy %s` removes the VM and its state", e.name)
+	return fmt.Sprintf("run `vmup destroy %s` to remove the VM and its state", e.name)
 }
 
 var (
@@ -169,14 +170,11 @@ func validateJournal(j *Journal, name string) error {
 			bad = fmt.Errorf(format, a...)
 		}
 	}
-	isPhase := func(s string) bool { _, ok := parsePhase(s); return ok || s == "" }
 	hasNUL := func(s string) bool { return strings.ContainsRune(s, 0) }
 	unset := func(n int) bool { return n == 0 } // sizes are journalled once the domain is defined
 
 	check(j.Version >= 0 && j.Version <= journalVersion, "version %d is newer than this vmup knows (%d)", j.Version, journalVersion)
 	check(j.Name == name && validName(name), "name %q is not the VM's name %q", j.Name, name)
-	check(isPhase(j.Phase), "phase %q is no phase", j.Phase)
-	check(isPhase(j.FailedIn), "failed_in %q is no phase", j.FailedIn)
 	check(j.PID >= 0 && j.PID <= maxPID, "pid %d is no process id", j.PID)
 	check(j.PlaybookPGID >= 0 && j.PlaybookPGID <= maxPID, "playbook_pgid %d is no process group id", j.PlaybookPGID)
 	check(j.SSHPort >= 0 && j.SSHPort <= 65535, "ssh_port %d is no port", j.SSHPort)
@@ -225,7 +223,7 @@ func writeJournal(p Paths, j *Journal) error {
 
 // prepareCompletion writes the journal that commitCompletion puts in place.
 func prepareCompletion(p Paths, j Journal) error {
-	j.FirstBootDone, j.FailedIn, j.PlaybookPGID = true, "", 0
+	j.FirstBootDone, j.FailedIn, j.PlaybookPGID = true, noPhase, 0
 	j.Version, j.Updated = journalVersion, time.Now().UTC()
 	data, err := json.MarshalIndent(j, "", "  ")
 	if err != nil {
@@ -314,7 +312,7 @@ type dirError struct{ path, why string }
 
 func (e *dirError) Error() string { return "state directory " + e.path + " " + e.why }
 func (e *dirError) Hint() string {
-	return "vmup keeps its state only in directories of its own: move this one away, or set VMUP_HOME"
+	return "move this one away, or set VMUP_HOME elsewhere: vmup keeps its state only in directories of its own"
 }
 
 // checkOwnDir accepts a directory that is missing (vmup makes it) or is a

@@ -53,12 +53,12 @@ func runUp(env Env, o *Options) int {
 	}
 	u.virsh = newVirsh(env.Runner, o.Connect)
 	ctx := context.Background()
-	if err := checkLibvirt(ctx, u.virsh, out); err != nil {
-		return exitFailed
+	if err := checkLibvirt(ctx, u.virsh); err != nil {
+		return reportError(out, err)
 	}
 	if u.kind == startFresh {
 		if o.Image == "" {
-			return reportError(out, usagef("give --image PATH|URL, or put \"image\" in "+configFile,
+			return reportError(out, usagef("give `--image PATH|URL`, or put \"image\" in "+configFile,
 				"--image is needed to create VM %s", o.Name))
 		}
 		if j == nil {
@@ -66,16 +66,20 @@ func runUp(env Env, o *Options) int {
 			if _, err := u.virsh.DomState(ctx, o.Name); err == nil {
 				owned, _ := u.virsh.Owned(ctx, o.Name)
 				if !owned {
-					return reportError(out, fmt.Errorf("a domain named %s exists that vmup did not create; choose another name", o.Name))
+					return reportError(out, &hintedError{
+						msg:  fmt.Sprintf("a domain named %s exists that vmup did not create", o.Name),
+						hint: "choose another VM name",
+					})
 				}
 				if !o.Reset {
-					out.Error("domain %s exists but vmup has no state for it in %s", o.Name, paths.Dir)
-					out.Hint("`vmup destroy %s` removes it, or `vmup up %s --reset …` replaces it", o.Name, o.Name)
-					return exitFailed
+					return reportError(out, &hintedError{
+						msg:  fmt.Sprintf("domain %s exists but vmup has no state for it in %s", o.Name, paths.Dir),
+						hint: fmt.Sprintf("run `vmup destroy %s` to remove it, or `vmup up %s --reset …` to replace it", o.Name, o.Name),
+					})
 				}
 			}
 		}
-		j = &Journal{Name: o.Name, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
+		j = &Journal{Name: o.Name, Phase: Preparing, FailedIn: noPhase, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
 			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision}
 	}
 	u.j = j
@@ -91,11 +95,11 @@ func runUp(env Env, o *Options) int {
 // or of one that failed before anything booted. Only those are wiped and
 // started clean; every other unfinished first boot is kept and retried.
 func diedMidFirstBoot(j *Journal) bool {
-	switch p, _ := parsePhase(j.Phase); p {
+	switch j.Phase {
 	case Preparing, Starting, Provisioning, Wiping:
-		return j.Phase == p.String()
+		return true
 	case Failed:
-		return j.FailedIn == Preparing.String() || j.FailedIn == Wiping.String()
+		return j.FailedIn == Preparing || j.FailedIn == Wiping
 	}
 	return false
 }
@@ -128,7 +132,7 @@ func inherit(o *Options, j *Journal) error {
 	}
 	for _, f := range fixed {
 		if o.set[f.flag] && !f.same {
-			return usagef(fmt.Sprintf("it is fixed when a VM is made: leave --%s out, or `vmup destroy %s` and make it anew", f.flag, o.Name),
+			return usagef(fmt.Sprintf("leave --%s out (it is fixed when a VM is made), or run `vmup destroy %s` and make it anew", f.flag, o.Name),
 				"--%s cannot change: VM %s was made %s", f.flag, o.Name, f.was)
 		}
 	}
@@ -163,13 +167,13 @@ func inherit(o *Options, j *Journal) error {
 		o.NoProvision = j.NoProvision
 	}
 	if o.RestrictNetwork && o.Network != "user" {
-		return usagef("--restrict-network=false lifts it", "--restrict-network needs --network user (VM %s is on %s)", o.Name, o.Network)
+		return usagef("give `--restrict-network=false` to lift it", "--restrict-network needs --network user (VM %s is on %s)", o.Name, o.Network)
 	}
 	return nil
 }
 
 // checkLibvirt turns "virsh missing" and "libvirtd down" into one clear error.
-func checkLibvirt(ctx context.Context, v *Virsh, out *Output) error {
+func checkLibvirt(ctx context.Context, v *Virsh) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	err := v.Reachable(ctx)
@@ -178,37 +182,15 @@ func checkLibvirt(ctx context.Context, v *Virsh, out *Output) error {
 	}
 	var ee *ExitError
 	if errors.As(err, &ee) {
-		out.Error("cannot reach libvirt at %s: %v", v.uri, err)
-		out.Hint("is libvirtd running? (try: virsh -c %s uri)", v.uri)
-	} else {
-		out.Error("%v", err)
-		out.Hint("install libvirt's client (Debian: apt-get install libvirt-clients), or set VMUP_VIRSH")
-	}
-	return err
-}
-
-// hintedError is a failure (exit 1) that comes with what to do about it.
-type hintedError struct{ msg, hint string }
-
-func (e *hintedError) Error() string { return e.msg }
-func (e *hintedError) Hint() string  { return e.hint }
-
-// reportError prints err in vmup's voice and returns its exit code.
-func reportError(out *Output, err error) int {
-	var ue *usageError
-	if errors.As(err, &ue) {
-		out.Error("%s", ue.msg)
-		if ue.hint != "" {
-			out.Hint("%s", ue.hint)
+		return &hintedError{
+			msg:  fmt.Sprintf("cannot reach libvirt at %s: %v", v.uri, err),
+			hint: fmt.Sprintf("start libvirtd, and run `virsh -c %s uri` to check that it lets you in", v.uri),
 		}
-		return exitUsage
 	}
-	out.Error("%v", err)
-	var h interface{ Hint() string }
-	if errors.As(err, &h) {
-		out.Hint("%s", h.Hint())
+	return &hintedError{
+		msg:  err.Error(),
+		hint: "install libvirt's client (Debian: `apt-get install libvirt-clients`), or set VMUP_VIRSH to its path",
 	}
-	return exitFailed
 }
 
 func absPath(p string) string {

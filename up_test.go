@@ -351,7 +351,7 @@ func TestUpFreshDetached(t *testing.T) {
 	}
 	h.checkCalls(concat(h.freshPrepare(), firstBoot(), seq("ansible-playbook play.yml"), completeFirstBoot()))
 	j := h.journal()
-	if !j.FirstBootDone || j.Phase != "detached" || j.SSHPort == 0 {
+	if !j.FirstBootDone || j.Phase != Detached || j.SSHPort == 0 {
 		t.Errorf("journal = %+v; want first boot done, phase detached, an SSH port", j)
 	}
 	st, err := os.Stat(pathsFor(h.env.Home, "v1").Dir)
@@ -375,7 +375,7 @@ func TestUpForegroundCtrlCAfterRunningShutsDown(t *testing.T) {
 	}
 	h.checkCalls(concat(h.freshPrepare(), firstBoot(), seq("ansible-playbook play.yml"), completeFirstBoot(),
 		seq("virsh shutdown v1 --mode acpi", "virsh domstate v1")))
-	if j := h.journal(); j.Phase != "stopped" || !j.FirstBootDone {
+	if j := h.journal(); j.Phase != Stopped || !j.FirstBootDone {
 		t.Errorf("journal phase %s first_boot_done %v; want stopped, true", j.Phase, j.FirstBootDone)
 	}
 }
@@ -487,7 +487,7 @@ func TestFailedPlaybookKeepsVMAndReupRetries(t *testing.T) {
 		t.Errorf("domain is %q, want running", h.fake.world.Domains["v1"])
 	}
 	j := h.journal()
-	if j.Phase != "failed" || j.FailedIn != "provisioning" || j.FirstBootDone {
+	if j.Phase != Failed || j.FailedIn != Provisioning || j.FirstBootDone {
 		t.Errorf("journal %+v; want failed in provisioning, first boot not done", j)
 	}
 	for _, want := range []string{"vmup ssh v1", "console.log", "vmup destroy v1"} {
@@ -784,7 +784,7 @@ func TestCompletedFirstBootNeverWipedByLaterUp(t *testing.T) {
 	j := h.journal()
 	dead := exec.Command("true")
 	dead.Run()
-	j.Phase, j.PID = "provisioning", dead.Process.Pid
+	j.Phase, j.PID = Provisioning, dead.Process.Pid
 	writeJournal(paths, j)
 	h.fake.calls = nil
 

@@ -187,8 +187,8 @@ func (u *upRun) cloudInitFinished(ctx context.Context, fail func(error)) bool {
 	}
 	out.WarnModules(modules, "%s", msg)
 	if u.o.CloudInitErrors == "fail" {
-		u.send(EvBootFailed, fmt.Errorf("cloud-init %s, and --cloud-init-errors is fail (`vmup up %s --cloud-init-errors warn` goes on to the playbook)",
-			what, u.o.Name))
+		u.send(EvBootFailed, &hintedError{msg: fmt.Sprintf("cloud-init %s, and --cloud-init-errors is fail", what),
+			hint: fmt.Sprintf("run `vmup up %s --cloud-init-errors warn` to go on to the playbook", u.o.Name)})
 		return false
 	}
 	return true
@@ -239,7 +239,7 @@ func (u *vmRun) domainAlive(ctx context.Context) error {
 		return err
 	}
 	if state != "running" {
-		return fmt.Errorf("the domain is %s; see the console log %s", state, u.paths.Console())
+		return fmt.Errorf("the domain is %s", state) // the failure's hint names the console log
 	}
 	return nil
 }

@@ -70,7 +70,7 @@ func TestResetValidatesBeforeDeleting(t *testing.T) {
 		if h.fake.world.Domains["v1"] != "running" || !h.fake.world.Volumes["vmup/v1.qcow2"] {
 			t.Errorf("the VM was touched: domains %v volumes %v", h.fake.world.Domains, h.fake.world.Volumes)
 		}
-		if j := h.journal(); j == nil || !j.FirstBootDone || j.Phase != "detached" {
+		if j := h.journal(); j == nil || !j.FirstBootDone || j.Phase != Detached {
 			t.Errorf("the VM's journal is gone or changed: %+v", j)
 		}
 
@@ -188,7 +188,7 @@ func (h *harness) killedUpload(name string) (base string) {
 	if err := ensureDir(paths.Dir); err != nil {
 		h.t.Fatal(err)
 	}
-	j := &Journal{Name: name, Phase: "preparing", PID: dead.Process.Pid, User: "vmup", Network: "user",
+	j := &Journal{Name: name, Phase: Preparing, FailedIn: noPhase, PID: dead.Process.Pid, User: "vmup", Network: "user",
 		Connect: "qemu:///system", Pool: "vmup", UploadingBase: base}
 	if err := writeJournal(paths, j); err != nil {
 		h.t.Fatal(err)
