@@ -8,6 +8,7 @@
 #                                     partition and the root filesystem; GRUB for BIOS and UEFI;
 #   disk-cloudinit-error.qcow2        disk.qcow2 whose own cloud-init configuration makes one
 #                                     module (write-files) fail; for direct kernel boot too.
+# `test-image.sh --check [DIR]` checks the images without booting them (every build does).
 # Needs root (loop devices, mount) and the host packages scripts/e2e-deps.sh installs.
 set -euo pipefail
 
@@ -65,6 +66,71 @@ partition() {
   echo $((n * 512))
 }
 
+# Checks the images in $1 without booting them; fails on the first thing that is not as built.
+check_images() {
+  local dir=$1 f loop esp esp_img m=$work/check kernel initrd root_uuid esp_uuid n
+  expect() { if eval "$1"; then say "ok: $2"; else say "check failed: $2"; return 1; fi; }
+  mkdir -p "$m/disk" "$m/error" "$m/firmware"
+  for f in disk disk-cloudinit-error disk-firmware; do
+    qemu-img convert -O raw "$dir/$f.qcow2" "$m/$f.raw"
+  done
+
+  loop=$(attach "$m/disk.raw" "" -r)
+  mount -t ext4 -o ro,noload "$loop" "$m/disk"
+  kernel=$(readlink "$m/disk/vmlinuz") initrd=$(readlink "$m/disk/initrd.img")
+  expect '[ "$(blkid -s LABEL -o value "$loop")" = vmuproot ]' "disk.qcow2: ext4 labelled vmuproot"
+  expect 'cmp -s "$dir/vmlinuz" "$m/disk/$kernel" && cmp -s "$dir/initrd.img" "$m/disk/$initrd"' \
+    "vmlinuz, initrd.img are the disk's /$kernel, /$initrd"
+
+  loop=$(attach "$m/disk-cloudinit-error.raw" "" -r)
+  mount -t ext4 -o ro,noload "$loop" "$m/error"
+  f=etc/cloud/cloud.cfg.d/95-vmup-test-error.cfg
+  expect '[ "$(diff -rq --no-dereference "$m/disk" "$m/error" 2>&1)" = "Only in $m/error/etc/cloud/cloud.cfg.d: 95-vmup-test-error.cfg" ]' \
+    "disk-cloudinit-error.qcow2: disk.qcow2 plus /$f, nothing else"
+  say "  /$f: $(grep -v '^#' "$m/error/$f" | tr -s ' \n' ' ')"
+  expect '! grep -q "^vmup-no-such-user:" "$m/error/etc/passwd"' "the owner it names does not exist"
+  # cloud-init's own validator, in the image: the config is valid, only the module fails.
+  expect 'chroot "$m/error" python3 -c "import sys, yaml; from cloudinit.config.schema import get_schema, validate_cloudconfig_schema as v; v(yaml.safe_load(sys.stdin), get_schema(), strict=True)" <"$m/error/$f"' \
+    "the image's cloud-init $(chroot "$m/error" cloud-init --version 2>&1 | awk '{print $2}') finds no schema error in it"
+
+  f=$m/disk-firmware.raw
+  say "  sgdisk -p: $(sgdisk -p "$f" | awk '$1 ~ /^[0-9]+$/ {printf "%s %s-%s %s %s %s %s; ", $1, $2, $3, $4, $5, $6, $7}')"
+  expect '[ "$(sgdisk -p "$f" | awk '\''$1 ~ /^[0-9]+$/ {print $1, $4 $5, $6}'\'' | tr "\n" ,)" = "1 1024.0KiB EF02,2 100.0MiB EF00,3 2.9GiB 8300," ]' \
+    "disk-firmware.qcow2: GPT with BIOS boot (1 MiB), EFI system (100 MiB), root"
+  expect 'head -c 440 "$f" | grep -qa GRUB' "MBR boot code is GRUB's boot.img"
+  n=$(dd if="$f" bs=1M skip=1 count=1 status=none | tr -d '\0' | wc -c)
+  expect '[ "$n" -gt 10000 ]' "BIOS boot partition holds core.img ($n non-zero bytes)"
+  loop=$(attach "$f" 3 -r) esp=$(attach "$f" 2 -r)
+  root_uuid=$(blkid -s UUID -o value "$loop") esp_uuid=$(blkid -s UUID -o value "$esp")
+  # mtools reads the FAT itself (a kernel without vfat, like this one may be, cannot mount it),
+  # from the file: on a loop device it warns that it finds no geometry.
+  esp_img=$f@@$(partition "$f" 2 START)
+  mount -t ext4 -o ro,noload "$loop" "$m/firmware"
+  n=$( (cmp -l "$m/firmware/boot/grub/i386-pc/core.img" <(dd if="$f" bs=1M skip=1 count=1 status=none) 2>/dev/null || true) | wc -l)
+  expect '[ "$(stat -c %s "$m/firmware/boot/grub/i386-pc/core.img")" -gt 10000 ] && [ "$n" -lt 1024 ]' \
+    "it is /boot/grub/i386-pc/core.img as grub-bios-setup patched it ($n bytes differ)"
+  expect '[ -f "$m/firmware/$kernel" ] && [ -f "$m/firmware/$initrd" ] &&
+    grep -q "linux /$kernel root=UUID=$root_uuid rw .*console=ttyS0" "$m/firmware/boot/grub/grub.cfg" &&
+    grep -q "initrd /$initrd$" "$m/firmware/boot/grub/grub.cfg"' \
+    "grub.cfg boots /$kernel with root=UUID=$root_uuid (the root partition's) and console=ttyS0"
+  expect '[ -f "$m/firmware/boot/grub/x86_64-efi/linux.mod" ] && [ -f "$m/firmware/boot/grub/i386-pc/linux.mod" ]' \
+    "GRUB modules for both platforms under /boot/grub"
+  expect 'grep -qx "LABEL=vmuproot / ext4 defaults 0 1" "$m/firmware/etc/fstab" && grep -qx "UUID=$esp_uuid /boot/efi vfat umask=0077,nofail 0 0" "$m/firmware/etc/fstab"' \
+    "fstab: root by label, /boot/efi by the ESP's UUID $esp_uuid"
+  expect '[ "$(diff -rq --no-dereference -x boot "$m/disk" "$m/firmware" 2>&1)" = "Files $m/disk/etc/fstab and $m/firmware/etc/fstab differ" ] && [ -d "$m/firmware/boot/efi" ]' \
+    "its root is disk.qcow2's plus /boot/efi, /boot/grub and the ESP's fstab line"
+  expect 'fsck.fat -n "$esp" >/dev/null' "ESP is a clean FAT"
+  mcopy -n -i "$esp_img" ::/EFI/BOOT/BOOTX64.EFI "$m/BOOTX64.EFI"
+  expect '[ "$(head -c 2 "$m/BOOTX64.EFI")" = MZ ] && grep -qa "search --no-floppy --fs-uuid --set=root $root_uuid" "$m/BOOTX64.EFI"' \
+    "ESP has /EFI/BOOT/BOOTX64.EFI ($(stat -c %s "$m/BOOTX64.EFI") bytes, PE), its config finds root by UUID"
+  say "  grub.cfg: $(grep -Ev '^#' "$m/firmware/boot/grub/grub.cfg" | tr -s '\t\n' ' ')"
+  for f in "$m/disk" "$m/error" "$m/firmware"; do umount "$f"; done
+}
+
+if [ "${1:-}" = --check ]; then
+  check_images "${2:-$out}"
+  exit 0
+fi
 if [ -f "$out/done" ]; then echo "$out"; exit 0; fi
 mkdir -p "$cache_root"
 root=$work/root
@@ -200,6 +266,7 @@ mv "$work/disk.qcow2" "$work/vmlinuz" "$work/initrd.img" "$out.tmp/"
 mv "$work/error.qcow2" "$out.tmp/disk-cloudinit-error.qcow2"
 mv "$work/firmware.qcow2" "$out.tmp/disk-firmware.qcow2"
 chmod 0644 "$out.tmp"/*
+check_images "$out.tmp"
 touch "$out.tmp/done"
 rm -rf "$out"
 mv "$out.tmp" "$out"
