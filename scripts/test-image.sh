@@ -202,6 +202,7 @@ esp=$(attach "$work/firmware.raw" 2)
 # Its output only when it fails: on a loop device it always warns that it has no geometry.
 log=$(mkfs.vfat -F 32 -n EFI "$esp" 2>&1) || { echo "$log" >&2; false; }
 esp_uuid=$(blkid -s UUID -o value "$esp")
+losetup -d "$esp"
 loop=$(attach "$work/firmware.raw" 3)
 mkfs.ext4 -q -L vmuproot -U "$root_uuid" -d "$root" "$loop"
 
@@ -216,7 +217,6 @@ grub-mkimage -O i386-pc -d /usr/lib/grub/i386-pc -c "$work/early.cfg" -p /boot/g
   -o "$work/bios/core.img" biosdisk "${grub_modules[@]}"
 grub-mkimage -O x86_64-efi -d /usr/lib/grub/x86_64-efi -c "$work/early.cfg" -p /boot/grub \
   -o "$work/BOOTX64.EFI" "${grub_modules[@]}"
-losetup -d "$esp"
 # mtools on the file: on a loop device it warns that it finds no geometry.
 esp_img=$work/firmware.raw@@$(partition "$work/firmware.raw" 2 START)
 mmd -i "$esp_img" ::/EFI ::/EFI/BOOT
