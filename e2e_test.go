@@ -727,3 +727,46 @@ func cloudInitModulesWarned(t *testing.T, events []jsonEvent) []string {
 	t.Errorf("no JSON warning about cloud-init's errors; events %v", events)
 	return nil
 }
+
+// Issue 8: a disk that boots itself, as the official cloud images do (GPT,
+// GRUB for BIOS and UEFI), under each firmware: first boot with the
+// playbook, Ctrl+C shuts it down, re-up boots it again without the playbook.
+// Under UEFI the VM has its own NVRAM while it exists, and none after destroy.
+func TestE2EFirmwareBoot(t *testing.T) {
+	for _, fw := range []string{"bios", "uefi"} {
+		t.Run(fw, func(t *testing.T) {
+			e := newE2E(t, "e2e-fw-"+fw)
+			f := e.startUp("up", e.name, "--image", filepath.Join(e.imageDir, "disk-firmware.qcow2"), "--firmware", fw,
+				"--domain-type", "qemu", "--network", "user", "--restrict-network", "--memory", "1024", "--disk", "4",
+				"--boot-timeout", "8m", "--playbook", filepath.Join("testdata", "marker.yml"))
+			t.Logf("TIMING %s first boot to ready: %.1fs", fw, f.waitEvent("ready", "", 12*time.Minute).Seconds())
+			t.Logf("TIMING %s guest boot to sshd: %.1fs", fw, e.guestBootToSSHD().Seconds())
+			nvram, _ := filepath.Glob("/var/lib/libvirt/qemu/nvram/" + e.name + "_VARS*")
+			if fw == "uefi" && len(nvram) == 0 {
+				t.Errorf("no NVRAM of its own for the UEFI VM")
+			}
+			f.signalGroup(syscall.SIGINT)
+			if code := f.exitCode(3 * time.Minute); code != 0 {
+				t.Fatalf("Ctrl+C after ready: exit %d, want 0", code)
+			}
+			if st := e.domState(); st != "shut off" {
+				t.Fatalf("after Ctrl+C the domain is %q, want shut off", st)
+			}
+			start := time.Now()
+			_, stderr, code := e.vmup(10*time.Minute, "up", e.name, "-d")
+			if code != 0 || strings.Contains(stderr, "Provisioning") {
+				t.Fatalf("re-up: exit %d\n%s", code, stderr)
+			}
+			t.Logf("TIMING %s re-up -d to ready: %.1fs", fw, time.Since(start).Seconds())
+			if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-runs"); strings.Count(out, "run") != 1 {
+				t.Errorf("the playbook ran %d times, want 1", strings.Count(out, "run"))
+			}
+			e.must(3*time.Minute, "destroy", e.name)
+			for _, file := range nvram {
+				if _, err := os.Stat(file); !os.IsNotExist(err) {
+					t.Errorf("NVRAM %s is left after destroy", file)
+				}
+			}
+		})
+	}
+}
