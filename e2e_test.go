@@ -562,24 +562,6 @@ func TestE2EDomainXMLValidates(t *testing.T) {
 	}
 }
 
-// Last: nothing of the whole suite is left — no e2e domain, VM volume, or
-// process of a test's VM (the suite makes no network namespace at all).
-func TestE2EZNothingLeft(t *testing.T) {
-	doms, _ := virsh("list", "--all", "--name")
-	vols, _ := virsh("vol-list", "vmup")
-	for _, line := range strings.Split(doms+"\n"+vols, "\n") {
-		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "e2e-") {
-			t.Errorf("left behind: %s", f[0])
-		}
-	}
-	if procs := processesMentioning("/TestE2E"); len(procs) > 0 {
-		t.Errorf("processes left: %v", procs)
-	}
-	if out, _ := exec.Command("ip", "netns", "list").Output(); len(bytes.TrimSpace(out)) > 0 {
-		t.Logf("network namespaces present (none made by this suite): %s", out)
-	}
-}
-
 // NAT network, run by scripts/e2e.sh with libvirtd inside a network namespace
 // of its own: vmup runs in there too, finds the guest's address from its DHCP
 // lease, and serves --forward itself while up runs in the foreground.
