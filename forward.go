@@ -18,15 +18,6 @@ type forwarder struct {
 	wg        sync.WaitGroup
 }
 
-func startForwards(guestIP string, forwards []Forward) (*forwarder, error) {
-	fw, err := listenForwards(forwards)
-	if err != nil {
-		return nil, err
-	}
-	fw.serve(guestIP)
-	return fw, nil
-}
-
 // listenForwards binds every forward's host port, or none: a port that cannot
 // be bound is a usage error naming it. Connections wait in the backlog until
 // serve knows where the guest is.

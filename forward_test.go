@@ -29,10 +29,11 @@ func TestForwarderCarriesBothWays(t *testing.T) {
 	probe, _ := net.Listen("tcp", "127.0.0.1:0")
 	hostPort := probe.Addr().(*net.TCPAddr).Port
 	probe.Close()
-	fw, err := startForwards("127.0.0.1", []Forward{{"127.0.0.1", hostPort, guest.Addr().(*net.TCPAddr).Port}})
+	fw, err := listenForwards([]Forward{{"127.0.0.1", hostPort, guest.Addr().(*net.TCPAddr).Port}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	fw.serve("127.0.0.1")
 	c, err := net.Dial("tcp", probe.Addr().String())
 	if err != nil {
 		t.Fatal(err)
