@@ -423,6 +423,14 @@ func TestBinaryDoubleCtrlCDuringPlaybook(t *testing.T) {
 	if s := r.playbookSignals(); !strings.Contains(s, "interrupt") {
 		t.Errorf("the playbook was not sent SIGINT after the 2nd Ctrl+C (got %q)", s)
 	}
+	r.checkWiped(pgid)
+}
+
+// checkWiped asserts what an aborted first boot leaves: no process of the
+// playbook's group, a destroyed and undefined domain, no state dir.
+func (r *binaryRun) checkWiped(pgid int) {
+	t := r.t
+	t.Helper()
 	if err := unix.Kill(-pgid, 0); err != unix.ESRCH {
 		t.Errorf("the playbook's process group %d is still there (kill: %v)", pgid, err)
 	}

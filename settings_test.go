@@ -107,12 +107,7 @@ func TestNetworkChangeAppliedWhenShutOff(t *testing.T) {
 func TestRestrictNetworkCheckedAgainstTheVMsNetwork(t *testing.T) {
 	t.Setenv("LIBVIRT_DEFAULT_URI", "qemu:///session") // where the default network is user
 	h := newHarness(t)
-	args := h.upArgs("-d")
-	for i, a := range args {
-		if a == "user" {
-			args[i] = "nat"
-		}
-	}
+	args := h.natUpArgs("-d")
 	if code := h.wait(h.up(args...)); code != 0 {
 		t.Fatalf("exit %d\n%s", code, h.stderr)
 	}

@@ -336,6 +336,17 @@ func (h *harness) upArgs(extra ...string) []string {
 		"--network", "user", "--disk", "4"}, extra...)
 }
 
+// natUpArgs is upArgs on libvirt's NAT network.
+func (h *harness) natUpArgs(extra ...string) []string {
+	args := h.upArgs(extra...)
+	for i, a := range args {
+		if a == "user" {
+			args[i] = "nat"
+		}
+	}
+	return args
+}
+
 func (h *harness) checkCalls(want [][]string) {
 	h.t.Helper()
 	if diff := cmp.Diff(want, h.calls()); diff != "" {
@@ -748,12 +759,7 @@ func TestSecondCtrlCWhileStoppingForcesOff(t *testing.T) {
 // On the NAT network the guest's address comes from its DHCP lease.
 func TestUpNATFindsGuestAddress(t *testing.T) {
 	h := newHarness(t)
-	args := h.upArgs("-d")
-	for i, a := range args {
-		if a == "user" {
-			args[i] = "nat"
-		}
-	}
+	args := h.natUpArgs("-d")
 	if code := h.wait(h.up(args...)); code != 0 {
 		t.Fatalf("exit %d\n%s", code, h.stderr)
 	}
