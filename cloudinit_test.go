@@ -104,7 +104,7 @@ func TestCloudInitErrorsFailPolicyKeepsVMAndLaterUpDecidesAgain(t *testing.T) {
 	if code := h.wait(h.up("v1", "-d", "--cloud-init-errors", "fail")); code != exitFailed {
 		t.Fatalf("second up under fail: exit %d, want 1\n%s", code, h.stderr)
 	}
-	resume := seq("virsh uri", "virsh domstate v1", "virsh domstate v1", "ssh master", "ssh -O check")
+	resume := seq("virsh uri", "virsh domstate v1", "virsh domstate v1 --reason", "ssh master", "ssh -O check")
 	h.checkCalls(concat(resume, cloudInitDone()))
 
 	// Under warn (the default), the same VM goes on to its playbook.
@@ -172,7 +172,7 @@ func TestCloudInitErrorWhileLaterStagesRunIsNotItsEnd(t *testing.T) {
 	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
 		t.Fatalf("exit %d, want 0\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(h.freshPrepare(), seq("virsh domstate v1", "virsh start v1", "ssh master", "ssh -O check"),
+	h.checkCalls(concat(h.freshPrepare(), seq("virsh domstate v1 --reason", "virsh start v1", "ssh master", "ssh -O check"),
 		cloudInitRunning(), cloudInitRunning(), cloudInitDone(), seq("ansible-playbook play.yml"), completeFirstBoot()))
 	for _, want := range []string{"module bootcmd: Unexpected error while running command. Command: ['/bin/sh', '-c', 'exit 3'] Exit code: 3",
 		"module scripts-user: Runparts"} {

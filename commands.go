@@ -76,16 +76,19 @@ func runsUp(pid int) bool {
 	return err == nil && len(args) > 1 && args[1] == "up"
 }
 
-// terminate sends SIGTERM to the recorded process and to no other: through a
+// terminate sends SIGTERM to the recorded process and to no other.
+func (r lockRecord) terminate() error { return r.signal(unix.SIGTERM) }
+
+// signal sends sig to the recorded process and to no other: through a
 // pidfd, opened before the start time is checked again, a pid reused after
 // the check is never the one signalled.
-func (r lockRecord) terminate() error {
+func (r lockRecord) signal(sig unix.Signal) error {
 	fd, err := unix.PidfdOpen(r.PID, 0)
 	if errors.Is(err, unix.ENOSYS) { // before Linux 5.3
 		if !r.alive() {
 			return unix.ESRCH
 		}
-		return unix.Kill(r.PID, unix.SIGTERM)
+		return unix.Kill(r.PID, sig)
 	}
 	if err != nil {
 		return err
@@ -94,7 +97,7 @@ func (r lockRecord) terminate() error {
 	if !r.alive() {
 		return unix.ESRCH
 	}
-	return unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0)
+	return unix.PidfdSendSignal(fd, sig, nil, 0)
 }
 
 // askOwnerToStop sends SIGTERM to the `up` holding the VM's lock (as
@@ -137,6 +140,9 @@ func waitBusy(env Env, paths Paths, cmd string) (*Lock, int) {
 func runDown(env Env, o *Options) int {
 	out := env.Out
 	defer sayGoingOn(env, "down", o.Name)()
+	if o.Suspend && o.Force {
+		return reportError(out, usagef("give one of them", "--suspend and --force exclude each other"))
+	}
 	paths, j, code := loadVM(env, o, "down")
 	if j == nil {
 		return code
@@ -154,8 +160,13 @@ func runDown(env Env, o *Options) int {
 					code: exitBusy,
 				})
 			}
-			out.Say("stopping", "Asking vmup pid %d to shut VM %s down", up.PID, o.Name)
-			lock, err = askOwnerToStop(env, paths, up, "down", o.ShutdownTimeout+30*time.Second)
+			if o.Suspend {
+				out.Say("saving", "Asking vmup pid %d to save VM %s", up.PID, o.Name)
+				lock, err = askUpToSuspend(paths, up, "down", o.ShutdownTimeout+30*time.Second)
+			} else {
+				out.Say("stopping", "Asking vmup pid %d to shut VM %s down", up.PID, o.Name)
+				lock, err = askOwnerToStop(env, paths, up, "down", o.ShutdownTimeout+30*time.Second)
+			}
 			if err != nil {
 				return reportError(out, err)
 			}
@@ -180,18 +191,39 @@ func runDown(env Env, o *Options) int {
 	if err := checkLibvirt(ctx, v); err != nil {
 		return reportError(out, err)
 	}
-	state, err := v.DomState(ctx, o.Name)
-	if errors.Is(err, errNotFound) || state == "shut off" {
-		out.Say("stopped", "VM %s is already shut off", o.Name)
+	state, reason, err := v.DomStateReason(ctx, o.Name)
+	switch {
+	case err == nil && isSaved(state, reason):
+		setJournalPhase(paths, Saved)
+		out.Say("saved", "VM %s is saved (`vmup up %s` resumes it where it was)", o.Name, o.Name)
 		return exitOK
-	}
-	if err != nil {
+	case errors.Is(err, errNotFound) || err == nil && state == "shut off":
+		if o.Suspend {
+			out.Say("stopped", "VM %s is shut off: there is nothing to save", o.Name)
+		} else {
+			out.Say("stopped", "VM %s is already shut off", o.Name)
+		}
+		return exitOK
+	case err != nil:
 		return reportError(out, err)
+	case o.Suspend:
+		out.Say("saving", "Saving VM %s (up to %s)", o.Name, o.ShutdownTimeout)
+		if err := saveDomain(ctx, v, o.Name, o.ShutdownTimeout); err != nil {
+			return reportError(out, &hintedError{
+				msg: fmt.Sprintf("could not save VM %s: %v; it keeps running", o.Name, err),
+				hint: fmt.Sprintf("free space in pool %s and run `vmup down --suspend %s` again, or `vmup down %s` to shut it down",
+					j.Pool, o.Name, o.Name),
+				code: exitStopFailed,
+			})
+		}
+		setJournalPhase(paths, Saved)
+		out.Say("saved", "VM %s is saved (`vmup up %s` resumes it where it was)", o.Name, o.Name)
+		return exitOK
 	}
 	if !o.Force {
 		out.Say("stopping", "Shutting down VM %s (up to %s)", o.Name, o.ShutdownTimeout)
 		if err := v.Shutdown(ctx, o.Name); err == nil && waitShutOff(ctx, v, o.Name, o.ShutdownTimeout, env.Poll) {
-			markStopped(paths)
+			setJournalPhase(paths, Stopped)
 			out.Say("stopped", "VM %s is shut off", o.Name)
 			return exitOK
 		}
@@ -200,14 +232,14 @@ func runDown(env Env, o *Options) int {
 	if err := v.Destroy(ctx, o.Name); err != nil && !isNotRunning(err) {
 		return reportError(out, &hintedError{msg: fmt.Sprintf("cannot force VM %s off: %v", o.Name, err), code: exitStopFailed})
 	}
-	markStopped(paths)
+	setJournalPhase(paths, Stopped)
 	out.Say("stopped", "VM %s is off", o.Name)
 	return exitOK
 }
 
-func markStopped(paths Paths) {
-	if j, err := readJournal(paths); err == nil && j != nil {
-		j.Phase = Stopped
+func setJournalPhase(paths Paths, p Phase) {
+	if j, err := readJournal(paths); err == nil && j != nil && j.Phase != p {
+		j.Phase = p
 		writeJournal(paths, j)
 	}
 }
@@ -334,10 +366,14 @@ func domainVolumes(ctx context.Context, v *Virsh, pool, name string) ([]string, 
 		}
 	}
 	// The seed the domain does not boot from now (the later one, during the
-	// first boot) is named by no definition, but it is this VM's all the same.
-	for _, seed := range []string{firstSeedVolume(name), laterSeedVolume(name)} {
-		if exists, err := v.VolExists(ctx, pool, seed); err == nil && exists && !slices.Contains(vols, seed) {
-			vols = append(vols, seed)
+	// first boot), and the disk a provisioned state froze, are named by no
+	// definition, but they are this VM's all the same.
+	for _, vol := range []string{name + ".qcow2", runDiskVolume(name), firstSeedVolume(name), laterSeedVolume(name)} {
+		if slices.Contains(vols, vol) {
+			continue
+		}
+		if exists, err := v.VolExists(ctx, pool, vol); err == nil && exists {
+			vols = append(vols, vol)
 		}
 	}
 	return vols, nil
@@ -398,10 +434,12 @@ func statusOf(ctx context.Context, env Env, name string) vmStatus {
 			s.Forwards = j.Forwards
 		}
 	}
-	state, err := newVirsh(env.Runner, connect).DomState(ctx, name)
+	state, reason, err := newVirsh(env.Runner, connect).DomStateReason(ctx, name)
 	switch {
 	case errors.Is(err, errNotFound):
 		s.Domain = "undefined"
+	case err == nil && isSaved(state, reason):
+		s.Domain = "saved" // shut off, and `vmup up` resumes it
 	case err == nil:
 		s.Domain = state
 	}

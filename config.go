@@ -44,6 +44,9 @@ type Options struct {
 	NoProvision     bool
 	Reset           bool
 	Force           bool
+	SuspendOnStop   bool // a stop of a foreground up saves the VM instead of shutting it down
+	DiscardSaved    bool // a re-up of a saved VM boots it afresh, losing its memory
+	Suspend         bool // down saves the VM instead of shutting it down
 	JSON            bool
 	RestrictNetwork bool
 	BootTimeout     time.Duration
@@ -154,6 +157,7 @@ type fileConfig struct {
 	BootTimeout     *string  `json:"boot-timeout"`
 	ShutdownTimeout *string  `json:"shutdown-timeout"`
 	CloudInitErrors *string  `json:"cloud-init-errors"`
+	SuspendOnStop   *bool    `json:"suspend-on-stop"`
 }
 
 const configFile = "vmup.json"
@@ -250,6 +254,7 @@ func loadConfig(o *Options) error {
 	setBool(&o.Detach, c.Detach)
 	setBool(&o.NoProvision, c.NoProvision)
 	setBool(&o.RestrictNetwork, c.RestrictNetwork)
+	setBool(&o.SuspendOnStop, c.SuspendOnStop)
 	if c.PlaybookArgs != nil {
 		o.PlaybookArgs = c.PlaybookArgs
 	}
@@ -340,9 +345,15 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.DurationVar(&o.BootTimeout, "boot-timeout", o.BootTimeout, "")
 		fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "")
 		fs.StringVar(&o.CloudInitErrors, "cloud-init-errors", o.CloudInitErrors, "")
+		fs.BoolVar(&o.SuspendOnStop, "suspend-on-stop", o.SuspendOnStop, "")
+		fs.BoolVar(&o.DiscardSaved, "discard-saved", o.DiscardSaved, "")
+		fs.BoolVar(&o.JSON, "json", o.JSON, "")
+	case "reset":
+		fs.DurationVar(&o.BootTimeout, "boot-timeout", o.BootTimeout, "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "down":
 		fs.BoolVar(&o.Force, "force", o.Force, "")
+		fs.BoolVar(&o.Suspend, "suspend", o.Suspend, "")
 		fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "")
 	case "status":
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")

@@ -41,6 +41,7 @@ const (
 	startFresh       startKind = iota // no VM yet (or a clean restart)
 	startResumeFirst                  // the first boot failed earlier: boot and provision again
 	startReup                         // the first boot completed
+	startReset                        // `vmup reset`: back to the provisioned state
 )
 
 // upRun is one `vmup up`: the controller, the one loop that changes the
@@ -82,7 +83,7 @@ func (u *upRun) run() int {
 		var m evMsg
 		select {
 		case sig := <-u.env.Signals:
-			m = evMsg{ev: signalEvent(sig, u.windowOpen)}
+			m = evMsg{ev: signalEvent(sig, u.windowOpen, u.o.SuspendOnStop && u.phase.AfterFirstBoot())}
 		case m = <-u.events:
 			if m.ev == EvConfirmExpired && (!u.windowOpen || m.gen != u.windowGen) {
 				continue // a window that already closed
@@ -192,6 +193,14 @@ func (u *upRun) do(a Action, from Phase, ev Event) {
 		out.Say("stopped_externally", "VM stopped externally")
 	case ActReportFailure:
 		u.reportFailure(from, ev)
+	case ActSave:
+		u.goWork(u.save)
+	case ActSayBusySaving:
+		out.Say("already_saving", "saving VM %s, please wait: a save is never cut short", u.o.Name)
+	case ActReset:
+		u.goWork(u.reset)
+	case ActSayBusyResetting:
+		out.Say("already_resetting", "resetting VM %s, please wait: a reset is never cut short", u.o.Name)
 	}
 }
 
@@ -229,6 +238,8 @@ func (u *upRun) finish() {
 	switch u.phase {
 	case Stopped:
 		out.Say("stopped", "VM %s is shut off (start it again with `vmup up %s`)", u.o.Name, u.o.Name)
+	case Saved:
+		out.Say("saved", "VM %s is saved (`vmup up %s` resumes it where it was)", u.o.Name, u.o.Name)
 	case Aborted:
 		if u.wiped {
 			out.Say("aborted", "Aborted: VM %s was removed", u.o.Name)
@@ -254,6 +265,8 @@ func (u *upRun) reportFailure(from Phase, ev Event) {
 			msg:  "the playbook passed, but the completed first boot could not be recorded: " + u.failure,
 			hint: fmt.Sprintf("free space in %s, then run `vmup up %s` to run the first boot's playbook again", u.env.Home, name),
 		}
+	case from == Suspending, from == Resetting, ev == EvPrepareFailed && u.failHint != "":
+		err = &hintedError{msg: u.failure, hint: u.failHint}
 	case u.phase == StopFailed:
 		err = &hintedError{
 			msg:  fmt.Sprintf("VM %s could not be stopped: %s", name, u.failure),

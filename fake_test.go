@@ -47,6 +47,19 @@ type fakeWorld struct {
 	Snapshots map[string][]string
 	// ManagedSave names the domains with a managed save image.
 	ManagedSave map[string]bool
+	// SaveHangs makes managedsave run until virsh is killed (a huge guest on
+	// a slow disk); SaveAborted counts the domjobabort calls that ended such a job.
+	SaveHangs   bool
+	SaveAborted int
+	// SnapshotXML is each snapshot's saved definition, by "domain/snapshot".
+	SnapshotXML map[string]string
+	// Live is each running domain's definition as it started: a define
+	// while it runs changes only XML, the next start's.
+	Live map[string]string
+	// Frozen names the overlay each domain's disk was moved onto (--disk-only).
+	Frozen map[string]string
+	// NoAgent makes qemu-agent-command fail as for a guest without the agent.
+	NoAgent bool
 	// CloudInit is the guest's cloud-init, as vmup's ssh commands find it.
 	CloudInit fakeCloudInit
 }
@@ -149,7 +162,7 @@ func (c *fakeCloudInit) status() (map[string]any, int) {
 func newFakeWorld() *fakeWorld {
 	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{},
 		Uploaded: map[string]bool{}, XML: map[string]string{}, Fail: map[string]string{},
-		Snapshots: map[string][]string{}, ManagedSave: map[string]bool{},
+		Snapshots: map[string][]string{}, ManagedSave: map[string]bool{}, SnapshotXML: map[string]string{}, Frozen: map[string]string{}, Live: map[string]string{},
 		Content: map[string][]byte{}, Backing: map[string]string{}, Uploader: map[string]int{}, Busy: map[string]int{}}
 }
 
@@ -238,6 +251,15 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 				w.Domains[arg(1)] = "shut off"
 			}
 		}
+		if slices.Contains(args, "--reason") {
+			switch {
+			case st == "running":
+				return st + " (booted)", "", 0
+			case w.ManagedSave[arg(1)]:
+				return st + " (saved)", "", 0
+			}
+			return st + " (shutdown)", "", 0
+		}
 		return st, "", 0
 	case "domuuid":
 		if _, ok := w.Domains[arg(1)]; !ok {
@@ -276,6 +298,8 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			return notFound("domain", arg(1))
 		}
 		w.Domains[arg(1)] = "running"
+		w.Live[arg(1)] = w.XML[arg(1)]
+		delete(w.ManagedSave, arg(1)) // restored, as libvirt does
 		return "", "", 0
 	case "shutdown":
 		if w.Domains[arg(1)] != "running" {
@@ -342,6 +366,59 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			return "", "error: Requested operation is not valid: domain is not running", 1
 		}
 		w.ManagedSave[arg(1)], w.Domains[arg(1)] = true, "shut off"
+		return "\nDomain '" + arg(1) + "' state saved by libvirt", "", 0
+	case "managedsave-remove":
+		if _, ok := w.Domains[arg(1)]; !ok {
+			return notFound("domain", arg(1))
+		}
+		if !w.ManagedSave[arg(1)] {
+			return "Domain '" + arg(1) + "' has no manage save image; removal skipped", "", 0
+		}
+		delete(w.ManagedSave, arg(1))
+		return "Removed managedsave image for domain '" + arg(1) + "'", "", 0
+	case "domjobabort":
+		return "", "error: Requested operation is not valid: no job is active on the domain", 1
+	case "qemu-agent-command":
+		if w.NoAgent {
+			return "", "error: Guest agent is not responding: QEMU guest agent is not connected", 1
+		}
+		return `{"return":{}}`, "", 0
+	case "snapshot-create-as":
+		if _, ok := w.Domains[arg(1)]; !ok {
+			return notFound("domain", arg(1))
+		}
+		if slices.Contains(args, "--disk-only") {
+			i := slices.Index(args, "--diskspec")
+			_, file, _ := strings.Cut(arg(i+1), "file=")
+			w.Frozen[arg(1)] = file
+			return "Domain snapshot 1795400467 created", "", 0
+		}
+		w.Snapshots[arg(1)] = append(w.Snapshots[arg(1)], arg(2)+" internal")
+		w.SnapshotXML[arg(1)+"/"+arg(2)] = "<domainsnapshot><name>" + arg(2) + "</name><state>" + w.Domains[arg(1)] + "</state>" + w.Live[arg(1)] + "</domainsnapshot>"
+		return "Domain snapshot " + arg(2) + " created", "", 0
+	case "snapshot-dumpxml":
+		x, ok := w.SnapshotXML[arg(1)+"/"+arg(2)]
+		if !ok {
+			return "", "error: Domain snapshot not found: no domain snapshot with matching name '" + arg(2) + "'", 1
+		}
+		return x, "", 0
+	case "snapshot-create":
+		data, err := os.ReadFile(arg(2))
+		if err != nil {
+			return "", err.Error(), 1
+		}
+		snap := between(string(data), "<name>", "</name>")
+		w.SnapshotXML[arg(1)+"/"+snap] = string(data)
+		return "Domain snapshot " + snap + " created from '" + arg(2) + "'", "", 0
+	case "snapshot-revert":
+		x, ok := w.SnapshotXML[arg(1)+"/"+arg(2)]
+		if !ok {
+			return "", "error: Domain snapshot not found: no domain snapshot with matching name '" + arg(2) + "'", 1
+		}
+		_, dom, _ := strings.Cut(x, "</state>")
+		w.XML[arg(1)] = strings.TrimSuffix(dom, "</domainsnapshot>")
+		w.Live[arg(1)] = w.XML[arg(1)]
+		w.Domains[arg(1)] = "running"
 		return "", "", 0
 	case "pool-info":
 		if !w.Pools[arg(1)] {
@@ -397,7 +474,7 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			return notFound("vol", pv)
 		}
 		name := pv[strings.Index(pv, "/")+1:]
-		xml := fmt.Sprintf("<volume type='file'>\n  <name>%s</name>\n  <key>/pool/%s</key>\n  <target>\n    <path>/pool/%s</path>\n    <format type='raw'/>\n  </target>\n", name, pv, pv)
+		xml := fmt.Sprintf("<volume type='file'>\n  <name>%s</name>\n  <key>/pool/%s</key>\n  <capacity unit='bytes'>4294967296</capacity>\n  <target>\n    <path>/pool/%s</path>\n    <format type='raw'/>\n  </target>\n", name, pv, pv)
 		if b := w.Backing[pv]; b != "" {
 			xml += fmt.Sprintf("  <backingStore>\n    <path>%s</path>\n    <format type='raw'/>\n  </backingStore>\n", b)
 		}

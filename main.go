@@ -19,7 +19,8 @@ ansible-playbook on its first boot, and shuts it down on Ctrl+C.
 
 Usage:
   vmup up [NAME] [flags] [-- ANSIBLE-PLAYBOOK-ARGS...]
-  vmup down [NAME] [--force] [--shutdown-timeout D]
+  vmup down [NAME] [--force | --suspend] [--shutdown-timeout D]
+  vmup reset [NAME] [--boot-timeout D] [--json]
   vmup destroy [NAME]
   vmup status [NAME] [--json]
   vmup ssh [NAME] [-- CMD...]
@@ -51,8 +52,15 @@ Flags of up:
   --boot-timeout D        (default 5m)
   --cloud-init-errors warn|fail           what a failed cloud-init module does in
                           the first boot: warn and go on (default), or fail (VM kept)
-  --shutdown-timeout D    (default 60s)
+  --shutdown-timeout D    (default 60s; also bounds a save)
+  --suspend-on-stop       foreground: Ctrl+C, SIGTERM, SIGHUP save the VM's state
+                          (as down --suspend) instead of shutting it down
+  --discard-saved         a saved VM boots afresh (its memory is lost), so new
+                          settings apply
   --json                  JSON Lines events on stdout
+
+down --suspend saves a running VM's memory; the next up resumes it in seconds.
+reset brings a VM back to the state its first boot completed in (kept then).
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
@@ -106,7 +114,7 @@ func run(args []string) int {
 	case "version", "--version":
 		fmt.Println("vmup", versionString())
 		return exitOK
-	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision":
+	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
@@ -115,9 +123,12 @@ func run(args []string) int {
 	sigs := make(chan os.Signal, 8)
 	// destroy and down catch them too: killed halfway, they would leave a
 	// half-removed or half-stopped VM.
-	if cmd == "up" || cmd == "provision" || cmd == "destroy" || cmd == "down" {
+	if cmd == "up" || cmd == "provision" || cmd == "destroy" || cmd == "down" || cmd == "reset" {
 		stop := notifySignals(sigs)
 		defer stop()
+	}
+	if cmd == "up" {
+		notifySuspend(sigs) // `vmup down --suspend` asks a foreground up to save
 	}
 
 	o, sshArgs, err := parseCommand(cmd, rest)
@@ -127,8 +138,8 @@ func run(args []string) int {
 	}
 	var jsonOut io.Writer
 	switch {
-	case o != nil && o.JSON && cmd == "up",
-		o == nil && (cmd == "up" || cmd == "status") && wantsJSON(rest):
+	case o != nil && o.JSON && (cmd == "up" || cmd == "reset"),
+		o == nil && (cmd == "up" || cmd == "reset" || cmd == "status") && wantsJSON(rest):
 		jsonOut = os.Stdout
 	}
 	name := ""
@@ -170,6 +181,8 @@ func run(args []string) int {
 		return runSSHConfig(env, o)
 	case "provision":
 		return runProvision(env, o)
+	case "reset":
+		return finishWith(out, runReset(env, o))
 	}
 	return exitUsage
 }

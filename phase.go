@@ -17,8 +17,11 @@ const (
 	Booting                   // a VM whose first boot completed is started again
 	Running
 	Stopping
-	Wiping // a confirmed abort removes what this run (or its first boot) made
+	Suspending // the VM's memory is saved (managedsave); the next up resumes it
+	Resetting  // the VM goes back to its provisioned state
+	Wiping     // a confirmed abort removes what this run (or its first boot) made
 	Stopped
+	Saved
 	Detached
 	Aborted
 	Failed
@@ -28,8 +31,8 @@ const (
 
 var phaseNames = [numPhases]string{
 	Preparing: "preparing", Starting: "starting", Provisioning: "provisioning", Booting: "booting",
-	Running: "running", Stopping: "stopping", Wiping: "wiping", Stopped: "stopped",
-	Detached: "detached", Aborted: "aborted", Failed: "failed", StopFailed: "stop_failed",
+	Running: "running", Stopping: "stopping", Suspending: "suspending", Resetting: "resetting",
+	Wiping: "wiping", Stopped: "stopped", Saved: "saved", Detached: "detached", Aborted: "aborted", Failed: "failed", StopFailed: "stop_failed",
 }
 
 func (p Phase) String() string {
@@ -50,6 +53,10 @@ func parsePhase(s string) (Phase, bool) {
 
 // Terminal phases end the process.
 func (p Phase) Terminal() bool { return p >= Stopped && p < numPhases }
+
+// AfterFirstBoot phases run a VM whose first boot completed: a stop there
+// may save it (--suspend-on-stop).
+func (p Phase) AfterFirstBoot() bool { return p == Booting || p == Running }
 
 // FirstBoot phases are the ones a confirmed interrupt may wipe.
 func (p Phase) FirstBoot() bool { return p == Starting || p == Provisioning }
@@ -81,6 +88,12 @@ const (
 	EvWipeDone
 	EvWipeFailed
 	EvCompletedMeanwhile // a wipe found the first boot recorded complete before the abort took hold
+	EvSuspend            // SIGUSR1 (`vmup down --suspend`), or a stop signal under --suspend-on-stop
+	EvSaved              // the VM's state is saved and its domain shut off
+	EvSaveFailed         // the save failed or was aborted: the VM still runs
+	EvPreparedReset      // prepared a reset to the provisioned state
+	EvResetDone          // the VM is back in its provisioned state (running, or shut off to boot)
+	EvResetFailed
 	numEvents
 )
 
@@ -93,6 +106,8 @@ var eventNames = [numEvents]string{
 	EvDetach:         "detach", EvDomainStopped: "domain_stopped", EvShutdownTimeout: "shutdown_timeout",
 	EvForceOffFailed: "force_off_failed", EvWipeDone: "wipe_done", EvWipeFailed: "wipe_failed",
 	EvCompletedMeanwhile: "completed_meanwhile",
+	EvSuspend:            "suspend", EvSaved: "saved", EvSaveFailed: "save_failed",
+	EvPreparedReset: "prepared_reset", EvResetDone: "reset_done", EvResetFailed: "reset_failed",
 }
 
 func (e Event) String() string {
@@ -120,6 +135,10 @@ const (
 	ActWipe                             // destroy, undefine, delete volumes and state of this VM
 	ActSayStoppedExternally
 	ActReportFailure // tell the user how to inspect and remove the kept VM
+	ActSave          // save the VM's state (managedsave); a save that overruns is aborted in libvirt
+	ActSayBusySaving // a signal while saving changes nothing
+	ActReset         // bring the VM back to its provisioned state; never cut short
+	ActSayBusyResetting
 )
 
 var actionNames = []string{
@@ -128,6 +147,7 @@ var actionNames = []string{
 	ActEnterRunning: "enter_running", ActShutdown: "shutdown",
 	ActForceOff: "force_off", ActStopWork: "stop_work", ActRemovePartial: "remove_partial", ActWipe: "wipe",
 	ActSayStoppedExternally: "say_stopped_externally", ActReportFailure: "report_failure",
+	ActSave: "save", ActSayBusySaving: "say_busy_saving", ActReset: "reset", ActSayBusyResetting: "say_busy_resetting",
 }
 
 func (a Action) String() string { return actionNames[a] }
@@ -177,6 +197,7 @@ var table = [numPhases]map[Event]Transition{
 		EvPreparedRunning:   to(Running, keep, ActEnterRunning),
 		EvPrepareFailed:     to(Wiping, exitFailed, ActReportFailure, ActRemovePartial),
 		EvPrepareRejected:   to(Wiping, exitUsage, ActReportFailure, ActRemovePartial),
+		EvPreparedReset:     to(Resetting, keep, ActReset),
 	},
 	// First boot: one Ctrl+C only warns; a confirmed one, SIGTERM or SIGHUP wipes the VM.
 	Starting: {
@@ -207,6 +228,7 @@ var table = [numPhases]map[Event]Transition{
 		EvTerminate:      to(Stopping, exitOK, ActStopWork, ActShutdown),
 		EvHangup:         to(Stopping, exitOK, ActStopWork, ActShutdown),
 		EvDomainStopped:  to(Stopped, exitOK, ActStopWork, ActSayStoppedExternally),
+		EvSuspend:        to(Suspending, exitOK, ActStopWork, ActSave),
 		EvReady:          to(Running, keep, ActEnterRunning),
 		EvBootTimeout:    to(Failed, exitFailed, ActStopWork, ActReportFailure),
 		EvBootFailed:     to(Failed, exitFailed, ActStopWork, ActReportFailure),
@@ -217,6 +239,7 @@ var table = [numPhases]map[Event]Transition{
 		EvTerminate:      to(Stopping, exitOK, ActStopWork, ActShutdown),
 		EvHangup:         to(Stopping, exitOK, ActStopWork, ActShutdown),
 		EvDomainStopped:  to(Stopped, exitOK, ActStopWork, ActSayStoppedExternally),
+		EvSuspend:        to(Suspending, exitOK, ActStopWork, ActSave),
 		EvDetach:         to(Detached, exitOK),
 	},
 	// Impatience or a timeout forces the VM off.
@@ -228,6 +251,27 @@ var table = [numPhases]map[Event]Transition{
 		EvShutdownTimeout: to(Stopping, keep, ActForceOff),
 		EvDomainStopped:   to(Stopped, keep),
 		EvForceOffFailed:  to(StopFailed, exitStopFailed, ActReportFailure),
+	},
+	// A save is quick and all or nothing: signals are acknowledged and wait for it.
+	// A failed one leaves the VM running.
+	Suspending: {
+		EvInterrupt:      to(Suspending, keep, ActSayBusySaving),
+		EvInterruptAgain: to(Suspending, keep, ActSayBusySaving),
+		EvTerminate:      to(Suspending, keep, ActSayBusySaving),
+		EvHangup:         to(Suspending, keep, ActSayBusySaving),
+		EvSuspend:        to(Suspending, keep, ActSayBusySaving),
+		EvSaved:          to(Saved, keep),
+		EvSaveFailed:     to(StopFailed, exitStopFailed, ActReportFailure),
+	},
+	// Cut short, a reset would leave neither state: it runs to its end, then boots.
+	Resetting: {
+		EvInterrupt:      to(Resetting, keep, ActSayBusyResetting),
+		EvInterruptAgain: to(Resetting, keep, ActSayBusyResetting),
+		EvTerminate:      to(Resetting, keep, ActSayBusyResetting),
+		EvHangup:         to(Resetting, keep, ActSayBusyResetting),
+		EvSuspend:        to(Resetting, keep, ActSayBusyResetting),
+		EvResetDone:      to(Booting, keep, ActStartBoot),
+		EvResetFailed:    to(Failed, exitFailed, ActReportFailure),
 	},
 	// Signals are acknowledged and otherwise ignored.
 	Wiping: {
@@ -247,42 +291,63 @@ var table = [numPhases]map[Event]Transition{
 // events that cannot matter. With table it covers every pair of a
 // non-terminal phase (phase_test.go checks).
 var ignored = [numPhases][]Event{
+	// `vmup down --suspend` repeats its SIGUSR1 until the VM runs.
 	Preparing: {
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
-		EvConfirmExpired, EvDetach, EvDomainStopped,
+		EvConfirmExpired, EvDetach, EvDomainStopped, EvSuspend, EvSaved, EvSaveFailed, EvResetDone, EvResetFailed,
 	},
-	// During the first boot the boot worker and the playbook notice a dead domain themselves.
+	// During the first boot the boot worker and the playbook notice a dead
+	// domain themselves, and a half-made VM is never saved.
 	Starting: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
+		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
 	},
 	Provisioning: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvShutdownTimeout, EvForceOffFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
+		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
 	},
 	Booting: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
+		EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
 	},
 	Running: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
-		EvConfirmExpired,
+		EvConfirmExpired, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
 	},
+	// A shutdown under way is not turned into a save.
 	Stopping: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
+		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
+	},
+	// The save worker alone decides how a save ended, from the domain's state.
+	Suspending: {
+		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
+		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
+		EvConfirmExpired, EvDetach, EvDomainStopped, EvPreparedReset, EvResetDone, EvResetFailed,
+	},
+	Resetting: {
+		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
+		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
+		EvConfirmExpired, EvDetach, EvDomainStopped, EvSaved, EvSaveFailed, EvPreparedReset,
 	},
 	Wiping: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvConfirmExpired, EvDetach, EvDomainStopped,
+		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
 	},
 }
 

@@ -105,7 +105,7 @@ func TestSignalEvent(t *testing.T) {
 		{"HUP", false, EvHangup},
 	}
 	for _, c := range cases {
-		if got := signalEvent(sigByName[c.sig], c.window); got != c.want {
+		if got := signalEvent(sigByName[c.sig], c.window, false); got != c.want {
 			t.Errorf("signalEvent(%s, window=%v) = %s, want %s", c.sig, c.window, got, c.want)
 		}
 	}

@@ -26,6 +26,8 @@ func (u *upRun) prepare(ctx context.Context) {
 		err = u.prepareResume(ctx)
 	case startReup:
 		ev, err = u.prepareReup(ctx)
+	case startReset:
+		ev, err = EvPreparedReset, u.prepareReset(ctx)
 	}
 	if ctx.Err() != nil {
 		return // interrupted: the controller is already undoing this run's work
@@ -402,7 +404,7 @@ func (u *vmRun) domainXML(ctx context.Context, seedVol string) ([]byte, error) {
 		Cmdline: j.Cmdline, ConsoleLog: u.paths.Console(), UEFI: j.Firmware == "uefi",
 	}
 	var err error
-	if spec.Disk, err = path(o.Name + ".qcow2"); err != nil {
+	if spec.Disk, err = path(u.diskVolume()); err != nil {
 		return nil, err
 	}
 	// The seed stays attached after the first boot too (holding only the
@@ -501,7 +503,7 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	out, o, j := u.env.Out, u.o, u.j
 	out.Plan(3)
 	out.Step("Checking VM")
-	state, err := u.virsh.DomState(ctx, o.Name)
+	state, reason, err := u.virsh.DomStateReason(ctx, o.Name)
 	if err != nil {
 		if errors.Is(err, errNotFound) {
 			return 0, &hintedError{
@@ -513,6 +515,11 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	}
 	running := state != "shut off" && state != "crashed"
 	changed := settingsChanged(o, j)
+	if isSaved(state, reason) {
+		if err := u.checkRestore(ctx, changed); err != nil {
+			return 0, err
+		}
+	}
 	if changed && running {
 		return 0, &usageError{
 			msg: fmt.Sprintf("VM %s is running with other settings (network %s, restrict-network %v, cpus %d, memory %d, disk %d, forwards %v)",
@@ -539,7 +546,7 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	} else {
 		out.Done("")
 	}
-	if u.j.SeedVolume != laterSeedVolume(o.Name) {
+	if u.j.SeedVolume != laterSeedVolume(o.Name) && !isSaved(state, reason) {
 		u.releaseJournal()
 		u.replaceSeed(ctx) // what the completion of the first boot could not do
 	}
@@ -548,6 +555,33 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 		return EvPreparedRunning, nil
 	}
 	return EvPreparedBoot, nil
+}
+
+// checkRestore decides about a saved VM: a restore brings back the
+// definition saved with its memory, so new settings, or an SSH port taken
+// meanwhile, are refused unless the user gives up the saved state.
+func (u *vmRun) checkRestore(ctx context.Context, changed bool) error {
+	o, j := u.o, u.j
+	if o.DiscardSaved {
+		u.releaseJournal()
+		u.env.Out.Say("discarding", "Discarding the saved state of VM %s: it boots afresh", o.Name)
+		return u.virsh.ManagedSaveRemove(context.WithoutCancel(ctx), o.Name)
+	}
+	discard := fmt.Sprintf("`vmup up %s --discard-saved` to boot it afresh instead (its memory is lost)", o.Name)
+	if changed {
+		return &usageError{
+			msg: fmt.Sprintf("VM %s is saved with other settings (network %s, restrict-network %v, cpus %d, memory %d, disk %d, forwards %v), which its restore brings back",
+				o.Name, j.Network, j.Restrict, j.CPUs, j.MemoryMiB, j.DiskGiB, j.Forwards),
+			hint: fmt.Sprintf("run `vmup up %s` without new settings to resume it, or %s", o.Name, discard),
+		}
+	}
+	if j.Network == "user" && !portFree(j.SSHPort) {
+		return &usageError{
+			msg:  fmt.Sprintf("SSH port %d of saved VM %s is taken by another program, and its restore needs it", j.SSHPort, o.Name),
+			hint: fmt.Sprintf("free port %d and run `vmup up %s` again, or %s", j.SSHPort, o.Name, discard),
+		}
+	}
+	return nil
 }
 
 // redefine applies this run's settings to a shut-off VM: a new SSH port if
@@ -578,7 +612,7 @@ func (u *vmRun) redefine(ctx context.Context, portTaken bool) error {
 			}
 		}
 		if o.DiskGiB > before.DiskGiB {
-			if err := u.virsh.VolResize(ctx, o.Pool, o.Name+".qcow2", int64(o.DiskGiB)<<30); err != nil {
+			if err := u.virsh.VolResize(ctx, o.Pool, u.diskVolume(), int64(o.DiskGiB)<<30); err != nil {
 				return err
 			}
 			before.DiskGiB = o.DiskGiB // grown for good

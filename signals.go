@@ -27,9 +27,17 @@ func surviveClosedOutput() {
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 }
 
+// notifySuspend delivers SIGUSR1, `vmup down --suspend`'s request, to ch.
+func notifySuspend(ch chan<- os.Signal) { signal.Notify(ch, syscall.SIGUSR1) }
+
 // signalEvent turns a signal into the controller's event. A SIGINT is a
-// confirmation only while the first-boot window is open.
-func signalEvent(sig os.Signal, windowOpen bool) Event {
+// confirmation only while the first-boot window is open. SIGUSR1 asks for a
+// save, and so does any stop signal when stopSaves (--suspend-on-stop, once
+// the first boot completed).
+func signalEvent(sig os.Signal, windowOpen, stopSaves bool) Event {
+	if sig == syscall.SIGUSR1 || stopSaves {
+		return EvSuspend
+	}
 	switch sig {
 	case syscall.SIGTERM:
 		return EvTerminate

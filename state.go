@@ -68,8 +68,33 @@ type Journal struct {
 	UploadingBase string `json:"uploading_base,omitempty"`
 	// ControlDir is the private dir of the ControlMaster's socket while an
 	// up runs, when the state dir's path is too long for a socket.
-	ControlDir string    `json:"control_dir,omitempty"`
-	Updated    time.Time `json:"updated"`
+	ControlDir string `json:"control_dir,omitempty"`
+	// DiskVolume is the volume the domain's disk is: empty for NAME.qcow2,
+	// NAME-run.qcow2 once a disk-only provisioned state froze NAME.qcow2.
+	DiskVolume string `json:"disk_volume,omitempty"`
+	// Provisioned is the state the first boot completed in, which `vmup
+	// reset` brings back; nil when none was kept.
+	Provisioned *Provisioned `json:"provisioned,omitempty"`
+	Updated     time.Time    `json:"updated"`
+}
+
+// Provisioned is a VM's state as its first boot completed, and the settings
+// it had then (a reset brings them back too).
+type Provisioned struct {
+	// Kind memory: an internal snapshot with the guest's memory
+	// (provisionedSnapshot); disk: NAME.qcow2 frozen under NAME-run.qcow2,
+	// with a copy of the UEFI NVRAM in the state dir when NVRAM is set.
+	Kind      string    `json:"kind"`
+	NVRAM     bool      `json:"nvram,omitempty"`
+	Network   string    `json:"network"`
+	SSHHost   string    `json:"ssh_host,omitempty"`
+	SSHPort   int       `json:"ssh_port,omitempty"`
+	Forwards  []string  `json:"forwards,omitempty"`
+	Restrict  bool      `json:"restrict_network,omitempty"`
+	CPUs      int       `json:"cpus"`
+	MemoryMiB int       `json:"memory"`
+	DiskGiB   int       `json:"disk"`
+	Made      time.Time `json:"made"`
 }
 
 // Paths names every file vmup keeps for one VM.
@@ -206,6 +231,23 @@ func validateJournal(j *Journal, name string) error {
 	}
 	// By shape only: TMPDIR may differ between runs; what is used is checked
 	// again (validControlDir: owner, mode, no symlink) and a stale one ignored.
+	check(j.DiskVolume == "" || j.DiskVolume == runDiskVolume(name), "disk_volume %q is not a volume vmup makes for VM %s", j.DiskVolume, name)
+	if p := j.Provisioned; p != nil {
+		check(p.Kind == "memory" || p.Kind == "disk", "provisioned: kind %q is not memory or disk", p.Kind)
+		check(p.Kind == "disk" || !p.NVRAM, "provisioned: nvram is set on a %s state", p.Kind)
+		check(p.Network == "nat" || p.Network == "user", "provisioned: network %q is not nat or user", p.Network)
+		check(p.SSHHost == "" || net.ParseIP(p.SSHHost) != nil, "provisioned: ssh_host %q is not an IP address", p.SSHHost)
+		check(p.SSHPort >= 0 && p.SSHPort <= 65535, "provisioned: ssh_port %d is no port", p.SSHPort)
+		check(!p.Restrict || p.Network == "user", "provisioned: restrict_network is set on network %q", p.Network)
+		for _, f := range p.Forwards {
+			_, err := parseForward(f)
+			check(err == nil, "provisioned: forwards: %q is not [ADDR:]HOST:GUEST", f)
+		}
+		check(p.CPUs >= minCPUs && p.CPUs <= maxCPUs, "provisioned: cpus %d is out of range", p.CPUs)
+		check(p.MemoryMiB >= minMemoryMiB && p.MemoryMiB <= maxMemoryMiB, "provisioned: memory %d is out of range", p.MemoryMiB)
+		check(p.DiskGiB >= minDiskGiB && p.DiskGiB <= maxDiskGiB, "provisioned: disk %d is out of range", p.DiskGiB)
+		check(j.FirstBootDone, "provisioned is set before the first boot completed")
+	}
 	check(j.ControlDir == "" || filepath.IsAbs(j.ControlDir) && filepath.Clean(j.ControlDir) == j.ControlDir &&
 		strings.HasPrefix(filepath.Base(j.ControlDir), "vmup-"), "control_dir %q is not one vmup makes", j.ControlDir)
 	return bad

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -284,7 +285,7 @@ func (h *harness) freshPrepare() [][]string {
 
 func firstBoot() [][]string {
 	return concat(seq(
-		"virsh domstate v1",
+		"virsh domstate v1 --reason",
 		"virsh start v1",
 		"ssh master",
 		"ssh -O check",
@@ -294,11 +295,22 @@ func firstBoot() [][]string {
 // completeFirstBoot attaches the seed of later boots, made in Preparing, and
 // then deletes the first one, which holds the host's private key.
 func completeFirstBoot() [][]string {
-	return seq(
+	return concat(seq(
 		"virsh vol-info --pool vmup v1-seed-boot.iso",
 		"virsh define $HOME/vms/v1/domain-later.xml",
 		"virsh vol-delete --pool vmup v1-seed.iso",
-	)
+	), keepProvisioned())
+}
+
+// keepProvisioned is the memory state of a first boot that completed: the
+// snapshot, redefined to name the seed of later boots.
+func keepProvisioned() [][]string {
+	return concat([][]string{{"virsh", "snapshot-create-as", "v1", "vmup-provisioned", "--description",
+		"vmup: the state VM v1's first boot completed in", "--atomic"}}, seq(
+		"virsh vol-path --pool vmup v1-seed-boot.iso",
+		"virsh snapshot-dumpxml v1 vmup-provisioned --security-info",
+		"virsh snapshot-create v1 $HOME/vms/v1/snapshot.xml --redefine",
+	))
 }
 
 // wipeCalls is what removing VM v1 runs: domain, then every volume its journal lists.
@@ -314,6 +326,13 @@ func wipeCalls(vols ...string) [][]string {
 		calls = append(calls, argv("virsh vol-delete --pool vmup "+vol))
 	}
 	return calls
+}
+
+// completedWipeCalls removes a VM whose first boot completed: its provisioned
+// snapshot goes before the domain.
+func completedWipeCalls() [][]string {
+	calls := wipeCalls(completedVolumes...)
+	return slices.Insert(calls, 4, argv("virsh snapshot-delete v1 vmup-provisioned"))
 }
 
 // The volumes of v1 during its first boot, and once it completed (the first
@@ -406,8 +425,8 @@ func TestReupOfCompletedVM(t *testing.T) {
 	}
 	h.checkCalls(seq(
 		"virsh uri",
-		"virsh domstate v1",
-		"virsh domstate v1",
+		"virsh domstate v1 --reason",
+		"virsh domstate v1 --reason",
 		"virsh start v1",
 		"ssh master",
 		"ssh -O check",
@@ -513,7 +532,7 @@ func TestFailedPlaybookKeepsVMAndReupRetries(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("retry: exit %d\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(seq("virsh uri", "virsh domstate v1", "virsh domstate v1", "ssh master", "ssh -O check"),
+	h.checkCalls(concat(seq("virsh uri", "virsh domstate v1", "virsh domstate v1 --reason", "ssh master", "ssh -O check"),
 		cloudInitDone(), seq("ansible-playbook play.yml"), completeFirstBoot()))
 }
 
@@ -656,14 +675,14 @@ func TestDownAndDestroy(t *testing.T) {
 	if code := runDown(env, o); code != 0 {
 		t.Fatalf("down: exit %d\n%s", code, h.stderr)
 	}
-	h.checkCalls(seq("virsh uri", "virsh domstate v1", "virsh shutdown v1 --mode acpi", "virsh domstate v1"))
+	h.checkCalls(seq("virsh uri", "virsh domstate v1 --reason", "virsh shutdown v1 --mode acpi", "virsh domstate v1"))
 
 	h.fake.calls = nil
 	o, _, _ = parseCommand("destroy", []string{"v1"})
 	if code := runDestroy(env, o); code != 0 {
 		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(seq("virsh uri"), wipeCalls(completedVolumes...)))
+	h.checkCalls(concat(seq("virsh uri"), completedWipeCalls()))
 	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Dir); !os.IsNotExist(err) {
 		t.Errorf("state dir left: %v", err)
 	}
@@ -713,12 +732,12 @@ func TestReupRedefinesShutOffVMWithNewSettings(t *testing.T) {
 	}
 	h.checkCalls(seq(
 		"virsh uri",
-		"virsh domstate v1",
+		"virsh domstate v1 --reason",
 		"virsh vol-resize --pool vmup v1.qcow2 8589934592",
 		"virsh vol-path --pool vmup v1.qcow2",
 		"virsh vol-path --pool vmup v1-seed-boot.iso",
 		"virsh define $HOME/vms/v1/domain.xml",
-		"virsh domstate v1",
+		"virsh domstate v1 --reason",
 		"virsh start v1",
 		"ssh master",
 		"ssh -O check",

@@ -306,3 +306,90 @@ func (v *Virsh) Reachable(ctx context.Context) error {
 	_, err := v.run(ctx, "uri")
 	return err
 }
+
+// DomStateReason returns the state word and libvirt's reason for it: a
+// managed save shows as "shut off" with reason "saved".
+func (v *Virsh) DomStateReason(ctx context.Context, name string) (state, reason string, err error) {
+	out, err := v.run(ctx, "domstate", name, "--reason")
+	if err != nil {
+		return "", "", classify(err)
+	}
+	state, reason, _ = strings.Cut(out, " (")
+	return state, strings.TrimSuffix(reason, ")"), nil
+}
+
+// ManagedSave saves the running domain's memory and stops it; the next
+// start restores it.
+func (v *Virsh) ManagedSave(ctx context.Context, name string) error {
+	_, err := v.run(ctx, "managedsave", name)
+	return classify(err)
+}
+
+// ManagedSaveRemove discards a saved state: the next start boots.
+func (v *Virsh) ManagedSaveRemove(ctx context.Context, name string) error {
+	_, err := v.run(ctx, "managedsave-remove", name)
+	return classify(err)
+}
+
+// DomJobAbort cancels the domain's job (a save) in libvirt itself: killing
+// virsh alone would let it run on.
+func (v *Virsh) DomJobAbort(ctx context.Context, name string) error {
+	_, err := v.run(ctx, "domjobabort", name)
+	return classify(err)
+}
+
+// SnapshotCreate makes an internal snapshot named snap; of a running
+// domain it holds the guest's memory too.
+func (v *Virsh) SnapshotCreate(ctx context.Context, name, snap, description string) error {
+	_, err := v.run(ctx, "snapshot-create-as", name, snap, "--description", description, "--atomic")
+	return classify(err)
+}
+
+func (v *Virsh) SnapshotDumpXML(ctx context.Context, name, snap string) (string, error) {
+	out, err := v.run(ctx, "snapshot-dumpxml", name, snap, "--security-info")
+	return out, classify(err)
+}
+
+// SnapshotRedefine replaces a snapshot's metadata (not its data) with xmlFile.
+func (v *Virsh) SnapshotRedefine(ctx context.Context, name, xmlFile string) error {
+	_, err := v.run(ctx, "snapshot-create", name, xmlFile, "--redefine")
+	return classify(err)
+}
+
+// SnapshotRevert brings back the snapshot's disk, memory and definition and
+// runs the domain; --force lets it replace a definition changed since.
+func (v *Virsh) SnapshotRevert(ctx context.Context, name, snap string) error {
+	_, err := v.run(ctx, "snapshot-revert", name, snap, "--running", "--force")
+	return classify(err)
+}
+
+// FreezeDisk moves the running domain's disk vda onto top, an overlay backed
+// by its current file, which from then on no longer changes. No snapshot
+// metadata is kept: vmup itself knows the layers.
+func (v *Virsh) FreezeDisk(ctx context.Context, name, top string) error {
+	_, err := v.run(ctx, "snapshot-create-as", name, "--no-metadata", "--disk-only", "--atomic", "--reuse-external",
+		"--diskspec", "vda,file="+top)
+	return classify(err)
+}
+
+// AgentCommand sends one command to the guest agent, waiting at most timeout.
+func (v *Virsh) AgentCommand(ctx context.Context, name, command string, timeout time.Duration) (string, error) {
+	secs := max(1, int(timeout/time.Second))
+	out, err := v.run(ctx, "qemu-agent-command", name, "--timeout", fmt.Sprint(secs), command)
+	return out, classify(err)
+}
+
+// VolCapacity is the volume's virtual size in bytes (0 when libvirt does not say).
+func (v *Virsh) VolCapacity(ctx context.Context, pool, vol string) (int64, error) {
+	out, err := v.run(ctx, "vol-dumpxml", "--pool", pool, vol)
+	if err != nil {
+		return 0, classify(err)
+	}
+	var x struct {
+		Capacity int64 `xml:"capacity"`
+	}
+	if err := xml.Unmarshal([]byte(out), &x); err != nil {
+		return 0, fmt.Errorf("vol-dumpxml %s: %w", vol, err)
+	}
+	return x.Capacity, nil
+}

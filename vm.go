@@ -43,6 +43,9 @@ type vmRun struct {
 	forwards     *forwarder         // NAT forwards: claimed while preparing or opened by enterRunning, closed by finish
 
 	created created // what this run made in Preparing, for remove_partial; added to by the prepare worker
+	// restored: the guest runs on from a saved or snapshotted state, so its
+	// clock is behind (set by the boot or reset worker, before the boot worker reads it)
+	restored bool
 	logPath string  // the last playbook log, set by the provision worker
 }
 
@@ -75,6 +78,17 @@ func (c *created) drop(vol string) {
 // boots only the instance id.
 func firstSeedVolume(name string) string { return name + "-seed.iso" }
 func laterSeedVolume(name string) string { return name + "-seed-boot.iso" }
+
+// A disk-only provisioned state freezes NAME.qcow2; the VM runs on this overlay.
+func runDiskVolume(name string) string { return name + "-run.qcow2" }
+
+// diskVolume is the volume the domain's disk is now.
+func (u *vmRun) diskVolume() string {
+	if u.j.DiskVolume != "" {
+		return u.j.DiskVolume
+	}
+	return u.o.Name + ".qcow2"
+}
 
 func (u *vmRun) updateJournal(f func(j *Journal)) error {
 	u.jmu.Lock()
@@ -114,19 +128,27 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 		u.send(EvBootFailed, err)
 	}
 	out.Step("Booting VM")
-	state, err := u.virsh.DomState(ctx, u.o.Name)
+	state, reason, err := u.virsh.DomStateReason(ctx, u.o.Name)
 	if err != nil {
 		fail(err)
 		return
 	}
-	if state == "running" {
+	switch {
+	case state == "running" && u.restored:
+		out.Done("back in its provisioned state")
+	case state == "running":
 		out.Skip("already running")
-	} else {
+	default:
 		if err := u.virsh.Start(ctx, u.o.Name); err != nil {
 			fail(err)
 			return
 		}
-		out.Done("")
+		if isSaved(state, reason) {
+			u.restored = true
+			out.Done("resumed from its saved state")
+		} else {
+			out.Done("")
+		}
 	}
 	out.Step("Waiting for SSH")
 	ep, err := u.endpoint(ctx)
@@ -146,6 +168,9 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 		return
 	}
 	out.Done(ep.String())
+	if u.restored {
+		u.setGuestClock(ctx)
+	}
 	if firstBoot && !u.cloudInitFinished(ctx, fail) {
 		return
 	}
@@ -331,6 +356,10 @@ func (u *upRun) completeFirstBoot(ctx context.Context) {
 	// Not cancellable: once recorded, the VM is kept, so this finishes too.
 	seedCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	u.replaceSeed(seedCtx)
+	cancel()
+	// A memory state takes about as long as writing the guest's RAM.
+	keepCtx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	u.recordProvisioned(keepCtx)
 	cancel()
 	u.send(EvProvisioned, nil)
 }

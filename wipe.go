@@ -25,7 +25,7 @@ func validVMVolume(name, vol string) bool {
 	}
 	// Exactly these: VM "a-seed"'s first seed is "a-seed-seed.iso".
 	switch vol {
-	case name + ".qcow2", name + "-kernel", name + "-initrd", firstSeedVolume(name), laterSeedVolume(name):
+	case name + ".qcow2", runDiskVolume(name), name + "-kernel", name + "-initrd", firstSeedVolume(name), laterSeedVolume(name):
 		return true
 	}
 	return false

@@ -1,0 +1,397 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The provisioned state is the VM as its first boot completed, kept so that
+// `vmup reset` brings it back in seconds instead of a new VM and playbook.
+// Where libvirt can (direct kernel boot, BIOS) it is an internal snapshot
+// with the guest's memory; with UEFI's pflash it cannot, and the state is
+// the disk alone: NAME.qcow2 frozen under the overlay NAME-run.qcow2 that
+// the VM runs on, plus a copy of the NVRAM.
+
+const provisionedSnapshot = "vmup-provisioned"
+
+// provisionedKind says what a VM's provisioned state can hold.
+func provisionedKind(j *Journal) string {
+	if j.Firmware == "uefi" {
+		return "disk"
+	}
+	return "memory"
+}
+
+// recordProvisioned keeps the state the completed first boot left. It is
+// best effort: without it the VM is as good, only `vmup reset` cannot be used.
+func (u *vmRun) recordProvisioned(ctx context.Context) {
+	out, o := u.env.Out, u.o
+	if u.j.SeedVolume != laterSeedVolume(o.Name) {
+		// A state kept now would name the seed with the guest's private key.
+		out.Warn("no provisioned state of VM %s was kept for `vmup reset`: its seed could not be replaced", o.Name)
+		return
+	}
+	u.jmu.Lock()
+	j := *u.j
+	u.jmu.Unlock()
+	p := &Provisioned{Kind: provisionedKind(&j), Network: j.Network, SSHHost: j.SSHHost, SSHPort: j.SSHPort,
+		Forwards: j.Forwards, Restrict: j.Restrict, CPUs: j.CPUs, MemoryMiB: j.MemoryMiB, DiskGiB: j.DiskGiB,
+		Made: time.Now().UTC()}
+	var err error
+	if p.Kind == "memory" {
+		err = u.snapshotProvisioned(ctx)
+	} else {
+		p.NVRAM, err = u.freezeProvisionedDisk(ctx)
+	}
+	if err == nil {
+		err = u.updateJournal(func(j *Journal) { j.Provisioned = p })
+	}
+	if err != nil {
+		out.Warn("no provisioned state of VM %s was kept for `vmup reset`: %v", o.Name, err)
+	}
+}
+
+// snapshotProvisioned takes the internal snapshot with memory. Its saved
+// definition names the first boot's seed, which is gone (it held the guest's
+// private host key): it is redefined to name the seed of later boots, which
+// holds the same instance id, or no revert could start the VM.
+func (u *vmRun) snapshotProvisioned(ctx context.Context) error {
+	name, pool := u.o.Name, u.o.Pool
+	if err := u.virsh.SnapshotCreate(ctx, name, provisionedSnapshot, "vmup: the state VM "+name+"'s first boot completed in"); err != nil {
+		return err
+	}
+	err := func() error {
+		later, err := u.virsh.VolPath(ctx, pool, laterSeedVolume(name))
+		if err != nil {
+			return err
+		}
+		first := filepath.Join(filepath.Dir(later), firstSeedVolume(name))
+		xml, err := u.virsh.SnapshotDumpXML(ctx, name, provisionedSnapshot)
+		if err != nil {
+			return err
+		}
+		fixed := strings.NewReplacer("file='"+first+"'", "file='"+later+"'", `file="`+first+`"`, `file="`+later+`"`).Replace(xml)
+		if fixed == xml {
+			return nil
+		}
+		file := u.paths.File("snapshot.xml")
+		if err := writeFileAtomic(file, []byte(fixed), 0o600); err != nil {
+			return err
+		}
+		defer os.Remove(file)
+		return u.virsh.SnapshotRedefine(ctx, name, file)
+	}()
+	if err != nil {
+		u.virsh.SnapshotDelete(context.WithoutCancel(ctx), name, provisionedSnapshot)
+	}
+	return err
+}
+
+// freezeProvisionedDisk moves the running VM onto a new overlay, leaving
+// NAME.qcow2 as it is now, and copies the NVRAM. The journal names the
+// overlay before the domain uses it: a crash in between leaves a journal
+// whose next definition runs the VM on an overlay of the current disk,
+// which loses nothing.
+func (u *vmRun) freezeProvisionedDisk(ctx context.Context) (nvram bool, err error) {
+	name, pool := u.o.Name, u.o.Pool
+	base, top := name+".qcow2", runDiskVolume(name)
+	if u.ssh != nil {
+		u.ssh.Exec(ctx, "sync") // what the guest wrote is in the frozen disk
+	}
+	if err := u.createOverlay(ctx); err != nil {
+		return false, err
+	}
+	path, err := u.virsh.VolPath(ctx, pool, top)
+	if err == nil {
+		err = u.updateJournal(func(j *Journal) { j.DiskVolume = top })
+	}
+	if err == nil {
+		err = u.virsh.FreezeDisk(ctx, name, path)
+	}
+	if err != nil {
+		u.updateJournal(func(j *Journal) { j.DiskVolume = "" })
+		if derr := u.virsh.VolDelete(context.WithoutCancel(ctx), pool, top); derr == nil {
+			u.updateJournal(func(j *Journal) { j.Volumes = slices.DeleteFunc(j.Volumes, func(v string) bool { return v == top }) })
+		}
+		return false, fmt.Errorf("cannot freeze %s under %s: %w", base, top, err)
+	}
+	if err := u.copyNVRAM(ctx, true); err != nil {
+		u.env.Out.Warn("the NVRAM of VM %s was not kept (%v): a reset starts it from the firmware's template", name, err)
+		return false, nil
+	}
+	return true, nil
+}
+
+// createOverlay makes NAME-run.qcow2 anew on the frozen NAME.qcow2, as big.
+func (u *vmRun) createOverlay(ctx context.Context) error {
+	name, pool := u.o.Name, u.o.Pool
+	size, err := u.virsh.VolCapacity(ctx, pool, name+".qcow2")
+	if err != nil {
+		return err
+	}
+	if size == 0 {
+		size = int64(u.j.DiskGiB) << 30
+	}
+	return u.createVolume(ctx, runDiskVolume(name), size, "qcow2", name+".qcow2", "qcow2")
+}
+
+var nvramRE = regexp.MustCompile(`<nvram[^>]*>([^<]+)</nvram>`)
+
+// nvramPath is the VM's NVRAM file as libvirt's definition names it: a
+// regular file of the VM's name, never a link.
+func (u *vmRun) nvramPath(ctx context.Context) (string, error) {
+	xml, err := u.virsh.DumpXML(ctx, u.o.Name)
+	if err != nil {
+		return "", err
+	}
+	m := nvramRE.FindStringSubmatch(xml)
+	if m == nil {
+		return "", errors.New("its definition names no NVRAM")
+	}
+	path := m[1]
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path || !strings.HasPrefix(filepath.Base(path), u.o.Name+"_VARS") {
+		return "", fmt.Errorf("NVRAM path %q is not the VM's own", path)
+	}
+	return path, nil
+}
+
+// copyNVRAM copies the VM's NVRAM into the state dir (save) or back (restore).
+func (u *vmRun) copyNVRAM(ctx context.Context, save bool) error {
+	live, err := u.nvramPath(ctx)
+	if err != nil {
+		return err
+	}
+	kept := u.paths.File("provisioned-nvram.fd")
+	from, to := live, kept
+	if !save {
+		from, to = kept, live
+	}
+	st, err := os.Lstat(from)
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() || st.Size() > 64<<20 {
+		return fmt.Errorf("%s is not an NVRAM file", from)
+	}
+	f, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, 64<<20))
+	if err != nil {
+		return err
+	}
+	if !save {
+		if st, err := os.Lstat(to); err == nil && !st.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", to)
+		}
+	}
+	return writeFileAtomic(to, data, 0o600)
+}
+
+// ---- vmup reset ----
+
+// runReset brings a VM back to its provisioned state through the same
+// controller as up: Preparing checks, Resetting resets, Booting waits for
+// SSH; it returns once the VM is ready, as `up -d` does.
+func runReset(env Env, o *Options) int {
+	out := env.Out
+	if err := requireName(o, "reset"); err != nil {
+		return reportError(out, err)
+	}
+	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return reportError(out, err)
+	}
+	lock, code := lockVM(out, paths, "reset")
+	if lock == nil {
+		return code
+	}
+	defer lock.Unlock()
+	j, err := readJournal(paths)
+	if err != nil {
+		return reportError(out, err)
+	}
+	if j == nil {
+		return reportError(out, &hintedError{msg: "no VM named " + o.Name,
+			hint: "run `vmup status` to list the VMs"})
+	}
+	if j.Provisioned == nil {
+		why := "its first boot has not completed"
+		if j.FirstBootDone {
+			why = "none was kept when its first boot completed"
+		}
+		return reportError(out, usagef(fmt.Sprintf("run `vmup destroy %s` and `vmup up %s …` to make it anew", o.Name, o.Name),
+			"VM %s has no provisioned state to reset to: %s", o.Name, why))
+	}
+	o.Detach = true
+	if err := inherit(o, j); err != nil {
+		return reportError(out, err)
+	}
+	u := &upRun{vmRun: vmRun{env: env, o: o, paths: paths, kind: startReset, j: j, holdJournal: true}}
+	u.virsh = newVirsh(env.Runner, o.Connect)
+	if err := checkLibvirt(context.Background(), u.virsh); err != nil {
+		return reportError(out, err)
+	}
+	return u.run()
+}
+
+// prepareReset checks that the provisioned state can come back: the domain
+// exists, and on a user network the ports it had are free or its own.
+func (u *vmRun) prepareReset(ctx context.Context) error {
+	out, o, j, p := u.env.Out, u.o, u.j, u.j.Provisioned
+	out.Plan(4)
+	out.Step("Checking VM")
+	state, _, err := u.virsh.DomStateReason(ctx, o.Name)
+	if errors.Is(err, errNotFound) {
+		return &hintedError{msg: fmt.Sprintf("the domain of VM %s is gone", o.Name),
+			hint: fmt.Sprintf("run `vmup destroy %s` to clear what is left", o.Name)}
+	}
+	if err != nil {
+		return err
+	}
+	running := state == "running" || state == "paused"
+	if p.Network == "user" {
+		ownPort := running && j.Network == "user" && j.SSHPort == p.SSHPort
+		if !ownPort && !portFree(p.SSHPort) {
+			return &usageError{
+				msg:  fmt.Sprintf("SSH port %d, which VM %s's provisioned state uses, is taken by another program", p.SSHPort, o.Name),
+				hint: fmt.Sprintf("free port %d and run `vmup reset %s` again", p.SSHPort, o.Name),
+			}
+		}
+		for _, s := range p.Forwards {
+			f, err := parseForward(s)
+			if err != nil || running && j.Network == "user" && slices.Contains(j.Forwards, s) {
+				continue
+			}
+			fw, err := listenForwards([]Forward{f})
+			if err != nil {
+				return err
+			}
+			fw.Close()
+		}
+	}
+	if d := provisionedDiff(j, p); d != "" {
+		out.Say("settings_restored", "VM %s gets back the settings it was provisioned with (%s)", o.Name, d)
+	}
+	what := "its disk and memory"
+	if p.Kind == "disk" {
+		what = "its disk; it boots"
+	}
+	out.Done(fmt.Sprintf("provisioned %s: %s", p.Made.Local().Format("2006-01-02 15:04"), what))
+	return nil
+}
+
+// provisionedDiff lists the settings that differ from the provisioned ones.
+func provisionedDiff(j *Journal, p *Provisioned) string {
+	var d []string
+	add := func(differ bool, format string, a ...any) {
+		if differ {
+			d = append(d, fmt.Sprintf(format, a...))
+		}
+	}
+	add(j.Network != p.Network, "network %s, not %s", p.Network, j.Network)
+	add(j.Network == p.Network && j.SSHPort != p.SSHPort, "SSH port %d, not %d", p.SSHPort, j.SSHPort)
+	add(j.CPUs != p.CPUs, "cpus %d, not %d", p.CPUs, j.CPUs)
+	add(j.MemoryMiB != p.MemoryMiB, "memory %d, not %d", p.MemoryMiB, j.MemoryMiB)
+	add(j.DiskGiB != p.DiskGiB, "disk %d, not %d", p.DiskGiB, j.DiskGiB)
+	add(!slices.Equal(j.Forwards, p.Forwards), "forwards %v, not %v", p.Forwards, j.Forwards)
+	add(j.Restrict != p.Restrict, "restrict-network %v, not %v", p.Restrict, j.Restrict)
+	return strings.Join(d, ", ")
+}
+
+// reset is Resetting's worker. Cut short, the VM would be in neither state,
+// so it runs to its end whatever signal comes (each step is quick).
+func (u *upRun) reset(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	out, o := u.env.Out, u.o
+	u.releaseJournal()
+	out.Step("Resetting to the provisioned state")
+	p := u.j.Provisioned
+	// From here on the VM has the provisioned settings, whatever happens.
+	u.updateJournal(func(j *Journal) {
+		j.Network, j.SSHHost, j.SSHPort, j.Forwards, j.Restrict = p.Network, p.SSHHost, p.SSHPort, p.Forwards, p.Restrict
+		j.CPUs, j.MemoryMiB, j.DiskGiB = p.CPUs, p.MemoryMiB, p.DiskGiB
+	})
+	o.Network, o.CPUs, o.MemoryMiB, o.DiskGiB, o.RestrictNetwork = p.Network, p.CPUs, p.MemoryMiB, p.DiskGiB, p.Restrict
+	o.Forwards = nil
+	for _, s := range p.Forwards {
+		if f, err := parseForward(s); err == nil {
+			o.Forwards = append(o.Forwards, f)
+		}
+	}
+	var err error
+	if p.Kind == "memory" {
+		err = u.resetMemory(ctx)
+	} else {
+		err = u.resetDisk(ctx)
+	}
+	if err != nil {
+		out.Fail(err.Error())
+		u.send(EvResetFailed, &hintedError{
+			msg:  fmt.Sprintf("could not reset VM %s: %v", o.Name, err),
+			hint: fmt.Sprintf("run `vmup reset %s` to try again, `vmup up %s` to start it as it is, or `vmup destroy %s`", o.Name, o.Name, o.Name),
+		})
+		return
+	}
+	out.Done("")
+	u.send(EvResetDone, nil)
+}
+
+// discardSaved drops a managed save image: started later, it would bring
+// back memory that belongs to another disk.
+func (u *vmRun) discardSaved(ctx context.Context) error {
+	state, reason, err := u.virsh.DomStateReason(ctx, u.o.Name)
+	if err != nil || !isSaved(state, reason) {
+		return err
+	}
+	return u.virsh.ManagedSaveRemove(ctx, u.o.Name)
+}
+
+func (u *upRun) resetMemory(ctx context.Context) error {
+	if err := u.discardSaved(ctx); err != nil {
+		return err
+	}
+	if err := u.virsh.SnapshotRevert(ctx, u.o.Name, provisionedSnapshot); err != nil {
+		return err
+	}
+	u.restored = true
+	return nil
+}
+
+// resetDisk forces the VM off (what it holds is being discarded), makes its
+// overlay anew on the frozen disk, puts the NVRAM back and redefines it with
+// the provisioned settings; the boot that follows starts it.
+func (u *upRun) resetDisk(ctx context.Context) error {
+	name, pool := u.o.Name, u.o.Pool
+	if err := u.virsh.Destroy(ctx, name); err != nil && !errors.Is(err, errNotFound) && !isNotRunning(err) {
+		return err
+	}
+	if err := u.discardSaved(ctx); err != nil {
+		return err
+	}
+	if err := u.virsh.VolDelete(ctx, pool, runDiskVolume(name)); err != nil && !errors.Is(err, errNotFound) {
+		return err
+	}
+	if err := u.createOverlay(ctx); err != nil {
+		return err
+	}
+	if u.j.Provisioned.NVRAM {
+		if err := u.copyNVRAM(ctx, false); err != nil {
+			return fmt.Errorf("cannot put the NVRAM back: %w", err)
+		}
+	} else if path, err := u.nvramPath(ctx); err == nil {
+		os.Remove(path) // libvirt makes it anew from the firmware's template
+	}
+	return u.define(ctx)
+}

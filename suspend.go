@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A saved VM: libvirt keeps its memory in a managed save image, and the
+// next `virsh start` (so the next `vmup up`) restores it instead of booting.
+
+// isSaved says whether a domain's state and reason are those of a managed save.
+func isSaved(state, reason string) bool { return state == "shut off" && reason == "saved" }
+
+// saveDomain saves the running domain's state within timeout. A save that
+// overruns, or whose ctx ends, is aborted in libvirt too: killing virsh
+// alone would leave libvirt saving. However virsh ended, the domain's state
+// says how the save did: saved (nil), or still running (an error).
+func saveDomain(ctx context.Context, v *Virsh, name string, timeout time.Duration) error {
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	err := v.ManagedSave(sctx, name)
+	cut := sctx.Err() != nil
+	cancel()
+	// From here on nothing is cut short: the domain must end in one state.
+	ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if cut {
+		if aerr := v.DomJobAbort(ctx, name); aerr != nil && !isNoJob(aerr) {
+			err = fmt.Errorf("the save did not finish within %s, and aborting it failed: %v", timeout, aerr)
+		} else {
+			err = fmt.Errorf("the save did not finish within %s and was aborted", timeout)
+		}
+	}
+	for {
+		state, reason, serr := v.DomStateReason(ctx, name)
+		switch {
+		case serr == nil && isSaved(state, reason):
+			return nil // also when the abort came too late
+		case serr == nil && state == "running":
+			if err == nil {
+				err = errors.New("the domain still runs after the save")
+			}
+			return err
+		case ctx.Err() != nil:
+			if err == nil {
+				err = fmt.Errorf("the domain is %s after the save", state)
+			}
+			return err
+		}
+		// Paused while libvirt finishes or unwinds the save job.
+		sleepCtx(ctx, 200*time.Millisecond)
+	}
+}
+
+// isNoJob is domjobabort's error when no job runs (it ended meanwhile).
+func isNoJob(err error) bool {
+	var ee *ExitError
+	return errors.As(err, &ee) && (strings.Contains(ee.Stderr, "no job is active") || strings.Contains(ee.Stderr, "not running"))
+}
+
+// save is Suspending's worker: it ends with EvSaved or EvSaveFailed.
+func (u *upRun) save(ctx context.Context) {
+	old := u.oldWorkersSnapshot()
+	u.waitOldWorkers(old)
+	u.env.Out.Say("saving", "Saving VM %s (its memory is kept; `vmup up %s` resumes it)", u.o.Name, u.o.Name)
+	// The ssh master is ended first: after a restore its connection is stale.
+	if u.ssh != nil {
+		ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		u.ssh.Exit(ectx)
+		cancel()
+	}
+	if err := saveDomain(ctx, u.virsh, u.o.Name, u.o.ShutdownTimeout); err != nil {
+		u.send(EvSaveFailed, &hintedError{
+			msg: fmt.Sprintf("could not save VM %s: %v; it keeps running", u.o.Name, err),
+			hint: fmt.Sprintf("free space in pool %s and run `vmup down --suspend %s`, or `vmup down %s` to shut it down",
+				u.o.Pool, u.o.Name, u.o.Name),
+		})
+		return
+	}
+	u.send(EvSaved, nil)
+}
+
+// setGuestClock sets the guest's clock to the host's after a restore: the
+// guest's clock stood still while it was saved. The guest agent does it
+// where the guest has one; else sudo date over SSH (official images may lack
+// the agent). A failure is a warning: the guest runs, with a stale clock.
+func (u *vmRun) setGuestClock(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	now := time.Now()
+	cmd := fmt.Sprintf(`{"execute":"guest-set-time","arguments":{"time":%d}}`, now.UnixNano())
+	if _, err := u.virsh.AgentCommand(ctx, u.o.Name, cmd, 5*time.Second); err == nil {
+		return
+	}
+	// Read when sent: the SSH login itself takes a moment.
+	stamp := strconv.FormatFloat(float64(time.Now().UnixNano())/1e9, 'f', 3, 64)
+	script := "if [ \"$(id -u)\" = 0 ]; then date -u -s @" + stamp + "; else sudo -n date -u -s @" + stamp + "; fi >/dev/null"
+	if _, err := u.ssh.Exec(ctx, script); err != nil {
+		u.env.Out.Warn("cannot set the guest's clock after the restore (no guest agent, and over SSH: %v); it is behind by the time VM %s was saved",
+			err, u.o.Name)
+	}
+}
+
+// askUpToSuspend asks the `up` holding the VM's lock (proven by upHolding) to
+// save the VM, repeating SIGUSR1 until it lets go: an up still preparing
+// or booting takes it up once the VM runs.
+func askUpToSuspend(paths Paths, up lockRecord, cmd string, timeout time.Duration) (*Lock, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		if err := up.signal(unix.SIGUSR1); err != nil && !errors.Is(err, unix.ESRCH) {
+			return nil, fmt.Errorf("cannot signal vmup pid %d: %w", up.PID, err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, time.Second)
+		l, err := waitLock(wctx, paths.Lock, cmd)
+		wcancel()
+		if err == nil {
+			return l, nil
+		}
+		if !errors.Is(err, errLocked) {
+			return nil, err
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("vmup pid %d did not save VM %s within %s", up.PID, paths.Name(), timeout)
+		}
+	}
+}
