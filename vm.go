@@ -46,7 +46,7 @@ type vmRun struct {
 	// restored: the guest runs on from a saved or snapshotted state, so its
 	// clock is behind (set by the boot or reset worker, before the boot worker reads it)
 	restored bool
-	logPath string  // the last playbook log, set by the provision worker
+	logPath  string // the last playbook log, set by the provision worker
 }
 
 // created is what a run made in Preparing, undone by an interrupt there.
