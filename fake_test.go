@@ -60,6 +60,9 @@ type fakeWorld struct {
 	Frozen map[string]string
 	// NoAgent makes qemu-agent-command fail as for a guest without the agent.
 	NoAgent bool
+	// NVRAMDir is where a UEFI domain's NVRAM lives; start makes it from a
+	// template when it is missing, as libvirt does.
+	NVRAMDir string
 	// CloudInit is the guest's cloud-init, as vmup's ssh commands find it.
 	CloudInit fakeCloudInit
 }
@@ -299,6 +302,11 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		}
 		w.Domains[arg(1)] = "running"
 		w.Live[arg(1)] = w.XML[arg(1)]
+		if w.NVRAMDir != "" && strings.Contains(w.XML[arg(1)], `firmware="efi"`) {
+			if _, err := os.Stat(w.nvram(arg(1))); err != nil {
+				os.WriteFile(w.nvram(arg(1)), []byte("template"), 0o600)
+			}
+		}
 		delete(w.ManagedSave, arg(1)) // restored, as libvirt does
 		return "", "", 0
 	case "shutdown":
@@ -339,7 +347,11 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		if _, ok := w.Domains[arg(1)]; !ok {
 			return notFound("domain", arg(1))
 		}
-		return w.XML[arg(1)], "", 0
+		x := w.XML[arg(1)]
+		if w.NVRAMDir != "" && strings.Contains(x, `firmware="efi"`) {
+			x = strings.Replace(x, "</os>", "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>"+w.nvram(arg(1))+"</nvram></os>", 1)
+		}
+		return x, "", 0
 	case "snapshot-list":
 		if _, ok := w.Domains[arg(1)]; !ok {
 			return notFound("domain", arg(1))
@@ -377,6 +389,11 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		delete(w.ManagedSave, arg(1))
 		return "Removed managedsave image for domain '" + arg(1) + "'", "", 0
 	case "domjobabort":
+		if w.SaveHangs {
+			w.SaveHangs = false
+			w.SaveAborted++
+			return "", "", 0
+		}
 		return "", "error: Requested operation is not valid: no job is active on the domain", 1
 	case "qemu-agent-command":
 		if w.NoAgent {
@@ -537,6 +554,8 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 	return "", "fake virsh: unknown command " + args[0], 1
 }
 
+func (w *fakeWorld) nvram(name string) string { return filepath.Join(w.NVRAMDir, name+"_VARS.fd") }
+
 func between(s, a, b string) string {
 	_, rest, _ := strings.Cut(s, a)
 	v, _, _ := strings.Cut(rest, b)
@@ -595,6 +614,13 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	}
 	switch short[0] {
 	case "virsh":
+		f.mu.Lock()
+		hangs := short[1] == "managedsave" && f.world.SaveHangs
+		f.mu.Unlock()
+		if hangs { // libvirt's job runs on after virsh is killed, until domjobabort
+			<-ctx.Done()
+			return Result{}, ctx.Err()
+		}
 		if short[1] == "vol-upload" && f.uploadStarted != nil {
 			f.uploadStarted <- short
 			<-ctx.Done()
