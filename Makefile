@@ -1,5 +1,5 @@
 # The test command is `go test ./...` (README); `make e2e` adds the real end-to-end suite.
-.PHONY: build test e2e demo clean
+.PHONY: build test e2e bench demo clean
 
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -11,6 +11,11 @@ test:
 
 e2e:
 	scripts/e2e.sh
+
+# vmup against the same operations run by hand (scripts/bench.sh): figures,
+# never a failure on one, so it is not part of .ci/run.
+bench:
+	scripts/bench.sh
 
 # Brings up a VM "demo" from the small test image with examples/site.yml, detached.
 demo: build
