@@ -208,7 +208,7 @@ func runDown(env Env, o *Options) int {
 		return reportError(out, err)
 	case o.Suspend:
 		out.Say("saving", "Saving VM %s (up to %s)", o.Name, o.ShutdownTimeout)
-		if err := saveDomain(ctx, v, o.Name, o.ShutdownTimeout); err != nil {
+		if err := saveDomain(ctx, v, j.Pool, paths, o.ShutdownTimeout); err != nil {
 			return reportError(out, &hintedError{
 				msg: fmt.Sprintf("could not save VM %s: %v; it keeps running", o.Name, err),
 				hint: fmt.Sprintf("free space in pool %s and run `vmup down --suspend %s` again, or `vmup down %s` to shut it down",

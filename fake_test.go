@@ -51,6 +51,8 @@ type fakeWorld struct {
 	// a slow disk); SaveAborted counts the domjobabort calls that ended such a job.
 	SaveHangs   bool
 	SaveAborted int
+	// SaveXML is the definition a managed save holds: the live one as saved.
+	SaveXML map[string]string
 	// SnapshotXML is each snapshot's saved definition, by "domain/snapshot".
 	SnapshotXML map[string]string
 	// Live is each running domain's definition as it started: a define
@@ -165,7 +167,7 @@ func (c *fakeCloudInit) status() (map[string]any, int) {
 func newFakeWorld() *fakeWorld {
 	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{},
 		Uploaded: map[string]bool{}, XML: map[string]string{}, Fail: map[string]string{},
-		Snapshots: map[string][]string{}, ManagedSave: map[string]bool{}, SnapshotXML: map[string]string{}, Frozen: map[string]string{}, Live: map[string]string{},
+		Snapshots: map[string][]string{}, ManagedSave: map[string]bool{}, SnapshotXML: map[string]string{}, SaveXML: map[string]string{}, Frozen: map[string]string{}, Live: map[string]string{},
 		Content: map[string][]byte{}, Backing: map[string]string{}, Uploader: map[string]int{}, Busy: map[string]int{}}
 }
 
@@ -300,8 +302,15 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		if _, ok := w.Domains[arg(1)]; !ok {
 			return notFound("domain", arg(1))
 		}
+		live := w.XML[arg(1)]
+		if w.ManagedSave[arg(1)] {
+			live = w.SaveXML[arg(1)] // a restore runs what was saved
+		}
+		if msg := w.missingFile(live); msg != "" {
+			return "", msg, 1
+		}
 		w.Domains[arg(1)] = "running"
-		w.Live[arg(1)] = w.XML[arg(1)]
+		w.Live[arg(1)] = live
 		if w.NVRAMDir != "" && strings.Contains(w.XML[arg(1)], `firmware="efi"`) {
 			if _, err := os.Stat(w.nvram(arg(1))); err != nil {
 				os.WriteFile(w.nvram(arg(1)), []byte("template"), 0o600)
@@ -378,7 +387,20 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			return "", "error: Requested operation is not valid: domain is not running", 1
 		}
 		w.ManagedSave[arg(1)], w.Domains[arg(1)] = true, "shut off"
+		w.SaveXML[arg(1)] = w.Live[arg(1)]
 		return "\nDomain '" + arg(1) + "' state saved by libvirt", "", 0
+	case "managedsave-dumpxml":
+		if !w.ManagedSave[arg(1)] {
+			return "", "error: Requested operation is not valid: domain does not have managed save image", 1
+		}
+		return w.SaveXML[arg(1)], "", 0
+	case "managedsave-define":
+		data, err := os.ReadFile(arg(2))
+		if err != nil {
+			return "", err.Error(), 1
+		}
+		w.SaveXML[arg(1)] = string(data)
+		return "Managed save state file of domain '" + arg(1) + "' updated.", "", 0
 	case "managedsave-remove":
 		if _, ok := w.Domains[arg(1)]; !ok {
 			return notFound("domain", arg(1))
@@ -433,6 +455,10 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			return "", "error: Domain snapshot not found: no domain snapshot with matching name '" + arg(2) + "'", 1
 		}
 		_, dom, _ := strings.Cut(x, "</state>")
+		if msg := w.missingFile(dom); msg != "" {
+			w.Domains[arg(1)] = "shut off" // as libvirt 9.0 leaves a running domain then
+			return "", "error: Failed to revert snapshot " + arg(2) + "\n" + msg, 1
+		}
 		w.XML[arg(1)] = strings.TrimSuffix(dom, "</domainsnapshot>")
 		w.Live[arg(1)] = w.XML[arg(1)]
 		w.Domains[arg(1)] = "running"
@@ -552,6 +578,17 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		return "", "", 0
 	}
 	return "", "fake virsh: unknown command " + args[0], 1
+}
+
+// missingFile is libvirt's error for a volume file a definition names that
+// is gone ("" when all are there).
+func (w *fakeWorld) missingFile(xml string) string {
+	for _, m := range domainFileRE.FindAllStringSubmatch(xml, -1) {
+		if pv, ok := strings.CutPrefix(m[1], "/pool/"); ok && !w.Volumes[pv] {
+			return "error: Cannot access storage file '" + m[1] + "': No such file or directory"
+		}
+	}
+	return ""
 }
 
 func (w *fakeWorld) nvram(name string) string { return filepath.Join(w.NVRAMDir, name+"_VARS.fd") }

@@ -59,28 +59,21 @@ func (u *vmRun) recordProvisioned(ctx context.Context) {
 	}
 }
 
-// snapshotProvisioned takes the internal snapshot with memory. Its saved
-// definition names the first boot's seed, which is gone (it held the guest's
-// private host key): it is redefined to name the seed of later boots, which
-// holds the same instance id, or no revert could start the VM.
+// snapshotProvisioned takes the internal snapshot with memory, and makes
+// its saved definition name the seed of later boots (repointSeed).
 func (u *vmRun) snapshotProvisioned(ctx context.Context) error {
 	name, pool := u.o.Name, u.o.Pool
 	if err := u.virsh.SnapshotCreate(ctx, name, provisionedSnapshot, "vmup: the state VM "+name+"'s first boot completed in"); err != nil {
 		return err
 	}
 	err := func() error {
-		later, err := u.virsh.VolPath(ctx, pool, laterSeedVolume(name))
-		if err != nil {
-			return err
-		}
-		first := filepath.Join(filepath.Dir(later), firstSeedVolume(name))
 		xml, err := u.virsh.SnapshotDumpXML(ctx, name, provisionedSnapshot)
 		if err != nil {
 			return err
 		}
-		fixed := strings.NewReplacer("file='"+first+"'", "file='"+later+"'", `file="`+first+`"`, `file="`+later+`"`).Replace(xml)
-		if fixed == xml {
-			return nil
+		fixed, changed, err := repointSeed(ctx, u.virsh, pool, name, xml)
+		if err != nil || !changed {
+			return err
 		}
 		file := u.paths.File("snapshot.xml")
 		if err := writeFileAtomic(file, []byte(fixed), 0o600); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -21,7 +23,8 @@ func isSaved(state, reason string) bool { return state == "shut off" && reason =
 // overruns, or whose ctx ends, is aborted in libvirt too: killing virsh
 // alone would leave libvirt saving. However virsh ended, the domain's state
 // says how the save did: saved (nil), or still running (an error).
-func saveDomain(ctx context.Context, v *Virsh, name string, timeout time.Duration) error {
+func saveDomain(ctx context.Context, v *Virsh, pool string, paths Paths, timeout time.Duration) error {
+	name := paths.Name()
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	err := v.ManagedSave(sctx, name)
 	cut := sctx.Err() != nil
@@ -40,7 +43,11 @@ func saveDomain(ctx context.Context, v *Virsh, name string, timeout time.Duratio
 		state, reason, serr := v.DomStateReason(ctx, name)
 		switch {
 		case serr == nil && isSaved(state, reason):
-			return nil // also when the abort came too late
+			// Also when the abort came too late.
+			if err := repointSavedSeed(ctx, v, pool, paths); err != nil {
+				return fmt.Errorf("it is saved, but its saved definition names a deleted seed that cannot be replaced: %w", err)
+			}
+			return nil
 		case serr == nil && state == "running":
 			if err == nil {
 				err = errors.New("the domain still runs after the save")
@@ -55,6 +62,43 @@ func saveDomain(ctx context.Context, v *Virsh, name string, timeout time.Duratio
 		// Paused while libvirt finishes or unwinds the save job.
 		sleepCtx(ctx, 200*time.Millisecond)
 	}
+}
+
+// repointSeed makes a saved definition (a managed save's or a snapshot's)
+// name the seed of later boots where it names the first boot's: that one is
+// deleted once the first boot completed (it held the guest's private host
+// key), and a restore needs every file its definition names. Both seeds
+// hold the same instance id. changed is false when there was nothing to do.
+func repointSeed(ctx context.Context, v *Virsh, pool, name, xml string) (fixed string, changed bool, err error) {
+	later, err := v.VolPath(ctx, pool, laterSeedVolume(name))
+	if errors.Is(err, errNotFound) {
+		return xml, false, nil // still in its first boot: its own seed is there
+	}
+	if err != nil {
+		return "", false, err
+	}
+	first := filepath.Join(filepath.Dir(later), firstSeedVolume(name))
+	fixed = strings.NewReplacer("file='"+first+"'", "file='"+later+"'", `file="`+first+`"`, `file="`+later+`"`).Replace(xml)
+	return fixed, fixed != xml, nil
+}
+
+// repointSavedSeed applies repointSeed to the domain's managed save.
+func repointSavedSeed(ctx context.Context, v *Virsh, pool string, paths Paths) error {
+	name := paths.Name()
+	xml, err := v.ManagedSaveDumpXML(ctx, name)
+	if err != nil {
+		return err
+	}
+	fixed, changed, err := repointSeed(ctx, v, pool, name, xml)
+	if err != nil || !changed {
+		return err
+	}
+	file := paths.File("managedsave.xml")
+	if err := writeFileAtomic(file, []byte(fixed), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(file)
+	return v.ManagedSaveDefine(ctx, name, file)
 }
 
 // isNoJob is domjobabort's error when no job runs (it ended meanwhile).
@@ -74,7 +118,7 @@ func (u *upRun) save(ctx context.Context) {
 		u.ssh.Exit(ectx)
 		cancel()
 	}
-	if err := saveDomain(ctx, u.virsh, u.o.Name, u.o.ShutdownTimeout); err != nil {
+	if err := saveDomain(ctx, u.virsh, u.o.Pool, u.paths, u.o.ShutdownTimeout); err != nil {
 		u.send(EvSaveFailed, &hintedError{
 			msg: fmt.Sprintf("could not save VM %s: %v; it keeps running", u.o.Name, err),
 			hint: fmt.Sprintf("free space in pool %s and run `vmup down --suspend %s`, or `vmup down %s` to shut it down",

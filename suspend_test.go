@@ -106,7 +106,14 @@ func TestDownSuspendSavesTheVM(t *testing.T) {
 	h.createDetached()
 	h.fake.calls = nil
 	h.saved()
-	h.checkCalls(seq("virsh uri", "virsh domstate v1 --reason", "virsh managedsave v1", "virsh domstate v1 --reason"))
+	// The VM runs as its first boot started it: the save names the first
+	// boot's seed, deleted since, and is made to name the later one.
+	h.checkCalls(seq("virsh uri", "virsh domstate v1 --reason", "virsh managedsave v1", "virsh domstate v1 --reason",
+		"virsh managedsave-dumpxml v1 --security-info", "virsh vol-path --pool vmup v1-seed-boot.iso",
+		"virsh managedsave-define v1 $HOME/vms/v1/managedsave.xml"))
+	if x := h.fake.world.SaveXML["v1"]; strings.Contains(x, "v1-seed.iso") || !strings.Contains(x, "v1-seed-boot.iso") {
+		t.Errorf("the saved definition does not name the seed of later boots:\n%s", x)
+	}
 	if !h.fake.world.ManagedSave["v1"] || h.journal().Phase != Saved {
 		t.Errorf("managed save %v, journal phase %s; want a save and phase saved", h.fake.world.ManagedSave["v1"], h.journal().Phase)
 	}

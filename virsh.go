@@ -393,3 +393,15 @@ func (v *Virsh) VolCapacity(ctx context.Context, pool, vol string) (int64, error
 	}
 	return x.Capacity, nil
 }
+
+func (v *Virsh) ManagedSaveDumpXML(ctx context.Context, name string) (string, error) {
+	out, err := v.run(ctx, "managedsave-dumpxml", name, "--security-info")
+	return out, classify(err)
+}
+
+// ManagedSaveDefine replaces the definition a managed save restores (only
+// host-side parts such as file paths may change).
+func (v *Virsh) ManagedSaveDefine(ctx context.Context, name, xmlFile string) error {
+	_, err := v.run(ctx, "managedsave-define", name, xmlFile)
+	return classify(err)
+}
