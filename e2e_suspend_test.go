@@ -19,8 +19,9 @@ func (e *e2e) guestClockSkew() time.Duration {
 	if err != nil {
 		e.t.Fatalf("guest date: %q", out)
 	}
-	skew := host.Sub(time.Unix(0, int64(secs*1e9)))
-	return skew.Abs()
+	skew := host.Sub(time.Unix(0, int64(secs*1e9))).Abs()
+	e.t.Logf("guest clock off by %s", skew)
+	return skew
 }
 
 // checkProvisionedOnce: the playbook's marker is there and it ran once.

@@ -259,7 +259,6 @@ var table = [numPhases]map[Event]Transition{
 		EvInterruptAgain: to(Suspending, keep, ActSayBusySaving),
 		EvTerminate:      to(Suspending, keep, ActSayBusySaving),
 		EvHangup:         to(Suspending, keep, ActSayBusySaving),
-		EvSuspend:        to(Suspending, keep, ActSayBusySaving),
 		EvSaved:          to(Saved, keep),
 		EvSaveFailed:     to(StopFailed, exitStopFailed, ActReportFailure),
 	},
@@ -269,7 +268,6 @@ var table = [numPhases]map[Event]Transition{
 		EvInterruptAgain: to(Resetting, keep, ActSayBusyResetting),
 		EvTerminate:      to(Resetting, keep, ActSayBusyResetting),
 		EvHangup:         to(Resetting, keep, ActSayBusyResetting),
-		EvSuspend:        to(Resetting, keep, ActSayBusyResetting),
 		EvResetDone:      to(Booting, keep, ActStartBoot),
 		EvResetFailed:    to(Failed, exitFailed, ActReportFailure),
 	},
@@ -330,15 +328,16 @@ var ignored = [numPhases][]Event{
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
 	},
-	// The save worker alone decides how a save ended, from the domain's state.
+	// The save worker alone decides how a save ended, from the domain's state;
+	// `vmup down --suspend` repeats its SIGUSR1 until the save is done.
 	Suspending: {
-		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvSuspend, EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvPreparedReset, EvResetDone, EvResetFailed,
 	},
 	Resetting: {
-		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvSuspend, EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvSaved, EvSaveFailed, EvPreparedReset,

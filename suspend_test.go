@@ -25,7 +25,6 @@ func TestRowsOfSuspendAndReset(t *testing.T) {
 		{Suspending, EvInterruptAgain, to(Suspending, keep, ActSayBusySaving)},
 		{Suspending, EvTerminate, to(Suspending, keep, ActSayBusySaving)},
 		{Suspending, EvHangup, to(Suspending, keep, ActSayBusySaving)},
-		{Suspending, EvSuspend, to(Suspending, keep, ActSayBusySaving)},
 		{Suspending, EvSaved, to(Saved, keep)},
 		{Suspending, EvSaveFailed, to(StopFailed, exitStopFailed, ActReportFailure)},
 		{Preparing, EvPreparedReset, to(Resetting, keep, ActReset)},
@@ -33,7 +32,6 @@ func TestRowsOfSuspendAndReset(t *testing.T) {
 		{Resetting, EvInterruptAgain, to(Resetting, keep, ActSayBusyResetting)},
 		{Resetting, EvTerminate, to(Resetting, keep, ActSayBusyResetting)},
 		{Resetting, EvHangup, to(Resetting, keep, ActSayBusyResetting)},
-		{Resetting, EvSuspend, to(Resetting, keep, ActSayBusyResetting)},
 		{Resetting, EvResetDone, to(Booting, keep, ActStartBoot)},
 		{Resetting, EvResetFailed, to(Failed, exitFailed, ActReportFailure)},
 	}
@@ -47,8 +45,9 @@ func TestRowsOfSuspendAndReset(t *testing.T) {
 			t.Errorf("%s/%s (-want +got):\n%s", c.p, c.e, diff)
 		}
 	}
-	// A half-made VM is never saved; a shutdown under way is not turned into a save.
-	for _, p := range []Phase{Preparing, Starting, Provisioning, Stopping, Wiping} {
+	// A half-made VM is never saved; a shutdown under way is not turned into a
+	// save; down --suspend's repeated requests are quietly ignored.
+	for _, p := range []Phase{Preparing, Starting, Provisioning, Stopping, Wiping, Suspending, Resetting} {
 		if _, ok := Step(p, EvSuspend); ok {
 			t.Errorf("%s handles suspend", p)
 		}
