@@ -357,7 +357,8 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			return notFound("domain", arg(1))
 		}
 		x := w.XML[arg(1)]
-		if w.NVRAMDir != "" && strings.Contains(x, `firmware="efi"`) {
+		// As libvirt 9.0 with firmware auto-selection: only the live definition names the NVRAM.
+		if w.NVRAMDir != "" && strings.Contains(x, `firmware="efi"`) && w.Domains[arg(1)] == "running" {
 			x = strings.Replace(x, "</os>", "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>"+w.nvram(arg(1))+"</nvram></os>", 1)
 		}
 		return x, "", 0

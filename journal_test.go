@@ -81,6 +81,14 @@ func TestJournalValuesAreValidated(t *testing.T) {
 		{"cmdline", "a\x00b", "cmdline"},
 		{"restrict_network", true, "restrict_network"}, // on a NAT network below
 		{"surprise", 1, `unknown field "surprise"`},
+		{"disk_volume", "db.qcow2", `disk_volume "db.qcow2"`},
+		{"provisioned", map[string]any{"kind": "disk", "nvram": "/etc/shadow", "network": "user", "cpus": 2, "memory": 2048, "disk": 4},
+			`provisioned: nvram "/etc/shadow"`},
+		{"provisioned", map[string]any{"kind": "disk", "nvram": "/var/lib/libvirt/qemu/nvram/v2_VARS.fd", "network": "user", "cpus": 2, "memory": 2048, "disk": 4},
+			`provisioned: nvram`},
+		{"provisioned", map[string]any{"kind": "all", "network": "user", "cpus": 2, "memory": 2048, "disk": 4}, `provisioned: kind "all"`},
+		{"provisioned", map[string]any{"kind": "memory", "network": "user", "ssh_host": "-oX", "cpus": 2, "memory": 2048, "disk": 4}, `provisioned: ssh_host`},
+		{"provisioned", map[string]any{"kind": "memory", "network": "user", "forwards": []string{"x"}, "cpus": 2, "memory": 2048, "disk": 4}, `provisioned: forwards`},
 	}
 	for _, c := range cases {
 		os.WriteFile(paths.Journal(), good, 0o600)

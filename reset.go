@@ -93,14 +93,14 @@ func (u *vmRun) snapshotProvisioned(ctx context.Context) error {
 // overlay before the domain uses it: a crash in between leaves a journal
 // whose next definition runs the VM on an overlay of the current disk,
 // which loses nothing.
-func (u *vmRun) freezeProvisionedDisk(ctx context.Context) (nvram bool, err error) {
+func (u *vmRun) freezeProvisionedDisk(ctx context.Context) (nvram string, err error) {
 	name, pool := u.o.Name, u.o.Pool
 	base, top := name+".qcow2", runDiskVolume(name)
 	if u.ssh != nil {
 		u.ssh.Exec(ctx, "sync") // what the guest wrote is in the frozen disk
 	}
 	if err := u.createOverlay(ctx); err != nil {
-		return false, err
+		return "", err
 	}
 	path, err := u.virsh.VolPath(ctx, pool, top)
 	if err == nil {
@@ -114,13 +114,17 @@ func (u *vmRun) freezeProvisionedDisk(ctx context.Context) (nvram bool, err erro
 		if derr := u.virsh.VolDelete(context.WithoutCancel(ctx), pool, top); derr == nil {
 			u.updateJournal(func(j *Journal) { j.Volumes = slices.DeleteFunc(j.Volumes, func(v string) bool { return v == top }) })
 		}
-		return false, fmt.Errorf("cannot freeze %s under %s: %w", base, top, err)
+		return "", fmt.Errorf("cannot freeze %s under %s: %w", base, top, err)
 	}
-	if err := u.copyNVRAM(ctx, true); err != nil {
-		u.env.Out.Warn("the NVRAM of VM %s was not kept (%v): a reset starts it from the firmware's template", name, err)
-		return false, nil
+	nvram, err = u.nvramPath(ctx)
+	if err == nil {
+		err = u.copyNVRAM(nvram, true)
 	}
-	return true, nil
+	if err != nil {
+		u.env.Out.Warn("the NVRAM of VM %s was not kept (%v): a reset leaves it as it is then", name, err)
+		return "", nil
+	}
+	return nvram, nil
 }
 
 // createOverlay makes NAME-run.qcow2 anew on the frozen NAME.qcow2, as big.
@@ -138,8 +142,7 @@ func (u *vmRun) createOverlay(ctx context.Context) error {
 
 var nvramRE = regexp.MustCompile(`<nvram[^>]*>([^<]+)</nvram>`)
 
-// nvramPath is the VM's NVRAM file as libvirt's definition names it: a
-// regular file of the VM's name, never a link.
+// nvramPath is the VM's NVRAM file as the running domain's definition names it.
 func (u *vmRun) nvramPath(ctx context.Context) (string, error) {
 	xml, err := u.virsh.DumpXML(ctx, u.o.Name)
 	if err != nil {
@@ -149,19 +152,21 @@ func (u *vmRun) nvramPath(ctx context.Context) (string, error) {
 	if m == nil {
 		return "", errors.New("its definition names no NVRAM")
 	}
-	path := m[1]
-	if !filepath.IsAbs(path) || filepath.Clean(path) != path || !strings.HasPrefix(filepath.Base(path), u.o.Name+"_VARS") {
-		return "", fmt.Errorf("NVRAM path %q is not the VM's own", path)
+	if path := m[1]; validNVRAMPath(u.o.Name, path) {
+		return path, nil
 	}
-	return path, nil
+	return "", fmt.Errorf("NVRAM path %q is not the VM's own", m[1])
 }
 
-// copyNVRAM copies the VM's NVRAM into the state dir (save) or back (restore).
-func (u *vmRun) copyNVRAM(ctx context.Context, save bool) error {
-	live, err := u.nvramPath(ctx)
-	if err != nil {
-		return err
-	}
+// validNVRAMPath: libvirt's own name for a VM's NVRAM, .../nvram/NAME_VARS.fd,
+// the only file outside its state dir that vmup ever writes.
+func validNVRAMPath(name, path string) bool {
+	return filepath.IsAbs(path) && filepath.Clean(path) == path && filepath.Base(path) == name+"_VARS.fd" &&
+		filepath.Base(filepath.Dir(path)) == "nvram"
+}
+
+// copyNVRAM copies the VM's NVRAM file live into the state dir (save) or back.
+func (u *vmRun) copyNVRAM(live string, save bool) error {
 	kept := u.paths.File("provisioned-nvram.fd")
 	from, to := live, kept
 	if !save {
@@ -379,12 +384,10 @@ func (u *upRun) resetDisk(ctx context.Context) error {
 	if err := u.createOverlay(ctx); err != nil {
 		return err
 	}
-	if u.j.Provisioned.NVRAM {
-		if err := u.copyNVRAM(ctx, false); err != nil {
+	if nvram := u.j.Provisioned.NVRAM; nvram != "" {
+		if err := u.copyNVRAM(nvram, false); err != nil {
 			return fmt.Errorf("cannot put the NVRAM back: %w", err)
 		}
-	} else if path, err := u.nvramPath(ctx); err == nil {
-		os.Remove(path) // libvirt makes it anew from the firmware's template
 	}
 	return u.define(ctx)
 }

@@ -83,9 +83,10 @@ type Journal struct {
 type Provisioned struct {
 	// Kind memory: an internal snapshot with the guest's memory
 	// (provisionedSnapshot); disk: NAME.qcow2 frozen under NAME-run.qcow2,
-	// with a copy of the UEFI NVRAM in the state dir when NVRAM is set.
+	// and when NVRAM names the VM's NVRAM file (libvirt's definition names
+	// it only while the VM runs), a copy of it in the state dir.
 	Kind      string    `json:"kind"`
-	NVRAM     bool      `json:"nvram,omitempty"`
+	NVRAM     string    `json:"nvram,omitempty"`
 	Network   string    `json:"network"`
 	SSHHost   string    `json:"ssh_host,omitempty"`
 	SSHPort   int       `json:"ssh_port,omitempty"`
@@ -234,7 +235,7 @@ func validateJournal(j *Journal, name string) error {
 	check(j.DiskVolume == "" || j.DiskVolume == runDiskVolume(name), "disk_volume %q is not a volume vmup makes for VM %s", j.DiskVolume, name)
 	if p := j.Provisioned; p != nil {
 		check(p.Kind == "memory" || p.Kind == "disk", "provisioned: kind %q is not memory or disk", p.Kind)
-		check(p.Kind == "disk" || !p.NVRAM, "provisioned: nvram is set on a %s state", p.Kind)
+		check(p.NVRAM == "" || p.Kind == "disk" && validNVRAMPath(name, p.NVRAM), "provisioned: nvram %q is not the NVRAM of VM %s", p.NVRAM, name)
 		check(p.Network == "nat" || p.Network == "user", "provisioned: network %q is not nat or user", p.Network)
 		check(p.SSHHost == "" || net.ParseIP(p.SSHHost) != nil, "provisioned: ssh_host %q is not an IP address", p.SSHHost)
 		check(p.SSHPort >= 0 && p.SSHPort <= 65535, "provisioned: ssh_port %d is no port", p.SSHPort)

@@ -366,12 +366,13 @@ func TestResetIsNeverCutShort(t *testing.T) {
 // the NVRAM back and boots; destroy removes the overlay too.
 func TestResetUEFIFrozenDiskAndNVRAM(t *testing.T) {
 	h := newHarness(t)
-	h.fake.world.NVRAMDir = t.TempDir()
+	h.fake.world.NVRAMDir = filepath.Join(t.TempDir(), "nvram") // libvirt's name for the dir
+	os.Mkdir(h.fake.world.NVRAMDir, 0o700)
 	if code := h.wait(h.up(h.upArgs("-d", "--firmware", "uefi")...)); code != 0 {
 		t.Fatalf("up: exit %d\n%s", code, h.stderr)
 	}
 	j := h.journal()
-	if p := j.Provisioned; p == nil || p.Kind != "disk" || !p.NVRAM || j.DiskVolume != "v1-run.qcow2" {
+	if p := j.Provisioned; p == nil || p.Kind != "disk" || p.NVRAM != h.fake.world.nvram("v1") || j.DiskVolume != "v1-run.qcow2" {
 		t.Fatalf("provisioned %+v, disk volume %q; want a disk state with NVRAM on v1-run.qcow2", p, j.DiskVolume)
 	}
 	if h.fake.world.Frozen["v1"] != "/pool/vmup/v1-run.qcow2" || h.fake.world.Backing["vmup/v1-run.qcow2"] != "/pool/vmup/v1.qcow2" {
