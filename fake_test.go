@@ -65,6 +65,9 @@ type fakeWorld struct {
 	// NVRAMDir is where a UEFI domain's NVRAM lives; start makes it from a
 	// template when it is missing, as libvirt does.
 	NVRAMDir string
+	// NVRAMFile, when set, is the NVRAM path a domain's definition names
+	// instead of NVRAMDir's (a definition changed by someone with libvirt access).
+	NVRAMFile map[string]string
 	// CloudInit is the guest's cloud-init, as vmup's ssh commands find it.
 	CloudInit fakeCloudInit
 }
@@ -430,6 +433,15 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			i := slices.Index(args, "--diskspec")
 			_, file, _ := strings.Cut(arg(i+1), "file=")
 			w.Frozen[arg(1)] = file
+			// Like libvirt, the domain's definitions name the new top from now on.
+			for _, defs := range []map[string]string{w.XML, w.Live} {
+				for _, m := range domainFileRE.FindAllStringSubmatch(defs[arg(1)], -1) {
+					if strings.HasSuffix(m[1], ".qcow2") {
+						defs[arg(1)] = strings.ReplaceAll(defs[arg(1)], m[1], file)
+						break
+					}
+				}
+			}
 			return "Domain snapshot 1795400467 created", "", 0
 		}
 		w.Snapshots[arg(1)] = append(w.Snapshots[arg(1)], arg(2)+" internal")
@@ -591,7 +603,12 @@ func (w *fakeWorld) missingFile(xml string) string {
 	return ""
 }
 
-func (w *fakeWorld) nvram(name string) string { return filepath.Join(w.NVRAMDir, name+"_VARS.fd") }
+func (w *fakeWorld) nvram(name string) string {
+	if f := w.NVRAMFile[name]; f != "" {
+		return f
+	}
+	return filepath.Join(w.NVRAMDir, name+"_VARS.fd")
+}
 
 func between(s, a, b string) string {
 	_, rest, _ := strings.Cut(s, a)

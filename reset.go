@@ -252,6 +252,34 @@ func (u *vmRun) prepareReset(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Before anything changes (a reset drops a saved state first): the kept state is there.
+	gone := ""
+	switch {
+	case p.Kind == "memory":
+		snaps, err := u.virsh.Snapshots(ctx, o.Name, "--internal")
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(snaps, provisionedSnapshot) {
+			gone = "its snapshot " + provisionedSnapshot + " is gone"
+		}
+	case j.DiskVolume != runDiskVolume(o.Name):
+		gone = "its disk is not frozen under " + runDiskVolume(o.Name)
+	default:
+		exists, err := u.virsh.VolExists(ctx, o.Pool, o.Name+".qcow2")
+		if err != nil {
+			return err
+		}
+		if !exists {
+			gone = "its frozen disk " + o.Name + ".qcow2 is gone"
+		} else if _, err := os.Lstat(u.paths.File("provisioned-nvram.fd")); p.NVRAM && err != nil {
+			gone = "its NVRAM copy is gone"
+		}
+	}
+	if gone != "" {
+		return &usageError{msg: fmt.Sprintf("VM %s cannot be reset: %s", o.Name, gone),
+			hint: fmt.Sprintf("run `vmup up %s` to start it as it is, or `vmup destroy %s` and `vmup up %s …` to make it anew", o.Name, o.Name, o.Name)}
+	}
 	running := state == "running" || state == "paused"
 	if p.Network == "user" {
 		ownPort := running && j.Network == "user" && j.SSHPort == p.SSHPort
@@ -311,7 +339,11 @@ func (u *upRun) reset(ctx context.Context) {
 	u.releaseJournal()
 	out.Step("Resetting to the provisioned state")
 	p := u.j.Provisioned
-	// From here on the VM has the provisioned settings, whatever happens.
+	u.jmu.Lock()
+	before := *u.j
+	u.jmu.Unlock()
+	// The definition a disk reset makes is built from the journal. A reset
+	// that fails leaves the domain's definition as it was: so the journal.
 	u.updateJournal(func(j *Journal) {
 		j.Network, j.SSHHost, j.SSHPort, j.Forwards, j.Restrict = p.Network, p.SSHHost, p.SSHPort, p.Forwards, p.Restrict
 		j.CPUs, j.MemoryMiB, j.DiskGiB = p.CPUs, p.MemoryMiB, p.DiskGiB
@@ -330,6 +362,10 @@ func (u *upRun) reset(ctx context.Context) {
 		err = u.resetDisk(ctx)
 	}
 	if err != nil {
+		u.updateJournal(func(j *Journal) {
+			j.Network, j.SSHHost, j.SSHPort, j.Forwards, j.Restrict = before.Network, before.SSHHost, before.SSHPort, before.Forwards, before.Restrict
+			j.CPUs, j.MemoryMiB, j.DiskGiB = before.CPUs, before.MemoryMiB, before.DiskGiB
+		})
 		out.Fail(err.Error())
 		u.send(EvResetFailed, &hintedError{
 			msg:  fmt.Sprintf("could not reset VM %s: %v", o.Name, err),
