@@ -469,6 +469,8 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		_, dom, _ := strings.Cut(x, "</state>")
 		if msg := w.missingFile(dom); msg != "" {
 			w.Domains[arg(1)] = "shut off" // as libvirt 9.0 leaves a running domain then
+			// having made the snapshot's definition the domain's before its start failed
+			w.XML[arg(1)] = strings.TrimSuffix(dom, "</domainsnapshot>")
 			return "", "error: Failed to revert snapshot " + arg(2) + "\n" + msg, 1
 		}
 		w.XML[arg(1)] = strings.TrimSuffix(dom, "</domainsnapshot>")
