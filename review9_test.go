@@ -213,3 +213,37 @@ func TestFailedDiskResetLeavesAStartableVM(t *testing.T) {
 		t.Errorf("`vmup up v1` after the failed reset, as its hint says: exit %d\n%s", code, h.stderr)
 	}
 }
+
+// `vmup down` (not --suspend) asks for a shutdown. Against a foreground up
+// started with --suspend-on-stop, its SIGTERM is taken for a stop that
+// saves: the VM ends saved, and down (which leaves a saved VM saved) reports
+// success; no command then shuts that VM down.
+func TestBinaryDownShutsDownAnUpThatSuspendsOnStop(t *testing.T) {
+	t.Skip("review9 finding, not fixed: down's SIGTERM is a stop that saves under --suspend-on-stop; needs a signal of its own (lead)")
+	r := startVmup(t, "ok", "--suspend-on-stop")
+	r.waitEvent("ready")
+	out, code := r.vmup("down", "v1")
+	if code != 0 {
+		t.Fatalf("down: exit %d\n%s", code, out)
+	}
+	r.exitCode()
+	if !r.called("virsh shutdown v1 --mode acpi") || r.called("virsh managedsave v1") {
+		t.Errorf("down saved the VM instead of shutting it down:\n%s", out)
+	}
+}
+
+// Under --suspend-on-stop the foreground up says what Ctrl+C does: it saves.
+func TestSuspendOnStopSaysCtrlCSaves(t *testing.T) {
+	h := newHarness(t)
+	h.createDetached()
+	done := h.up("v1", "--suspend-on-stop")
+	h.events.waitFor(t, "waiting", "")
+	h.sigs <- syscall.SIGINT
+	h.wait(done)
+	if !h.fake.world.ManagedSave["v1"] {
+		t.Fatalf("setup: Ctrl+C did not save\n%s", h.stderr)
+	}
+	if !strings.Contains(h.stderr.String(), "Press Ctrl+C to save the VM") {
+		t.Errorf("the waiting line does not say that Ctrl+C saves:\n%s", h.stderr)
+	}
+}
