@@ -208,13 +208,8 @@ func runDown(env Env, o *Options) int {
 		return reportError(out, err)
 	case o.Suspend:
 		out.Say("saving", "Saving VM %s (up to %s)", o.Name, o.ShutdownTimeout)
-		if err := saveDomain(ctx, v, j.Pool, paths, o.ShutdownTimeout); err != nil {
-			return reportError(out, &hintedError{
-				msg: fmt.Sprintf("could not save VM %s: %v; it keeps running", o.Name, err),
-				hint: fmt.Sprintf("free space in pool %s and run `vmup down --suspend %s` again, or `vmup down %s` to shut it down",
-					j.Pool, o.Name, o.Name),
-				code: exitStopFailed,
-			})
+		if err := saveDomain(ctx, v, j.Pool, paths, o.ShutdownTimeout, out.Warn); err != nil {
+			return reportError(out, saveFailure(o.Name, j.Pool, err))
 		}
 		setJournalPhase(paths, Saved)
 		out.Say("saved", "VM %s is saved (`vmup up %s` resumes it where it was)", o.Name, o.Name)

@@ -65,6 +65,9 @@ type fakeWorld struct {
 	// NVRAMDir is where a UEFI domain's NVRAM lives; start makes it from a
 	// template when it is missing, as libvirt does.
 	NVRAMDir string
+	// NVRAMFile, when set, is the NVRAM path a domain's definition names
+	// instead of NVRAMDir's (a definition changed by someone with libvirt access).
+	NVRAMFile map[string]string
 	// CloudInit is the guest's cloud-init, as vmup's ssh commands find it.
 	CloudInit fakeCloudInit
 }
@@ -431,6 +434,15 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			i := slices.Index(args, "--diskspec")
 			_, file, _ := strings.Cut(arg(i+1), "file=")
 			w.Frozen[arg(1)] = file
+			// Like libvirt, the domain's definitions name the new top from now on.
+			for _, defs := range []map[string]string{w.XML, w.Live} {
+				for _, m := range domainFileRE.FindAllStringSubmatch(defs[arg(1)], -1) {
+					if strings.HasSuffix(m[1], ".qcow2") {
+						defs[arg(1)] = strings.ReplaceAll(defs[arg(1)], m[1], file)
+						break
+					}
+				}
+			}
 			return "Domain snapshot 1795400467 created", "", 0
 		}
 		w.Snapshots[arg(1)] = append(w.Snapshots[arg(1)], arg(2)+" internal")
@@ -458,6 +470,8 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		_, dom, _ := strings.Cut(x, "</state>")
 		if msg := w.missingFile(dom); msg != "" {
 			w.Domains[arg(1)] = "shut off" // as libvirt 9.0 leaves a running domain then
+			// having made the snapshot's definition the domain's before its start failed
+			w.XML[arg(1)] = strings.TrimSuffix(dom, "</domainsnapshot>")
 			return "", "error: Failed to revert snapshot " + arg(2) + "\n" + msg, 1
 		}
 		w.XML[arg(1)] = strings.TrimSuffix(dom, "</domainsnapshot>")
@@ -592,7 +606,12 @@ func (w *fakeWorld) missingFile(xml string) string {
 	return ""
 }
 
-func (w *fakeWorld) nvram(name string) string { return filepath.Join(w.NVRAMDir, name+"_VARS.fd") }
+func (w *fakeWorld) nvram(name string) string {
+	if f := w.NVRAMFile[name]; f != "" {
+		return f
+	}
+	return filepath.Join(w.NVRAMDir, name+"_VARS.fd")
+}
 
 func between(s, a, b string) string {
 	_, rest, _ := strings.Cut(s, a)

@@ -515,7 +515,8 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	}
 	running := state != "shut off" && state != "crashed"
 	changed := settingsChanged(o, j)
-	if isSaved(state, reason) {
+	saved := isSaved(state, reason)
+	if saved && !o.DiscardSaved {
 		if err := u.checkRestore(ctx, changed); err != nil {
 			return 0, err
 		}
@@ -533,6 +534,14 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	if err := u.claimForwards(running); err != nil {
 		return 0, err
 	}
+	if saved && o.DiscardSaved {
+		// Only once nothing else refuses this run: the memory is lost for good.
+		u.releaseJournal()
+		out.Say("discarding", "Discarding the saved state of VM %s: it boots afresh", o.Name)
+		if err := u.virsh.ManagedSaveRemove(context.WithoutCancel(ctx), o.Name); err != nil {
+			return 0, err
+		}
+	}
 	// Something else may have taken the SSH port while the VM was off.
 	portTaken := !running && j.Network == "user" && o.Network == "user" && !portFree(j.SSHPort)
 	if changed || portTaken {
@@ -546,7 +555,7 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	} else {
 		out.Done("")
 	}
-	if u.j.SeedVolume != laterSeedVolume(o.Name) && !isSaved(state, reason) {
+	if u.j.SeedVolume != laterSeedVolume(o.Name) && !(saved && !o.DiscardSaved) {
 		u.releaseJournal()
 		u.replaceSeed(ctx) // what the completion of the first boot could not do
 	}
@@ -559,14 +568,12 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 
 // checkRestore decides about a saved VM: a restore brings back the
 // definition saved with its memory, so new settings, or an SSH port taken
-// meanwhile, are refused unless the user gives up the saved state.
+// meanwhile, are refused unless the user gives up the saved state
+// (--discard-saved, done by prepareReup once nothing else refuses the run).
+// A saved definition still naming the first boot's seed (its save was cut
+// short) is repointed, or the restore would fail.
 func (u *vmRun) checkRestore(ctx context.Context, changed bool) error {
 	o, j := u.o, u.j
-	if o.DiscardSaved {
-		u.releaseJournal()
-		u.env.Out.Say("discarding", "Discarding the saved state of VM %s: it boots afresh", o.Name)
-		return u.virsh.ManagedSaveRemove(context.WithoutCancel(ctx), o.Name)
-	}
 	discard := fmt.Sprintf("`vmup up %s --discard-saved` to boot it afresh instead (its memory is lost)", o.Name)
 	if changed {
 		return &usageError{
@@ -579,6 +586,12 @@ func (u *vmRun) checkRestore(ctx context.Context, changed bool) error {
 		return &usageError{
 			msg:  fmt.Sprintf("SSH port %d of saved VM %s is taken by another program, and its restore needs it", j.SSHPort, o.Name),
 			hint: fmt.Sprintf("free port %d and run `vmup up %s` again, or %s", j.SSHPort, o.Name, discard),
+		}
+	}
+	if err := repointSavedSeed(ctx, u.virsh, o.Pool, u.paths); err != nil {
+		return &hintedError{
+			msg:  fmt.Sprintf("the saved state of VM %s names the first boot's seed, deleted since, and cannot be made to name the later one: %v", o.Name, err),
+			hint: fmt.Sprintf("run `vmup up %s` again, or %s", o.Name, discard),
 		}
 	}
 	return nil

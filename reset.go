@@ -257,6 +257,34 @@ func (u *vmRun) prepareReset(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Before anything changes (a reset drops a saved state first): the kept state is there.
+	gone := ""
+	switch {
+	case p.Kind == "memory":
+		snaps, err := u.virsh.Snapshots(ctx, o.Name, "--internal")
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(snaps, provisionedSnapshot) {
+			gone = "its snapshot " + provisionedSnapshot + " is gone"
+		}
+	case j.DiskVolume != runDiskVolume(o.Name):
+		gone = "its disk is not frozen under " + runDiskVolume(o.Name)
+	default:
+		exists, err := u.virsh.VolExists(ctx, o.Pool, o.Name+".qcow2")
+		if err != nil {
+			return err
+		}
+		if !exists {
+			gone = "its frozen disk " + o.Name + ".qcow2 is gone"
+		} else if _, err := os.Lstat(u.paths.File("provisioned-nvram.fd")); p.NVRAM && err != nil {
+			gone = "its NVRAM copy is gone"
+		}
+	}
+	if gone != "" {
+		return &usageError{msg: fmt.Sprintf("VM %s cannot be reset: %s", o.Name, gone),
+			hint: fmt.Sprintf("run `vmup up %s` to start it as it is, or `vmup destroy %s` and `vmup up %s …` to make it anew", o.Name, o.Name, o.Name)}
+	}
 	running := state == "running" || state == "paused"
 	if p.Network == "user" {
 		ownPort := running && j.Network == "user" && j.SSHPort == p.SSHPort
@@ -316,18 +344,12 @@ func (u *upRun) reset(ctx context.Context) {
 	u.releaseJournal()
 	out.Step("Resetting to the provisioned state")
 	p := u.j.Provisioned
-	// From here on the VM has the provisioned settings, whatever happens.
-	u.updateJournal(func(j *Journal) {
-		j.Network, j.SSHHost, j.SSHPort, j.Forwards, j.Restrict = p.Network, p.SSHHost, p.SSHPort, p.Forwards, p.Restrict
-		j.CPUs, j.MemoryMiB, j.DiskGiB = p.CPUs, p.MemoryMiB, p.DiskGiB
-	})
-	o.Network, o.CPUs, o.MemoryMiB, o.DiskGiB, o.RestrictNetwork = p.Network, p.CPUs, p.MemoryMiB, p.DiskGiB, p.Restrict
-	o.Forwards = nil
-	for _, s := range p.Forwards {
-		if f, err := parseForward(s); err == nil {
-			o.Forwards = append(o.Forwards, f)
-		}
-	}
+	u.jmu.Lock()
+	before := settingsOf(u.j)
+	u.jmu.Unlock()
+	// The definition a disk reset makes is built from these; a reset that
+	// fails puts back the ones from before.
+	u.useSettings(p)
 	var err error
 	if p.Kind == "memory" {
 		err = u.resetMemory(ctx)
@@ -336,6 +358,13 @@ func (u *upRun) reset(ctx context.Context) {
 	}
 	if err != nil {
 		out.Fail(err.Error())
+		// Libvirt may have left either definition (a revert whose start
+		// failed has made the snapshot's the domain's): the one of the
+		// settings from before is defined again, as the journal says.
+		u.useSettings(before)
+		if derr := u.define(ctx); derr != nil {
+			out.Warn("VM %s's definition may not match its journal: %v", o.Name, derr)
+		}
 		u.send(EvResetFailed, &hintedError{
 			msg:  fmt.Sprintf("could not reset VM %s: %v", o.Name, err),
 			hint: fmt.Sprintf("run `vmup reset %s` to try again, `vmup up %s` to start it as it is, or `vmup destroy %s`", o.Name, o.Name, o.Name),
@@ -344,6 +373,28 @@ func (u *upRun) reset(ctx context.Context) {
 	}
 	out.Done("")
 	u.send(EvResetDone, nil)
+}
+
+// settingsOf is the settings part of a journal.
+func settingsOf(j *Journal) *Provisioned {
+	return &Provisioned{Network: j.Network, SSHHost: j.SSHHost, SSHPort: j.SSHPort, Forwards: j.Forwards, Restrict: j.Restrict,
+		CPUs: j.CPUs, MemoryMiB: j.MemoryMiB, DiskGiB: j.DiskGiB}
+}
+
+// useSettings makes the journal and the options hold s's settings.
+func (u *upRun) useSettings(s *Provisioned) {
+	u.updateJournal(func(j *Journal) {
+		j.Network, j.SSHHost, j.SSHPort, j.Forwards, j.Restrict = s.Network, s.SSHHost, s.SSHPort, s.Forwards, s.Restrict
+		j.CPUs, j.MemoryMiB, j.DiskGiB = s.CPUs, s.MemoryMiB, s.DiskGiB
+	})
+	o := u.o
+	o.Network, o.CPUs, o.MemoryMiB, o.DiskGiB, o.RestrictNetwork = s.Network, s.CPUs, s.MemoryMiB, s.DiskGiB, s.Restrict
+	o.Forwards = nil
+	for _, f := range s.Forwards {
+		if f, err := parseForward(f); err == nil {
+			o.Forwards = append(o.Forwards, f)
+		}
+	}
 }
 
 // discardSaved drops a managed save image: started later, it would bring

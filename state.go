@@ -248,6 +248,10 @@ func validateJournal(j *Journal, name string) error {
 		check(p.MemoryMiB >= minMemoryMiB && p.MemoryMiB <= maxMemoryMiB, "provisioned: memory %d is out of range", p.MemoryMiB)
 		check(p.DiskGiB >= minDiskGiB && p.DiskGiB <= maxDiskGiB, "provisioned: disk %d is out of range", p.DiskGiB)
 		check(j.FirstBootDone, "provisioned is set before the first boot completed")
+		// What each kind is made of: a reset trusts it to be there.
+		check(p.Kind == provisionedKind(j), "provisioned: kind %q is not what firmware %q keeps", p.Kind, j.Firmware)
+		check(p.Kind != "disk" || j.DiskVolume == runDiskVolume(name), "provisioned: a disk state without its disk_volume %q", runDiskVolume(name))
+		check(p.Network != "user" || p.SSHPort > 0, "provisioned: network user without an ssh_port")
 	}
 	check(j.ControlDir == "" || filepath.IsAbs(j.ControlDir) && filepath.Clean(j.ControlDir) == j.ControlDir &&
 		strings.HasPrefix(filepath.Base(j.ControlDir), "vmup-"), "control_dir %q is not one vmup makes", j.ControlDir)

@@ -19,11 +19,15 @@ import (
 // isSaved says whether a domain's state and reason are those of a managed save.
 func isSaved(state, reason string) bool { return state == "shut off" && reason == "saved" }
 
+// errKeepsRunning marks a failed save after which the domain still runs.
+var errKeepsRunning = errors.New("it keeps running")
+
 // saveDomain saves the running domain's state within timeout. A save that
 // overruns, or whose ctx ends, is aborted in libvirt too: killing virsh
 // alone would leave libvirt saving. However virsh ended, the domain's state
-// says how the save did: saved (nil), or still running (an error).
-func saveDomain(ctx context.Context, v *Virsh, pool string, paths Paths, timeout time.Duration) error {
+// says how the save did: saved (nil), still running (errKeepsRunning), or
+// neither (shut off meanwhile: an error).
+func saveDomain(ctx context.Context, v *Virsh, pool string, paths Paths, timeout time.Duration, warn func(string, ...any)) error {
 	name := paths.Name()
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	err := v.ManagedSave(sctx, name)
@@ -43,16 +47,26 @@ func saveDomain(ctx context.Context, v *Virsh, pool string, paths Paths, timeout
 		state, reason, serr := v.DomStateReason(ctx, name)
 		switch {
 		case serr == nil && isSaved(state, reason):
-			// Also when the abort came too late.
+			// Also when the abort came too late. It is saved either way: a
+			// definition left naming the deleted seed is repointed by the
+			// next up before it restores (checkRestore).
 			if err := repointSavedSeed(ctx, v, pool, paths); err != nil {
-				return fmt.Errorf("it is saved, but its saved definition names a deleted seed that cannot be replaced: %w", err)
+				warn("VM %s is saved, but its saved definition still names the first boot's seed, deleted since (%v); `vmup up %s` replaces it before it resumes",
+					name, err, name)
 			}
 			return nil
 		case serr == nil && state == "running":
 			if err == nil {
 				err = errors.New("the domain still runs after the save")
 			}
-			return err
+			return fmt.Errorf("%w; %w", err, errKeepsRunning)
+		case serr == nil && state != "paused":
+			// Not saved and not running (the guest powered off meanwhile):
+			// only a save job that winds down pauses the domain.
+			if err == nil {
+				err = errors.New("the save did not happen")
+			}
+			return fmt.Errorf("%w; it is %s, not saved", err, state)
 		case ctx.Err() != nil:
 			if err == nil {
 				err = fmt.Errorf("the domain is %s after the save", state)
@@ -101,6 +115,17 @@ func repointSavedSeed(ctx context.Context, v *Virsh, pool string, paths Paths) e
 	return v.ManagedSaveDefine(ctx, name, file)
 }
 
+// saveFailure says how a save failed and what to do: the VM keeps running,
+// or it is off (and `vmup up` starts it).
+func saveFailure(name, pool string, err error) *hintedError {
+	e := &hintedError{msg: fmt.Sprintf("could not save VM %s: %v", name, err), code: exitStopFailed,
+		hint: fmt.Sprintf("free space in pool %s and run `vmup down --suspend %s` again, or `vmup down %s` to shut it down", pool, name, name)}
+	if !errors.Is(err, errKeepsRunning) {
+		e.code, e.hint = exitFailed, fmt.Sprintf("run `vmup up %s` to start it", name)
+	}
+	return e
+}
+
 // isNoJob is domjobabort's error when no job runs (it ended meanwhile).
 func isNoJob(err error) bool {
 	var ee *ExitError
@@ -118,12 +143,8 @@ func (u *upRun) save(ctx context.Context) {
 		u.ssh.Exit(ectx)
 		cancel()
 	}
-	if err := saveDomain(ctx, u.virsh, u.o.Pool, u.paths, u.o.ShutdownTimeout); err != nil {
-		u.send(EvSaveFailed, &hintedError{
-			msg: fmt.Sprintf("could not save VM %s: %v; it keeps running", u.o.Name, err),
-			hint: fmt.Sprintf("free space in pool %s and run `vmup down --suspend %s`, or `vmup down %s` to shut it down",
-				u.o.Pool, u.o.Name, u.o.Name),
-		})
+	if err := saveDomain(ctx, u.virsh, u.o.Pool, u.paths, u.o.ShutdownTimeout, u.env.Out.Warn); err != nil {
+		u.send(EvSaveFailed, saveFailure(u.o.Name, u.o.Pool, err))
 		return
 	}
 	u.send(EvSaved, nil)

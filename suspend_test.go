@@ -303,14 +303,15 @@ func TestResetRevertsToProvisionedSnapshot(t *testing.T) {
 	h.checkCalls(concat(seq(
 		"virsh uri",
 		"virsh domstate v1 --reason",
+		"virsh snapshot-list v1 --internal --name",
 		"virsh domstate v1 --reason",
 		"virsh managedsave-remove v1",
 		"virsh snapshot-revert v1 vmup-provisioned --running --force",
 		"virsh domstate v1 --reason",
 		"ssh master",
 		"ssh -O check",
-	), [][]string{h.calls()[8]}))
-	if c := h.calls()[8]; c[1] != "qemu-agent-command" {
+	), [][]string{h.calls()[9]}))
+	if c := h.calls()[9]; c[1] != "qemu-agent-command" {
 		t.Errorf("the clock is not set after the revert: %v", c)
 	}
 	h.events.waitFor(t, "settings_restored", "memory 2048, not 4096")

@@ -423,7 +423,11 @@ func (u *upRun) enterRunning() {
 		u.send(EvDetach, nil)
 		return
 	}
-	out.Say("waiting", "Press Ctrl+C to shut the VM down")
+	if u.o.SuspendOnStop {
+		out.Say("waiting", "Press Ctrl+C to save the VM (`vmup up %s` resumes it)", u.o.Name)
+	} else {
+		out.Say("waiting", "Press Ctrl+C to shut the VM down")
+	}
 	u.goWork(u.watch)
 }
 
