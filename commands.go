@@ -76,8 +76,10 @@ func runsUp(pid int) bool {
 	return err == nil && len(args) > 1 && args[1] == "up"
 }
 
-// terminate sends SIGTERM to the recorded process and to no other.
-func (r lockRecord) terminate() error { return r.signal(unix.SIGTERM) }
+// askToStop sends the recorded `up` vmup's own stop request, SIGUSR2: a
+// SIGTERM that never saves, also under --suspend-on-stop (where a SIGTERM
+// from elsewhere saves), since `down` and `destroy` mean to stop the VM.
+func (r lockRecord) askToStop() error { return r.signal(unix.SIGUSR2) }
 
 // signal sends sig to the recorded process and to no other: through a
 // pidfd, opened before the start time is checked again, a pid reused after
@@ -103,7 +105,7 @@ func (r lockRecord) signal(sig unix.Signal) error {
 // askOwnerToStop sends SIGTERM to the `up` holding the VM's lock (as
 // upHolding proved) and waits for it to let go.
 func askOwnerToStop(env Env, paths Paths, up lockRecord, cmd string, timeout time.Duration) (*Lock, error) {
-	if err := up.terminate(); err != nil && !errors.Is(err, unix.ESRCH) {
+	if err := up.askToStop(); err != nil && !errors.Is(err, unix.ESRCH) {
 		return nil, fmt.Errorf("cannot signal vmup pid %d: %w", up.PID, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)

@@ -128,7 +128,7 @@ func run(args []string) int {
 		defer stop()
 	}
 	if cmd == "up" {
-		notifySuspend(sigs) // `vmup down --suspend` asks a foreground up to save
+		notifyRequests(sigs) // what `vmup down` and `destroy` send a foreground up
 	}
 
 	o, sshArgs, err := parseCommand(cmd, rest)

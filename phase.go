@@ -261,6 +261,7 @@ var table = [numPhases]map[Event]Transition{
 		EvHangup:         to(Suspending, keep, ActSayBusySaving),
 		EvSaved:          to(Saved, keep),
 		EvSaveFailed:     to(StopFailed, exitStopFailed, ActReportFailure),
+		EvDomainStopped:  to(Stopped, keep), // the guest powered off instead
 	},
 	// Cut short, a reset would leave neither state: it runs to its end, then boots.
 	Resetting: {
@@ -334,7 +335,7 @@ var ignored = [numPhases][]Event{
 		EvSuspend, EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
-		EvConfirmExpired, EvDetach, EvDomainStopped, EvPreparedReset, EvResetDone, EvResetFailed,
+		EvConfirmExpired, EvDetach, EvPreparedReset, EvResetDone, EvResetFailed,
 	},
 	Resetting: {
 		EvSuspend, EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,

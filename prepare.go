@@ -544,7 +544,23 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	}
 	// Something else may have taken the SSH port while the VM was off.
 	portTaken := !running && j.Network == "user" && o.Network == "user" && !portFree(j.SSHPort)
-	if changed || portTaken {
+	// A reset cut off (killed, or failed after its overlay went) left the
+	// domain and the journal out of step, or no overlay: the journal's
+	// settings and a new overlay on the frozen disk make it whole again.
+	resetCutOff := false
+	if !running && !saved {
+		if resetCutOff, err = u.overlayMissing(ctx); err != nil {
+			return 0, err
+		}
+		resetCutOff = resetCutOff || u.resetCutOff
+	}
+	if resetCutOff {
+		u.releaseJournal()
+		if err := u.ensureOverlay(context.WithoutCancel(ctx)); err != nil {
+			return 0, err
+		}
+	}
+	if changed || portTaken || resetCutOff {
 		u.releaseJournal()
 		// Not cut short by an interrupt (each step is quick): the interrupt
 		// takes effect once the domain and the journal agree again.

@@ -127,6 +127,24 @@ func (u *vmRun) freezeProvisionedDisk(ctx context.Context) (nvram string, err er
 	return nvram, nil
 }
 
+// overlayMissing says whether a VM that runs on NAME-run.qcow2 lacks it.
+func (u *vmRun) overlayMissing(ctx context.Context) (bool, error) {
+	if u.j.DiskVolume == "" {
+		return false, nil
+	}
+	exists, err := u.virsh.VolExists(ctx, u.o.Pool, u.j.DiskVolume)
+	return !exists, err
+}
+
+// ensureOverlay makes NAME-run.qcow2 anew where a cut-off reset deleted it.
+func (u *vmRun) ensureOverlay(ctx context.Context) error {
+	missing, err := u.overlayMissing(ctx)
+	if err != nil || !missing {
+		return err
+	}
+	return u.createOverlay(ctx)
+}
+
 // createOverlay makes NAME-run.qcow2 anew on the frozen NAME.qcow2, as big.
 func (u *vmRun) createOverlay(ctx context.Context) error {
 	name, pool := u.o.Name, u.o.Pool
@@ -152,17 +170,34 @@ func (u *vmRun) nvramPath(ctx context.Context) (string, error) {
 	if m == nil {
 		return "", errors.New("its definition names no NVRAM")
 	}
-	if path := m[1]; validNVRAMPath(u.o.Name, path) {
+	if path := m[1]; validNVRAMPath(u.o.Name, u.o.Connect, path) {
 		return path, nil
 	}
-	return "", fmt.Errorf("NVRAM path %q is not the VM's own", m[1])
+	return "", fmt.Errorf("NVRAM path %q is not where libvirt keeps VM %s's NVRAM", m[1], u.o.Name)
 }
 
-// validNVRAMPath: libvirt's own name for a VM's NVRAM, .../nvram/NAME_VARS.fd,
-// the only file outside its state dir that vmup ever writes.
-func validNVRAMPath(name, path string) bool {
-	return filepath.IsAbs(path) && filepath.Clean(path) == path && filepath.Base(path) == name+"_VARS.fd" &&
-		filepath.Base(filepath.Dir(path)) == "nvram"
+// libvirtNVRAMDir is where libvirt keeps the NVRAM of a connection's VMs
+// ("" for one vmup cannot reach as files); tests point it elsewhere.
+var libvirtNVRAMDir = func(connect string) string {
+	switch connect {
+	case "qemu:///system":
+		return "/var/lib/libvirt/qemu/nvram"
+	case "qemu:///session":
+		dir := os.Getenv("XDG_CONFIG_HOME")
+		if dir == "" {
+			home, _ := os.UserHomeDir()
+			dir = filepath.Join(home, ".config")
+		}
+		return filepath.Join(dir, "libvirt", "qemu", "nvram")
+	}
+	return ""
+}
+
+// validNVRAMPath: libvirt's own file for a VM's NVRAM, the only file outside
+// its state dir that vmup ever writes, whatever a definition or journal says.
+func validNVRAMPath(name, connect, path string) bool {
+	dir := libvirtNVRAMDir(connect)
+	return dir != "" && path == filepath.Join(dir, name+"_VARS.fd")
 }
 
 // copyNVRAM copies the VM's NVRAM file live into the state dir (save) or back.
@@ -277,7 +312,7 @@ func (u *vmRun) prepareReset(ctx context.Context) error {
 		}
 		if !exists {
 			gone = "its frozen disk " + o.Name + ".qcow2 is gone"
-		} else if _, err := os.Lstat(u.paths.File("provisioned-nvram.fd")); p.NVRAM && err != nil {
+		} else if _, err := os.Lstat(u.paths.File("provisioned-nvram.fd")); p.NVRAM != "" && err != nil {
 			gone = "its NVRAM copy is gone"
 		}
 	}

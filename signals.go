@@ -27,15 +27,20 @@ func surviveClosedOutput() {
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 }
 
-// notifySuspend delivers SIGUSR1, `vmup down --suspend`'s request, to ch.
-func notifySuspend(ch chan<- os.Signal) { signal.Notify(ch, syscall.SIGUSR1) }
+// notifyRequests delivers the requests of other vmup commands to a
+// foreground up: SIGUSR1 to save (`down --suspend`), SIGUSR2 to stop
+// (`down`, `destroy`).
+func notifyRequests(ch chan<- os.Signal) { signal.Notify(ch, syscall.SIGUSR1, syscall.SIGUSR2) }
 
 // signalEvent turns a signal into the controller's event. A SIGINT is a
 // confirmation only while the first-boot window is open. SIGUSR1 asks for a
 // save, and so does any stop signal when stopSaves (--suspend-on-stop, once
-// the first boot completed).
+// the first boot completed), but SIGUSR2, the stop `down` and `destroy` ask for.
 func signalEvent(sig os.Signal, windowOpen, stopSaves bool) Event {
-	if sig == syscall.SIGUSR1 || stopSaves {
+	switch {
+	case sig == syscall.SIGUSR2:
+		return EvTerminate // vmup's own stop request never saves
+	case sig == syscall.SIGUSR1 || stopSaves:
 		return EvSuspend
 	}
 	switch sig {

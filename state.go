@@ -235,7 +235,7 @@ func validateJournal(j *Journal, name string) error {
 	check(j.DiskVolume == "" || j.DiskVolume == runDiskVolume(name), "disk_volume %q is not a volume vmup makes for VM %s", j.DiskVolume, name)
 	if p := j.Provisioned; p != nil {
 		check(p.Kind == "memory" || p.Kind == "disk", "provisioned: kind %q is not memory or disk", p.Kind)
-		check(p.NVRAM == "" || p.Kind == "disk" && validNVRAMPath(name, p.NVRAM), "provisioned: nvram %q is not the NVRAM of VM %s", p.NVRAM, name)
+		check(p.NVRAM == "" || p.Kind == "disk" && validNVRAMPath(name, j.Connect, p.NVRAM), "provisioned: nvram %q is not the NVRAM of VM %s", p.NVRAM, name)
 		check(p.Network == "nat" || p.Network == "user", "provisioned: network %q is not nat or user", p.Network)
 		check(p.SSHHost == "" || net.ParseIP(p.SSHHost) != nil, "provisioned: ssh_host %q is not an IP address", p.SSHHost)
 		check(p.SSHPort >= 0 && p.SSHPort <= 65535, "provisioned: ssh_port %d is no port", p.SSHPort)

@@ -95,8 +95,8 @@ func TestOnlyAProvenUpIsSignalled(t *testing.T) {
 
 	// The signal itself goes to nobody whose start time differs.
 	stale := lockRecord{PID: sleep.Process.Pid, Start: sleepStart + 1, Command: "up"}
-	if err := stale.terminate(); err != unix.ESRCH {
-		t.Errorf("terminate of a reused pid: %v, want ESRCH", err)
+	if err := stale.askToStop(); err != unix.ESRCH {
+		t.Errorf("a stop request to a reused pid: %v, want ESRCH", err)
 	}
 	select {
 	case <-sleepExited:

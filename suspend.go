@@ -144,6 +144,12 @@ func (u *upRun) save(ctx context.Context) {
 		cancel()
 	}
 	if err := saveDomain(ctx, u.virsh, u.o.Pool, u.paths, u.o.ShutdownTimeout, u.env.Out.Warn); err != nil {
+		// A guest that powered off meanwhile is simply stopped.
+		if st, serr := u.virsh.DomState(context.WithoutCancel(ctx), u.o.Name); !errors.Is(err, errKeepsRunning) && serr == nil && st == "shut off" {
+			u.env.Out.Warn("VM %s was not saved: %v", u.o.Name, err)
+			u.send(EvDomainStopped, nil)
+			return
+		}
 		u.send(EvSaveFailed, saveFailure(u.o.Name, u.o.Pool, err))
 		return
 	}

@@ -27,6 +27,7 @@ func TestRowsOfSuspendAndReset(t *testing.T) {
 		{Suspending, EvHangup, to(Suspending, keep, ActSayBusySaving)},
 		{Suspending, EvSaved, to(Saved, keep)},
 		{Suspending, EvSaveFailed, to(StopFailed, exitStopFailed, ActReportFailure)},
+		{Suspending, EvDomainStopped, to(Stopped, keep)},
 		{Preparing, EvPreparedReset, to(Resetting, keep, ActReset)},
 		{Resetting, EvInterrupt, to(Resetting, keep, ActSayBusyResetting)},
 		{Resetting, EvInterruptAgain, to(Resetting, keep, ActSayBusyResetting)},
@@ -62,6 +63,9 @@ func TestSignalEventSuspends(t *testing.T) {
 		if got := signalEvent(sigByName[sig], false, true); got != EvSuspend {
 			t.Errorf("%s under --suspend-on-stop after the first boot = %s, want suspend", sig, got)
 		}
+	}
+	if got := signalEvent(syscall.SIGUSR2, false, true); got != EvTerminate {
+		t.Errorf("SIGUSR2 (down's stop request) under --suspend-on-stop = %s, want terminate", got)
 	}
 	if got := signalEvent(syscall.SIGINT, true, false); got != EvInterruptAgain {
 		t.Errorf("SIGINT in the window without stopSaves = %s", got)
@@ -367,8 +371,7 @@ func TestResetIsNeverCutShort(t *testing.T) {
 // the NVRAM back and boots; destroy removes the overlay too.
 func TestResetUEFIFrozenDiskAndNVRAM(t *testing.T) {
 	h := newHarness(t)
-	h.fake.world.NVRAMDir = filepath.Join(t.TempDir(), "nvram") // libvirt's name for the dir
-	os.Mkdir(h.fake.world.NVRAMDir, 0o700)
+	h.withNVRAMDir()
 	if code := h.wait(h.up(h.upArgs("-d", "--firmware", "uefi")...)); code != 0 {
 		t.Fatalf("up: exit %d\n%s", code, h.stderr)
 	}
@@ -409,5 +412,34 @@ func TestResetUEFIFrozenDiskAndNVRAM(t *testing.T) {
 		if strings.HasPrefix(pv, "vmup/v1") {
 			t.Errorf("volume %s left after destroy", pv)
 		}
+	}
+}
+
+// withNVRAMDir gives UEFI domains an NVRAM dir that stands for libvirt's.
+func (h *harness) withNVRAMDir() string {
+	dir := h.t.TempDir()
+	h.fake.world.NVRAMDir = dir
+	old := libvirtNVRAMDir
+	libvirtNVRAMDir = func(string) string { return dir }
+	h.t.Cleanup(func() { libvirtNVRAMDir = old })
+	return dir
+}
+
+// A reset killed between its journal and its revert leaves them out of
+// step: the next up of the shut-off VM defines the domain from the journal.
+func TestUpAfterKilledResetRedefinesFromTheJournal(t *testing.T) {
+	h := newHarness(t)
+	h.createDetached()
+	h.fake.world.Domains["v1"] = "shut off"
+	paths := pathsFor(h.env.Home, "v1")
+	j := h.journal()
+	j.Phase = Resetting
+	writeJournal(paths, j)
+	h.fake.calls = nil
+	if code := h.wait(h.up("v1", "-d")); code != 0 {
+		t.Fatalf("up: exit %d\n%s", code, h.stderr)
+	}
+	if !slices.ContainsFunc(h.calls(), func(c []string) bool { return slices.Equal(c, argv("virsh define $HOME/vms/v1/domain.xml")) }) {
+		t.Errorf("the domain was not defined from the journal: %v", h.calls())
 	}
 }

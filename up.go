@@ -83,6 +83,7 @@ func runUp(env Env, o *Options) int {
 			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision}
 	}
 	u.j = j
+	u.resetCutOff = exists && j.Phase == Resetting
 	// An existing journal stays on disk as it is until this run changes the
 	// VM (a wipe, a redefinition) or starts it: a run refused, failed or killed
 	// before that leaves it describing the VM as it was.

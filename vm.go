@@ -28,6 +28,8 @@ type vmRun struct {
 	recover *Journal
 	// replaced is the journal of the VM that --reset replaces (runUp).
 	replaced *Journal
+	// resetCutOff: the journal says a reset was at work when its vmup died (runUp).
+	resetCutOff bool
 
 	jmu sync.Mutex
 	j   *Journal // changed only through updateJournal, by any worker
