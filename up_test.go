@@ -307,8 +307,8 @@ func completeFirstBoot() [][]string {
 func keepProvisioned() [][]string {
 	return concat([][]string{{"virsh", "snapshot-create-as", "v1", "vmup-provisioned", "--description",
 		"vmup: the state VM v1's first boot completed in", "--atomic"}}, seq(
-		"virsh vol-path --pool vmup v1-seed-boot.iso",
 		"virsh snapshot-dumpxml v1 vmup-provisioned --security-info",
+		"virsh vol-path --pool vmup v1-seed-boot.iso",
 		"virsh snapshot-create v1 $HOME/vms/v1/snapshot.xml --redefine",
 	))
 }
