@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -397,54 +398,128 @@ func sayGoingOn(env Env, cmd, name string) (stop func()) {
 
 // vmStatus is one VM as `status --json` shows it.
 type vmStatus struct {
-	Name     string   `json:"name"`
-	Phase    string   `json:"phase"`
-	Domain   string   `json:"domain"`
-	SSH      string   `json:"ssh,omitempty"`
+	Name   string `json:"name"`
+	Phase  string `json:"phase"`
+	Domain string `json:"domain"`
+	SSH    string `json:"ssh,omitempty"`
+	// Address is the host the guest's sshd is reached at: its lease address
+	// on nat, 127.0.0.1 (a forward) on user.
+	Address  string   `json:"address,omitempty"`
 	Forwards []string `json:"forwards"`
 	PID      int      `json:"pid,omitempty"`
 	// Holder is the vmup command that holds the VM's lock: up, down, destroy, provision.
 	Holder string `json:"holder,omitempty"`
+	// Created is when the VM was made and AgeSeconds how long ago; both are
+	// absent when its journal does not say (one of an older vmup).
+	Created    time.Time `json:"created,omitzero"`
+	AgeSeconds *int64    `json:"age_seconds,omitempty"`
 }
 
+// statusOf is one VM's status, its domain asked of libvirt alone.
 func statusOf(ctx context.Context, env Env, name string) vmStatus {
+	s, connect := journalStatus(env, name, time.Now())
+	state, reason, err := newVirsh(env.Runner, connect).DomStateReason(ctx, name)
+	s.Domain = domainWord(state, reason, err)
+	return s
+}
+
+// statusOfAll is the status of every named VM, from one listing of the
+// domains per libvirt URI: one virsh call each VM would cost ~20 ms apiece.
+func statusOfAll(ctx context.Context, env Env, names []string) []vmStatus {
+	list := make([]vmStatus, len(names))
+	byURI := map[string][]int{}
+	now := time.Now()
+	for i, name := range names {
+		s, connect := journalStatus(env, name, now)
+		list[i] = s
+		byURI[connect] = append(byURI[connect], i)
+	}
+	for _, uri := range slices.Sorted(maps.Keys(byURI)) {
+		states, err := newVirsh(env.Runner, uri).DomStates(ctx)
+		if err != nil {
+			env.Out.Warn("cannot list the domains at %s: %v", uri, err)
+		}
+		for _, i := range byURI[uri] {
+			st, ok := states[list[i].Name]
+			switch {
+			case err != nil:
+				list[i].Domain = domainWord("", "", err)
+			case !ok:
+				list[i].Domain = domainWord("", "", errNotFound)
+			default:
+				list[i].Domain = domainWord(st.State, st.Reason, nil)
+			}
+		}
+	}
+	return list
+}
+
+// domainWord is what status shows of a domain: virsh's state word, "saved"
+// for a managed save (`vmup up` resumes it), "undefined" for none, and
+// "unknown" when libvirt could not say.
+func domainWord(state, reason string, err error) string {
+	switch {
+	case errors.Is(err, errNotFound):
+		return "undefined"
+	case err != nil:
+		return "unknown"
+	case isSaved(state, reason):
+		return "saved" // shut off, and `vmup up` resumes it
+	}
+	return state
+}
+
+// journalStatus is what a VM's journal and lock say of it (its domain still
+// "unknown"), and the libvirt URI its domain is asked at.
+func journalStatus(env Env, name string, now time.Time) (vmStatus, string) {
 	paths := pathsFor(env.Home, name)
 	s := vmStatus{Name: name, Phase: "unknown", Domain: "unknown", Forwards: []string{}}
 	j, err := readJournal(paths)
-	connect := defaultOptions().Connect
 	if err != nil {
 		s.Phase = "damaged" // `vmup status NAME` says how
 	}
-	if j != nil {
-		s.Phase, connect = j.Phase.String(), j.Connect
-		rec, held := lockHolder(paths.Lock)
-		if held && rec.alive() {
-			s.PID, s.Holder = rec.PID, rec.Command
-		}
-		if (!held || rec.Command != "up") && (j.Phase == Running || j.Phase == Booting) {
-			s.Phase = "detached" // its vmup is gone; the VM may still run
-		}
-		if j.SSHPort != 0 {
-			s.SSH = Endpoint{Host: j.SSHHost, Port: j.SSHPort}.String()
-		}
-		if j.Forwards != nil {
-			s.Forwards = j.Forwards
-		}
+	if j == nil {
+		return s, defaultOptions().Connect // read only here: it reads libvirt's config files
 	}
-	state, reason, err := newVirsh(env.Runner, connect).DomStateReason(ctx, name)
+	s.Phase = j.Phase.String()
+	rec, held := lockHolder(paths.Lock)
+	if held && rec.alive() {
+		s.PID, s.Holder = rec.PID, rec.Command
+	}
+	if (!held || rec.Command != "up") && (j.Phase == Running || j.Phase == Booting) {
+		s.Phase = "detached" // its vmup is gone; the VM may still run
+	}
+	if j.SSHPort != 0 {
+		s.SSH = Endpoint{Host: j.SSHHost, Port: j.SSHPort}.String()
+	}
+	s.Address = j.SSHHost
+	if j.Forwards != nil {
+		s.Forwards = j.Forwards
+	}
+	if !j.Created.IsZero() {
+		age := int64(max(0, now.Sub(j.Created)) / time.Second) // a clock set back makes no VM younger than new
+		s.Created, s.AgeSeconds = j.Created, &age
+	}
+	return s, j.Connect
+}
+
+// ageWords is an age in its largest whole unit, as `status` shows it: 45s,
+// 12m, 3h, and days from two days on.
+func ageWords(d time.Duration) string {
 	switch {
-	case errors.Is(err, errNotFound):
-		s.Domain = "undefined"
-	case err == nil && isSaved(state, reason):
-		s.Domain = "saved" // shut off, and `vmup up` resumes it
-	case err == nil:
-		s.Domain = state
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", max(0, d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", d/time.Hour)
 	}
-	return s
+	return fmt.Sprintf("%dd", d/(24*time.Hour))
 }
 
 func runStatus(env Env, o *Options) int {
 	ctx := context.Background()
+	row := "%-20s %-13s %-11s %-21s %-5s %s\n"
 	print := func(s vmStatus) {
 		if o.JSON {
 			json.NewEncoder(os.Stdout).Encode(s)
@@ -458,7 +533,11 @@ func runStatus(env Env, o *Options) int {
 		if ssh == "" {
 			ssh = "-"
 		}
-		fmt.Printf("%-20s %-13s %-10s %-21s %s\n", s.Name, s.Phase, s.Domain, ssh, fw)
+		age := "-"
+		if s.AgeSeconds != nil {
+			age = ageWords(time.Duration(*s.AgeSeconds) * time.Second)
+		}
+		fmt.Printf(row, s.Name, s.Phase, s.Domain, ssh, age, fw)
 	}
 	if o.Name == "" {
 		names, err := listVMs(env.Home)
@@ -466,10 +545,9 @@ func runStatus(env Env, o *Options) int {
 			return reportError(env.Out, err)
 		}
 		if !o.JSON {
-			fmt.Printf("%-20s %-13s %-10s %-21s %s\n", "NAME", "PHASE", "DOMAIN", "SSH", "FORWARDS")
+			fmt.Printf(row, "NAME", "PHASE", "DOMAIN", "SSH", "AGE", "FORWARDS")
 		}
-		for _, n := range names {
-			s := statusOf(ctx, env, n)
+		for _, s := range statusOfAll(ctx, env, names) {
 			print(s)
 		}
 		return exitOK

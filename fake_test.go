@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -269,6 +270,28 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			return st + " (shutdown)", "", 0
 		}
 		return st, "", 0
+	case "domstats":
+		if !slices.Equal(args[1:], []string{"--state"}) {
+			return "", "fake virsh: domstats only with --state", 1
+		}
+		// As virsh prints it: a record per domain, a blank line between
+		// records, the numbers of libvirt's virDomainState and its reasons.
+		var records []string
+		for _, name := range slices.Sorted(maps.Keys(w.Domains)) {
+			state, reason := fakeStateNumbers[w.Domains[name]], 0
+			switch {
+			case w.Domains[name] == "running":
+				reason = 1 // booted
+			case w.Domains[name] == "paused":
+				reason = 1 // user
+			case w.ManagedSave[name]:
+				reason = 5 // saved
+			case w.Domains[name] == "shut off":
+				reason = 1 // shutdown
+			}
+			records = append(records, fmt.Sprintf("Domain: '%s'\n  state.state=%d\n  state.reason=%d\n", name, state, reason))
+		}
+		return strings.Join(records, "\n"), "", 0
 	case "domuuid":
 		if _, ok := w.Domains[arg(1)]; !ok {
 			return notFound("domain", arg(1))
@@ -594,6 +617,9 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 	}
 	return "", "fake virsh: unknown command " + args[0], 1
 }
+
+// fakeStateNumbers are libvirt's virDomainState values of the fake's state words.
+var fakeStateNumbers = map[string]int{"running": 1, "paused": 3, "in shutdown": 4, "shut off": 5, "crashed": 6, "pmsuspended": 7}
 
 // missingFile is libvirt's error for a volume file a definition names that
 // is gone ("" when all are there).

@@ -80,6 +80,7 @@ func TestJournalValuesAreValidated(t *testing.T) {
 		{"uploading_base", "important-db.qcow2", `uploading_base "important-db.qcow2"`},
 		{"cmdline", "a\x00b", "cmdline"},
 		{"restrict_network", true, "restrict_network"}, // on a NAT network below
+		{"created", "1970-01-01T00:00:00Z", "created 1970-01-01T00:00:00Z is no time"},
 		{"surprise", 1, `unknown field "surprise"`},
 		{"disk_volume", "db.qcow2", `disk_volume "db.qcow2"`},
 		{"provisioned", map[string]any{"kind": "disk", "nvram": "/etc/shadow", "network": "user", "cpus": 2, "memory": 2048, "disk": 4},

@@ -61,6 +61,8 @@ Flags of up:
 
 down --suspend saves a running VM's memory; the next up resumes it in seconds.
 reset brings a VM back to the state its first boot completed in (kept then).
+status lists each VM's phase, domain (running, shut off, saved, undefined, ...),
+SSH address and age, asking libvirt once per connection.
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.

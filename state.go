@@ -75,7 +75,10 @@ type Journal struct {
 	// Provisioned is the state the first boot completed in, which `vmup
 	// reset` brings back; nil when none was kept.
 	Provisioned *Provisioned `json:"provisioned,omitempty"`
-	Updated     time.Time    `json:"updated"`
+	// Created is when the VM was made (its first `up`); absent in journals
+	// of a vmup before it, whose VMs have no known age.
+	Created time.Time `json:"created,omitzero"`
+	Updated time.Time `json:"updated"`
 }
 
 // Provisioned is a VM's state as its first boot completed, and the settings
@@ -253,6 +256,9 @@ func validateJournal(j *Journal, name string) error {
 		check(p.Kind != "disk" || j.DiskVolume == runDiskVolume(name), "provisioned: a disk state without its disk_volume %q", runDiskVolume(name))
 		check(p.Network != "user" || p.SSHPort > 0, "provisioned: network user without an ssh_port")
 	}
+	// Not compared with the clock or with updated: a clock set back since
+	// would make the journal invalid, for no more than a wrong age.
+	check(j.Created.IsZero() || j.Created.Year() >= 2000, "created %s is no time a vmup made a VM", j.Created.Format(time.RFC3339))
 	check(j.ControlDir == "" || filepath.IsAbs(j.ControlDir) && filepath.Clean(j.ControlDir) == j.ControlDir &&
 		strings.HasPrefix(filepath.Base(j.ControlDir), "vmup-"), "control_dir %q is not one vmup makes", j.ControlDir)
 	return bad

@@ -80,7 +80,7 @@ func runUp(env Env, o *Options) int {
 			}
 		}
 		j = &Journal{Name: o.Name, Phase: Preparing, FailedIn: noPhase, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
-			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision}
+			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision, Created: time.Now().UTC()}
 	}
 	u.j = j
 	u.resetCutOff = exists && j.Phase == Resetting

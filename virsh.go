@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -404,4 +405,86 @@ func (v *Virsh) ManagedSaveDumpXML(ctx context.Context, name string) (string, er
 func (v *Virsh) ManagedSaveDefine(ctx context.Context, name, xmlFile string) error {
 	_, err := v.run(ctx, "managedsave-define", name, xmlFile)
 	return classify(err)
+}
+
+// domainState is a domain's state and its reason in virsh's words, as
+// `virsh domstate --reason` prints them ("shut off", "saved").
+type domainState struct{ State, Reason string }
+
+// DomStates returns the state of every domain of the connection, by name,
+// from one call: status of any number of VMs costs one virsh call.
+func (v *Virsh) DomStates(ctx context.Context) (map[string]domainState, error) {
+	out, err := v.run(ctx, "domstats", "--state")
+	if err != nil {
+		return nil, err
+	}
+	return parseDomStats(out)
+}
+
+// parseDomStats reads `virsh domstats --state`: per domain a line
+// "Domain: 'NAME'", then "  state.state=N" and "  state.reason=N", and a
+// blank line between domains.
+func parseDomStats(out string) (map[string]domainState, error) {
+	type nums struct{ state, reason int }
+	raw := map[string]*nums{}
+	var cur *nums
+	for _, line := range strings.Split(out, "\n") {
+		if name, ok := strings.CutPrefix(line, "Domain: '"); ok && strings.HasSuffix(name, "'") {
+			cur = &nums{}
+			raw[strings.TrimSuffix(name, "'")] = cur
+			continue
+		}
+		key, val, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok || cur == nil || key != "state.state" && key != "state.reason" {
+			continue
+		}
+		n, err := strconv.Atoi(val)
+		if err != nil {
+			return nil, fmt.Errorf("virsh domstats: %q is no number", line)
+		}
+		if key == "state.state" {
+			cur.state = n
+		} else {
+			cur.reason = n
+		}
+	}
+	states := make(map[string]domainState, len(raw))
+	for name, n := range raw {
+		states[name] = domainState{stateWord(n.state), reasonWord(n.state, n.reason)}
+	}
+	return states, nil
+}
+
+// virshStates are libvirt's virDomainState values as virsh words them.
+var virshStates = []string{"no state", "running", "idle", "paused", "in shutdown", "shut off", "crashed", "pmsuspended"}
+
+// virshReasons are, by state, libvirt's reason values (virDomain*Reason) as
+// virsh words them.
+var virshReasons = [][]string{
+	{"unknown"},
+	{"unknown", "booted", "migrated", "restored", "from snapshot", "unpaused", "migration canceled", "save canceled",
+		"event wakeup", "crashed", "post-copy", "post-copy failed"},
+	{"unknown"},
+	{"unknown", "user", "migrating", "saving", "dumping", "I/O error", "watchdog", "from snapshot", "shutting down",
+		"creating snapshot", "crashed", "starting up", "post-copy", "post-copy failed", "api error"},
+	{"unknown", "user"},
+	{"unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from snapshot", "daemon"},
+	{"unknown", "panicked"},
+	{"unknown"},
+}
+
+// stateWord is virsh's word for a state; one newer than this table is
+// "no state", as an older virsh says.
+func stateWord(state int) string {
+	if state < 0 || state >= len(virshStates) {
+		return virshStates[0]
+	}
+	return virshStates[state]
+}
+
+func reasonWord(state, reason int) string {
+	if state < 0 || state >= len(virshReasons) || reason < 0 || reason >= len(virshReasons[state]) {
+		return "unknown"
+	}
+	return virshReasons[state][reason]
 }
