@@ -245,7 +245,11 @@ func (e *fetchError) Error() string {
 	if e.Status != 0 {
 		return fmt.Sprintf("cannot fetch %s: %s", e.URL, http.StatusText(e.Status))
 	}
-	return fmt.Sprintf("cannot fetch %s: %v", e.URL, e.Err)
+	err := e.Err
+	if ue, ok := err.(*url.Error); ok {
+		err = ue.Err // it names the URL again
+	}
+	return fmt.Sprintf("cannot fetch %s: %v", e.URL, err)
 }
 func (e *fetchError) Unwrap() error { return e.Err }
 
