@@ -355,7 +355,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.BoolVar(&o.Force, "force", o.Force, "")
 		fs.BoolVar(&o.Suspend, "suspend", o.Suspend, "")
 		fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "")
-	case "status":
+	case "status", "images":
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "provision":
 		fs.StringVar(&o.Playbook, "playbook", o.Playbook, "")
@@ -491,7 +491,16 @@ func validateUp(o *Options) error {
 		}
 	}
 	o.Playbook, o.Kernel, o.Initrd = absPath(o.Playbook), absPath(o.Kernel), absPath(o.Initrd)
-	if o.Image != "" && !isURL(o.Image) {
+	if im, ok := distroImageNamed(o.Image); ok {
+		// A name of the table is always the distributor's image (a file of
+		// that name is ./NAME).
+		if _, err := im.dirURL(); err != nil {
+			return err
+		}
+	} else if o.Image != "" && !isURL(o.Image) {
+		if _, err := os.Stat(o.Image); errors.Is(err, os.ErrNotExist) && !strings.Contains(o.Image, "/") {
+			return usagef("give a file, a URL, or one of the names `vmup images` lists", "--image %s: no such file or image name", o.Image)
+		}
 		if err := checkRegular("--image", o.Image); err != nil {
 			return err
 		}

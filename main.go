@@ -26,11 +26,15 @@ Usage:
   vmup ssh [NAME] [-- CMD...]
   vmup ssh-config [NAME]
   vmup provision [NAME] [--playbook FILE] [-- ANSIBLE-PLAYBOOK-ARGS...]
+  vmup images [--json]
   vmup version
 
 Flags of up:
-  --image PATH|URL        base image (qcow2 or raw); needed only to create
-  --image-sha256 HEX      verify the image
+  --image PATH|URL|NAME   base image (qcow2 or raw); needed only to create. A NAME
+                          (debian-12, ubuntu-24.04, fedora-44, …: vmup images)
+                          is the distributor's cloud image, checked against its
+                          published checksum file
+  --image-sha256 HEX      verify the image (wins over the published checksum)
   --playbook FILE         run on the first boot only
   --cpus N --memory MIB --disk GIB        (defaults 2, 2048, 20)
   --forward [ADDR:]HOST:GUEST             repeatable; ADDR defaults to 127.0.0.1
@@ -63,6 +67,7 @@ down --suspend saves a running VM's memory; the next up resumes it in seconds.
 reset brings a VM back to the state its first boot completed in (kept then).
 status lists each VM's phase, domain (running, shut off, saved, undefined, ...),
 SSH address and age, asking libvirt once per connection.
+images lists the image names, the URL each stands for, and what is cached.
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
@@ -80,6 +85,7 @@ Exit codes:
 Examples:
   vmup up web --image debian-12-genericcloud-amd64.qcow2 --playbook site.yml
   vmup up web -d && vmup ssh web -- uptime && vmup down web
+  vmup up db --image ubuntu-24.04 -d
 `
 
 var version = "" // set by -ldflags "-X main.version=…"
@@ -116,7 +122,7 @@ func run(args []string) int {
 	case "version", "--version":
 		fmt.Println("vmup", versionString())
 		return exitOK
-	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset":
+	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "images":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
@@ -140,8 +146,8 @@ func run(args []string) int {
 	}
 	var jsonOut io.Writer
 	switch {
-	case o != nil && o.JSON && (cmd == "up" || cmd == "reset"),
-		o == nil && (cmd == "up" || cmd == "reset" || cmd == "status") && wantsJSON(rest):
+	case o != nil && o.JSON && (cmd == "up" || cmd == "reset" || cmd == "images"),
+		o == nil && (cmd == "up" || cmd == "reset" || cmd == "status" || cmd == "images") && wantsJSON(rest):
 		jsonOut = os.Stdout
 	}
 	name := ""
@@ -185,6 +191,8 @@ func run(args []string) int {
 		return runProvision(env, o)
 	case "reset":
 		return finishWith(out, runReset(env, o))
+	case "images":
+		return finishWith(out, runImages(env, o))
 	}
 	return exitUsage
 }

@@ -40,6 +40,7 @@ type Output struct {
 
 	step, total int
 	stepTitle   string
+	stepDetail  string // a download's progress, after the title
 	spinStop    chan struct{}
 	spinDone    chan struct{}
 	exited      bool
@@ -55,6 +56,16 @@ type jsonEvent struct {
 	ExitCode *int   `json:"exit_code,omitempty"`
 	// Modules names the cloud-init modules a warning is about.
 	Modules []string `json:"modules,omitempty"`
+	// A download's progress (event progress).
+	Bytes          *int64 `json:"bytes,omitempty"`
+	TotalBytes     *int64 `json:"total_bytes,omitempty"`
+	BytesPerSecond *int64 `json:"bytes_per_second,omitempty"`
+	ETASeconds     *int64 `json:"eta_seconds,omitempty"`
+	// An image name of `vmup images` (event image).
+	Name        string        `json:"name,omitempty"`
+	URL         string        `json:"url,omitempty"`
+	ChecksumURL string        `json:"checksum_url,omitempty"`
+	Cached      []cachedImage `json:"cached,omitempty"`
 }
 
 func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
@@ -122,7 +133,7 @@ func (o *Output) Step(title string) {
 	if o.step > o.total {
 		o.total = o.step
 	}
-	o.stepTitle = title
+	o.stepTitle, o.stepDetail = title, ""
 	o.emit("step_started", title, o.stepLabel(), nil)
 	if o.tty {
 		o.spinStop, o.spinDone = make(chan struct{}), make(chan struct{})
@@ -137,9 +148,16 @@ func (o *Output) spin(stop, done chan struct{}, label, title string) {
 	frames := []string{"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	var drawn time.Time
 	for i := 0; ; i++ {
 		o.mu.Lock()
-		fmt.Fprintf(o.human, "\r\033[K%s %s %s", label, frames[i%len(frames)], title)
+		// A line with progress on it is redrawn a few times a second at most.
+		if o.stepDetail == "" {
+			fmt.Fprintf(o.human, "\r\033[K%s %s %s", label, frames[i%len(frames)], title)
+		} else if time.Since(drawn) >= progressInterval {
+			fmt.Fprintf(o.human, "\r\033[K%s %s %s: %s", label, frames[i%len(frames)], title, o.stepDetail)
+			drawn = time.Now()
+		}
 		o.mu.Unlock()
 		select {
 		case <-stop:
@@ -175,7 +193,46 @@ func (o *Output) finishStep(mark, event, detail string) {
 	}
 	o.line("[%s] %s %s", o.stepLabel(), mark, text)
 	o.emit(event, text, o.stepLabel(), nil)
-	o.stepTitle = ""
+	o.stepTitle, o.stepDetail = "", ""
+}
+
+// Progress shows how far a download of file is: after the step's title on a
+// terminal, and as a progress event. total and eta are negative when unknown.
+// Its caller calls it a few times a second at most.
+func (o *Output) Progress(file string, done, total, rate int64, eta time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	msg := file + ": " + humanBytes(done)
+	ev := jsonEvent{Event: "progress", Bytes: &done, BytesPerSecond: &rate}
+	if total >= 0 {
+		msg += " of " + humanBytes(total)
+		ev.TotalBytes = &total
+	}
+	msg += ", " + humanBytes(rate) + "/s"
+	if eta >= 0 {
+		secs := int64((eta + time.Second - 1) / time.Second)
+		msg += ", ETA " + (time.Duration(secs) * time.Second).String()
+		ev.ETASeconds = &secs
+	}
+	if o.stepTitle != "" {
+		ev.Step = o.stepLabel()
+	}
+	ev.Message, o.stepDetail = msg, msg
+	o.emitEvent(ev)
+}
+
+// EndProgress takes a finished download's progress off the step's line.
+func (o *Output) EndProgress() {
+	o.mu.Lock()
+	o.stepDetail = ""
+	o.mu.Unlock()
+}
+
+// ImageEvent sends one image name of `vmup images` as a JSON event.
+func (o *Output) ImageEvent(ev jsonEvent) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.emitEvent(ev)
 }
 
 func (o *Output) Done(detail string) { o.finishStep("✓", "step_done", detail) }
