@@ -27,6 +27,7 @@ Usage:
   vmup ssh-config [NAME]
   vmup provision [NAME] [--playbook FILE] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup version
+  vmup completion bash|zsh|fish
 
 Flags of up:
   --image PATH|URL        base image (qcow2 or raw); needed only to create
@@ -61,6 +62,8 @@ Flags of up:
 
 down --suspend saves a running VM's memory; the next up resumes it in seconds.
 reset brings a VM back to the state its first boot completed in (kept then).
+completion prints a script that completes vmup's commands, flags, VM names
+and image names: source <(vmup completion bash), or see the README.
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
@@ -114,6 +117,8 @@ func run(args []string) int {
 	case "version", "--version":
 		fmt.Println("vmup", versionString())
 		return exitOK
+	case "completion", "__complete-names", "__complete-images":
+		return runCompletion(cmd, rest)
 	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
