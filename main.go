@@ -28,6 +28,7 @@ Usage:
   vmup provision [NAME] [--playbook FILE] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup images [--json]
   vmup version
+  vmup completion bash|zsh|fish
 
 Flags of up:
   --image PATH|URL|NAME   base image (qcow2 or raw); needed only to create. A NAME
@@ -68,6 +69,8 @@ reset brings a VM back to the state its first boot completed in (kept then).
 status lists each VM's phase, domain (running, shut off, saved, undefined, ...),
 SSH address and age, asking libvirt once per connection.
 images lists the image names, the URL each stands for, and what is cached.
+completion prints a script that completes vmup's commands, flags, VM names
+and image names: source <(vmup completion bash), or see the README.
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
@@ -122,6 +125,8 @@ func run(args []string) int {
 	case "version", "--version":
 		fmt.Println("vmup", versionString())
 		return exitOK
+	case "completion", "__complete-names", "__complete-images":
+		return runCompletion(cmd, rest)
 	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "images":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"sync"
@@ -41,6 +42,8 @@ type Output struct {
 	step, total int
 	stepTitle   string
 	stepDetail  string // a download's progress, after the title
+	stepStart   time.Time
+	now         func() time.Time // steps are timed by it; tests set it
 	spinStop    chan struct{}
 	spinDone    chan struct{}
 	exited      bool
@@ -66,10 +69,12 @@ type jsonEvent struct {
 	URL         string        `json:"url,omitempty"`
 	ChecksumURL string        `json:"checksum_url,omitempty"`
 	Cached      []cachedImage `json:"cached,omitempty"`
+	// DurationS is how long a finished step took, in seconds.
+	DurationS *float64 `json:"duration_s,omitempty"`
 }
 
 func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
-	o := &Output{human: human, vm: vm, phase: noPhase}
+	o := &Output{human: human, vm: vm, phase: noPhase, now: time.Now}
 	if jsonOut != nil {
 		o.json = json.NewEncoder(jsonOut)
 	}
@@ -133,7 +138,7 @@ func (o *Output) Step(title string) {
 	if o.step > o.total {
 		o.total = o.step
 	}
-	o.stepTitle, o.stepDetail = title, ""
+	o.stepTitle, o.stepDetail, o.stepStart = title, "", o.now()
 	o.emit("step_started", title, o.stepLabel(), nil)
 	if o.tty {
 		o.spinStop, o.spinDone = make(chan struct{}), make(chan struct{})
@@ -191,8 +196,10 @@ func (o *Output) finishStep(mark, event, detail string) {
 	if detail != "" {
 		text += ": " + detail
 	}
-	o.line("[%s] %s %s", o.stepLabel(), mark, text)
-	o.emit(event, text, o.stepLabel(), nil)
+	took := o.now().Sub(o.stepStart)
+	o.line("[%s] %s %s (%s)", o.stepLabel(), mark, text, stepDuration(took))
+	secs := math.Round(took.Seconds()*1000) / 1000
+	o.emitEvent(jsonEvent{Event: event, Message: text, Step: o.stepLabel(), DurationS: &secs})
 	o.stepTitle, o.stepDetail = "", ""
 }
 
@@ -233,6 +240,15 @@ func (o *Output) ImageEvent(ev jsonEvent) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.emitEvent(ev)
+}
+
+// stepDuration reads as "35.2 s", and from a minute on as "5 min 12 s".
+func stepDuration(d time.Duration) string {
+	if d = d.Round(100 * time.Millisecond); d < time.Minute {
+		return fmt.Sprintf("%.1f s", d.Seconds())
+	}
+	d = d.Round(time.Second)
+	return fmt.Sprintf("%d min %d s", d/time.Minute, d%time.Minute/time.Second)
 }
 
 func (o *Output) Done(detail string) { o.finishStep("✓", "step_done", detail) }
