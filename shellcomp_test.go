@@ -184,9 +184,9 @@ func TestBashCompletesCommandsFlagsAndVMNames(t *testing.T) {
 		{[]string{"vmup", "up", "--cpus", ""}, nil},
 		{[]string{"vmup", "up", "--network", ""}, []string{"nat", "user"}},
 		{[]string{"vmup", "up", "--firmware", "u"}, []string{"uefi"}},
-		{[]string{"vmup", "up", "--image", ""}, []string{"disk.qcow2", "site.yml"}},
-		{[]string{"vmup", "up", "--image", "d"}, []string{"disk.qcow2"}},
-		{[]string{"vmup", "up", "--image", "=", ""}, []string{"disk.qcow2", "site.yml"}},
+		{[]string{"vmup", "up", "--image", ""}, withImageNames("", "disk.qcow2", "site.yml")},
+		{[]string{"vmup", "up", "--image", "d"}, withImageNames("d", "disk.qcow2")},
+		{[]string{"vmup", "up", "--image", "=", ""}, withImageNames("", "disk.qcow2", "site.yml")},
 		{[]string{"vmup", "up", "--playbook", "s"}, []string{"site.yml"}},
 		{[]string{"vmup", "provision", "web", "--playbook", "s"}, []string{"site.yml"}},
 		{[]string{"vmup", "completion", ""}, []string{"bash", "fish", "zsh"}},
@@ -352,7 +352,7 @@ func TestZshAndFishCompleteCommandsFlagsAndVMNames(t *testing.T) {
 				{[]string{"vmup", "up", "--ima"}, []string{"--image", "--image-sha256"}},
 				{[]string{"vmup", "ssh", ""}, []string{"db", "web"}},
 				{[]string{"vmup", "up", "--network", ""}, []string{"nat", "user"}},
-				{[]string{"vmup", "up", "--image", "d"}, []string{"disk.qcow2"}},
+				{[]string{"vmup", "up", "--image", "d"}, withImageNames("d", "disk.qcow2")},
 				{[]string{"vmup", "completion", ""}, []string{"bash", "fish", "zsh"}},
 				{[]string{"vmup", "ssh", "web", "--", ""}, nil},
 				{[]string{"vmup", "ssh", "web", ""}, nil},
@@ -400,4 +400,16 @@ func TestHelpAndReadmeDescribeCompletion(t *testing.T) {
 			t.Errorf("the README does not tell how to load the %s script", sh)
 		}
 	}
+}
+
+// withImageNames is files plus the built-in image names starting with prefix, sorted.
+func withImageNames(prefix string, files ...string) []string {
+	out := append([]string{}, files...)
+	for _, n := range imageNames() {
+		if strings.HasPrefix(n, prefix) {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
