@@ -25,6 +25,7 @@ Usage:
   vmup status [NAME] [--json]
   vmup ssh [NAME] [-- CMD...]
   vmup ssh-config [NAME]
+  vmup inventory [NAME...] [--format yaml|json] [--json]
   vmup provision [NAME] [--playbook FILE] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup version
 
@@ -61,6 +62,10 @@ Flags of up:
 
 down --suspend saves a running VM's memory; the next up resumes it in seconds.
 reset brings a VM back to the state its first boot completed in (kept then).
+ssh-config also keeps what it prints as ssh.config in the VM's state dir,
+for ssh -F. inventory prints an ansible inventory of the VMs (all without
+names; --json: ansible's JSON, not events): group vmup, and only what ansible
+needs to reach them.
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
@@ -78,6 +83,7 @@ Exit codes:
 Examples:
   vmup up web --image debian-12-genericcloud-amd64.qcow2 --playbook site.yml
   vmup up web -d && vmup ssh web -- uptime && vmup down web
+  vmup inventory > inv.yml && ansible all -i inv.yml -m ping
 `
 
 var version = "" // set by -ldflags "-X main.version=…"
@@ -114,7 +120,7 @@ func run(args []string) int {
 	case "version", "--version":
 		fmt.Println("vmup", versionString())
 		return exitOK
-	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset":
+	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "inventory":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
@@ -183,6 +189,8 @@ func run(args []string) int {
 		return runProvision(env, o)
 	case "reset":
 		return finishWith(out, runReset(env, o))
+	case "inventory":
+		return runInventory(env, o)
 	}
 	return exitUsage
 }
