@@ -56,6 +56,7 @@ type Options struct {
 	CloudInitErrors string
 	Names           []string // inventory: the VMs to list, all when empty
 	Format          string   // inventory: yaml or json
+	Follow          bool     // logs -f
 	// set names the settings given by a flag or vmup.json, so a re-up knows
 	// which of the VM's own settings were left alone.
 	set map[string]bool
@@ -364,6 +365,9 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 	case "inventory":
 		fs.StringVar(&o.Format, "format", "yaml", "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "") // ansible's JSON, not events
+	case "logs":
+		fs.BoolVar(&o.Follow, "f", o.Follow, "")
+		fs.BoolVar(&o.Follow, "follow", o.Follow, "")
 	}
 	fs.StringVar(&o.Connect, "connect", o.Connect, "")
 	return fs

@@ -260,7 +260,7 @@ func TestBinaryInventory(t *testing.T) {
 		t.Errorf("vmup inventory nope: exit %d\n%s", code, out)
 	}
 	if out, _ := r.vmup("--help"); !strings.Contains(out, "vmup inventory [NAME...]") {
-		t.Errorf("--help lacks inventory:\n%s", out)
+		t.Errorf("--help lacks inventory or logs:\n%s", out)
 	}
 }
 

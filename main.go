@@ -26,6 +26,7 @@ Usage:
   vmup ssh [NAME] [-- CMD...]
   vmup ssh-config [NAME]
   vmup inventory [NAME...] [--format yaml|json] [--json]
+  vmup logs [NAME] [-f]
   vmup provision [NAME] [--playbook FILE] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup version
 
@@ -65,7 +66,8 @@ reset brings a VM back to the state its first boot completed in (kept then).
 ssh-config also keeps what it prints as ssh.config in the VM's state dir,
 for ssh -F. inventory prints an ansible inventory of the VMs (all without
 names; --json: ansible's JSON, not events): group vmup, and only what ansible
-needs to reach them.
+needs to reach them. logs shows the last playbook log and the console log;
+-f follows the console log until Ctrl+C.
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
@@ -120,7 +122,7 @@ func run(args []string) int {
 	case "version", "--version":
 		fmt.Println("vmup", versionString())
 		return exitOK
-	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "inventory":
+	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "inventory", "logs":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
@@ -141,6 +143,11 @@ func run(args []string) int {
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Print(usage)
 		return exitOK
+	}
+	if cmd == "logs" && o != nil && o.Follow {
+		// -f ends on Ctrl+C, as the user's way to stop following.
+		stop := notifySignals(sigs)
+		defer stop()
 	}
 	var jsonOut io.Writer
 	switch {
@@ -191,6 +198,8 @@ func run(args []string) int {
 		return finishWith(out, runReset(env, o))
 	case "inventory":
 		return runInventory(env, o)
+	case "logs":
+		return runLogs(env, o)
 	}
 	return exitUsage
 }
