@@ -613,12 +613,23 @@ func runSSH(env Env, o *Options, command []string) int {
 	return reportError(env.Out, fmt.Errorf("cannot run ssh: %w", err))
 }
 
+// runSSHConfig prints the VM's ssh config and keeps it as ssh.config in the
+// state dir, for `ssh -F` and tools that take a config file.
 func runSSHConfig(env Env, o *Options) int {
+	if abs, err := filepath.Abs(env.Home); err == nil {
+		env.Home = abs // the config is used from anywhere
+	}
 	s, code := sshFor(env, o, "ssh-config")
 	if s == nil {
 		return code
 	}
-	fmt.Print(s.Config())
+	config := s.Config()
+	// Atomic: a symlink planted at that name is replaced, not written through.
+	if err := writeFileAtomic(s.paths.SSHConfig(), []byte(config), 0o600); err != nil {
+		return reportError(env.Out, err)
+	}
+	fmt.Print(config)
+	env.Out.Say("ssh_config_file", "Written to %s too: `ssh -F %s %s` uses it", s.paths.SSHConfig(), s.paths.SSHConfig(), o.Name)
 	return exitOK
 }
 

@@ -54,6 +54,9 @@ type Options struct {
 	// CloudInitErrors says what cloud-init's errors in the first boot do:
 	// "warn" goes on to the playbook, "fail" fails the boot (VM kept).
 	CloudInitErrors string
+	Names           []string // inventory: the VMs to list, all when empty
+	Format          string   // inventory: yaml or json
+	Follow          bool     // logs -f
 	// set names the settings given by a flag or vmup.json, so a re-up knows
 	// which of the VM's own settings were left alone.
 	set map[string]bool
@@ -359,6 +362,12 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "provision":
 		fs.StringVar(&o.Playbook, "playbook", o.Playbook, "")
+	case "inventory":
+		fs.StringVar(&o.Format, "format", "yaml", "")
+		fs.BoolVar(&o.JSON, "json", o.JSON, "") // ansible's JSON, not events
+	case "logs":
+		fs.BoolVar(&o.Follow, "f", o.Follow, "")
+		fs.BoolVar(&o.Follow, "follow", o.Follow, "")
 	}
 	fs.StringVar(&o.Connect, "connect", o.Connect, "")
 	return fs
@@ -406,6 +415,10 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 		}
 		o.set[f.Name] = true
 	})
+	if cmd == "inventory" {
+		o.Names = positional
+		positional = nil
+	}
 	if len(positional) > 1 {
 		return nil, nil, usagef(fmt.Sprintf("run `vmup %s --help` to see its arguments", cmd), "too many arguments: %s", strings.Join(positional, " "))
 	}

@@ -25,6 +25,8 @@ Usage:
   vmup status [NAME] [--json]
   vmup ssh [NAME] [-- CMD...]
   vmup ssh-config [NAME]
+  vmup inventory [NAME...] [--format yaml|json] [--json]
+  vmup logs [NAME] [-f]
   vmup provision [NAME] [--playbook FILE] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup images [--json]
   vmup version
@@ -71,6 +73,11 @@ SSH address and age, asking libvirt once per connection.
 images lists the image names, the URL each stands for, and what is cached.
 completion prints a script that completes vmup's commands, flags, VM names
 and image names: source <(vmup completion bash), or see the README.
+ssh-config also keeps what it prints as ssh.config in the VM's state dir,
+for ssh -F. inventory prints an ansible inventory of the VMs (all without
+names; --json: ansible's JSON, not events): group vmup, and only what ansible
+needs to reach them. logs shows the last playbook log and the console log;
+-f follows the console log until Ctrl+C.
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
@@ -89,6 +96,7 @@ Examples:
   vmup up web --image debian-12-genericcloud-amd64.qcow2 --playbook site.yml
   vmup up web -d && vmup ssh web -- uptime && vmup down web
   vmup up db --image ubuntu-24.04 -d
+  vmup inventory > inv.yml && ansible all -i inv.yml -m ping
 `
 
 var version = "" // set by -ldflags "-X main.version=…"
@@ -127,7 +135,7 @@ func run(args []string) int {
 		return exitOK
 	case "completion", "__complete-names", "__complete-images":
 		return runCompletion(cmd, rest)
-	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "images":
+	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "images", "inventory", "logs":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
@@ -148,6 +156,11 @@ func run(args []string) int {
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Print(usage)
 		return exitOK
+	}
+	if cmd == "logs" && o != nil && o.Follow {
+		// -f ends on Ctrl+C, as the user's way to stop following.
+		stop := notifySignals(sigs)
+		defer stop()
 	}
 	var jsonOut io.Writer
 	switch {
@@ -198,6 +211,10 @@ func run(args []string) int {
 		return finishWith(out, runReset(env, o))
 	case "images":
 		return finishWith(out, runImages(env, o))
+	case "inventory":
+		return runInventory(env, o)
+	case "logs":
+		return runLogs(env, o)
 	}
 	return exitUsage
 }

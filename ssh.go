@@ -95,13 +95,19 @@ func validControlDir(dir string) error {
 	return nil
 }
 
-// Options are the -o settings every vmup ssh (and ansible) connection uses.
-func (s *SSH) Options() []string {
-	opts := []string{
+// pinOptions make a connection vmup's: the VM's key alone, and the guest's
+// host key pinned under the VM's alias. `vmup inventory` hands them to ansible.
+func (s *SSH) pinOptions() []string {
+	return []string{
 		"-o", "IdentitiesOnly=yes", "-o", "IdentityFile=" + s.paths.Key(),
 		"-o", "UserKnownHostsFile=" + s.paths.KnownHosts(), "-o", "StrictHostKeyChecking=yes",
 		"-o", "HostKeyAlias=" + hostKeyAlias(s.name),
 	}
+}
+
+// Options are the -o settings every vmup ssh (and ansible) connection uses.
+func (s *SSH) Options() []string {
+	opts := s.pinOptions()
 	if s.control != "" {
 		opts = append(opts, "-o", "ControlPath="+s.control)
 	}

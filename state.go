@@ -138,6 +138,7 @@ func (p Paths) Inventory() string       { return p.File("inventory.yml") }
 func (p Paths) ControlSocket() string   { return p.File("ssh.sock") }
 func (p Paths) Console() string         { return p.File("console.log") }
 func (p Paths) Logs() string            { return p.File("logs") }
+func (p Paths) SSHConfig() string       { return p.File("ssh.config") }
 
 // CompletedJournal is state.json as it reads once the first boot completed,
 // written ahead while there is space, so that completing is a rename.
