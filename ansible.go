@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -57,6 +61,52 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// noteAnsibleExit tells out how ansible-playbook ended, when it ran and
+// failed: its exit code and a best-effort reading of it, failed for 2,
+// unreachable for 4 when the log's recap counts unreachable hosts (4 is
+// also a playbook ansible could not parse), else error.
+func noteAnsibleExit(out *Output, err error, logPath string) {
+	var ee *ExitError
+	if !errors.As(err, &ee) {
+		return
+	}
+	result := "error"
+	switch {
+	case ee.ExitCode == 2:
+		result = "failed"
+	case ee.ExitCode == 4 && recapUnreachable(logPath):
+		result = "unreachable"
+	}
+	out.AnsibleEnded(ee.ExitCode, result)
+}
+
+var unreachableRE = regexp.MustCompile(`\bunreachable=([0-9]+)`)
+
+// recapUnreachable says whether the PLAY RECAP at the end of a playbook's
+// log counts a host with unreachable=N, N > 0.
+func recapUnreachable(logPath string) bool {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	const tail = 1 << 20 // the recap is at the end of what may be a long log
+	if fi, err := f.Stat(); err == nil && fi.Size() > tail {
+		f.Seek(fi.Size()-tail, io.SeekStart)
+	}
+	data, _ := io.ReadAll(f)
+	i := bytes.LastIndex(data, []byte("PLAY RECAP"))
+	if i < 0 {
+		return false
+	}
+	for _, m := range unreachableRE.FindAllSubmatch(data[i:], -1) {
+		if n, err := strconv.Atoi(string(m[1])); err == nil && n > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Run runs the playbook; output goes to out and to a log file in logs/.

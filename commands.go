@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -415,6 +414,12 @@ type vmStatus struct {
 	AgeSeconds *int64    `json:"age_seconds,omitempty"`
 }
 
+// event is s as the vm event of `status --json`.
+func (s vmStatus) event() jsonEvent {
+	return jsonEvent{Event: "vm", VM: s.Name, Phase: s.Phase, Domain: s.Domain, SSH: s.SSH, Address: s.Address,
+		Forwards: &s.Forwards, PID: s.PID, Holder: s.Holder, Created: s.Created, AgeSeconds: s.AgeSeconds}
+}
+
 // statusOf is one VM's status, its domain asked of libvirt alone.
 func statusOf(ctx context.Context, env Env, name string) vmStatus {
 	s, connect := journalStatus(env, name, time.Now())
@@ -522,7 +527,7 @@ func runStatus(env Env, o *Options) int {
 	row := "%-20s %-13s %-11s %-21s %-5s %s\n"
 	print := func(s vmStatus) {
 		if o.JSON {
-			json.NewEncoder(os.Stdout).Encode(s)
+			env.Out.Data(s.event())
 			return
 		}
 		fw := strings.Join(s.Forwards, ",")
@@ -623,13 +628,16 @@ func runSSHConfig(env Env, o *Options) int {
 	if s == nil {
 		return code
 	}
-	config := s.Config()
+	config, path := s.Config(), s.paths.SSHConfig()
 	// Atomic: a symlink planted at that name is replaced, not written through.
-	if err := writeFileAtomic(s.paths.SSHConfig(), []byte(config), 0o600); err != nil {
+	if err := writeFileAtomic(path, []byte(config), 0o600); err != nil {
 		return reportError(env.Out, err)
 	}
-	fmt.Print(config)
-	env.Out.Say("ssh_config_file", "Written to %s too: `ssh -F %s %s` uses it", s.paths.SSHConfig(), s.paths.SSHConfig(), o.Name)
+	if !o.JSON { // with --json, stdout is events: the text is the event's config
+		fmt.Print(config)
+	}
+	env.Out.Data(jsonEvent{Event: "ssh_config", Config: config, Path: path,
+		Message: fmt.Sprintf("Written to %s too: `ssh -F %s %s` uses it", path, path, o.Name)})
 	return exitOK
 }
 
@@ -688,6 +696,7 @@ func runProvision(env Env, o *Options) int {
 		return signalExit(sig)
 	case err != nil:
 		out.Fail("see " + logPath)
+		noteAnsibleExit(out, err, logPath)
 		return reportError(out, &hintedError{msg: err.Error(), code: exitProvision})
 	}
 	out.Done("")

@@ -358,10 +358,12 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.BoolVar(&o.Force, "force", o.Force, "")
 		fs.BoolVar(&o.Suspend, "suspend", o.Suspend, "")
 		fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "")
-	case "status", "images":
+		fs.BoolVar(&o.JSON, "json", o.JSON, "")
+	case "status", "images", "destroy", "ssh-config":
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "provision":
 		fs.StringVar(&o.Playbook, "playbook", o.Playbook, "")
+		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "inventory":
 		fs.StringVar(&o.Format, "format", "yaml", "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "") // ansible's JSON, not events

@@ -294,8 +294,7 @@ func TestE2EDetachedLifecycle(t *testing.T) {
 	}
 	e.checkUserDataSchema()
 	out, _, code := e.vmup(time.Minute, "status", e.name, "--json")
-	var st vmStatus
-	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Domain != "running" {
+	if st, ok := statusVM(out); code != 0 || !ok || st.Domain != "running" {
 		t.Errorf("status: exit %d, %q", code, out)
 	}
 	e.must(3*time.Minute, "down", e.name)
@@ -595,8 +594,7 @@ func TestNATInNetns(t *testing.T) {
 		t.Errorf("marker: %q", out)
 	}
 	out, _, _ := e.vmup(time.Minute, "status", e.name, "--json")
-	var st vmStatus
-	if json.Unmarshal([]byte(out), &st) != nil || !strings.HasPrefix(st.SSH, "192.168.122.") {
+	if st, ok := statusVM(out); !ok || !strings.HasPrefix(st.SSH, "192.168.122.") {
 		t.Errorf("status: %q; want the lease address", out)
 	}
 	e.must(3*time.Minute, "down", e.name)

@@ -19,15 +19,15 @@ ansible-playbook on its first boot, and shuts it down on Ctrl+C.
 
 Usage:
   vmup up [NAME] [flags] [-- ANSIBLE-PLAYBOOK-ARGS...]
-  vmup down [NAME] [--force | --suspend] [--shutdown-timeout D]
+  vmup down [NAME] [--force | --suspend] [--shutdown-timeout D] [--json]
   vmup reset [NAME] [--boot-timeout D] [--json]
-  vmup destroy [NAME]
+  vmup destroy [NAME] [--json]
   vmup status [NAME] [--json]
   vmup ssh [NAME] [-- CMD...]
-  vmup ssh-config [NAME]
+  vmup ssh-config [NAME] [--json]
   vmup inventory [NAME...] [--format yaml|json] [--json]
   vmup logs [NAME] [-f]
-  vmup provision [NAME] [--playbook FILE] [-- ANSIBLE-PLAYBOOK-ARGS...]
+  vmup provision [NAME] [--playbook FILE] [--json] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup images [--json]
   vmup version
   vmup completion bash|zsh|fish
@@ -64,7 +64,9 @@ Flags of up:
                           (as down --suspend) instead of shutting it down
   --discard-saved         a saved VM boots afresh (its memory is lost), so new
                           settings apply
-  --json                  JSON Lines events on stdout
+  --json                  JSON Lines events on stdout (also of down, destroy,
+                          provision, reset, status, ssh-config and images:
+                          their data, errors and an exit event last)
 
 down --suspend saves a running VM's memory; the next up resumes it in seconds.
 reset brings a VM back to the state its first boot completed in (kept then).
@@ -164,8 +166,8 @@ func run(args []string) int {
 	}
 	var jsonOut io.Writer
 	switch {
-	case o != nil && o.JSON && (cmd == "up" || cmd == "reset" || cmd == "images"),
-		o == nil && (cmd == "up" || cmd == "reset" || cmd == "status" || cmd == "images") && wantsJSON(rest):
+	case !speaksJSON[cmd]:
+	case o != nil && o.JSON, o == nil && wantsJSON(rest):
 		jsonOut = os.Stdout
 	}
 	name := ""
@@ -196,17 +198,17 @@ func run(args []string) int {
 	case "up":
 		return finishWith(out, runUp(env, o))
 	case "down":
-		return runDown(env, o)
+		return finishWith(out, runDown(env, o))
 	case "destroy":
-		return runDestroy(env, o)
+		return finishWith(out, runDestroy(env, o))
 	case "status":
-		return runStatus(env, o)
+		return finishWith(out, runStatus(env, o))
 	case "ssh":
 		return runSSH(env, o, sshArgs)
 	case "ssh-config":
-		return runSSHConfig(env, o)
+		return finishWith(out, runSSHConfig(env, o))
 	case "provision":
-		return runProvision(env, o)
+		return finishWith(out, runProvision(env, o))
 	case "reset":
 		return finishWith(out, runReset(env, o))
 	case "images":
@@ -218,6 +220,11 @@ func run(args []string) int {
 	}
 	return exitUsage
 }
+
+// speaksJSON names the commands whose --json is JSON Lines events on stdout
+// (inventory's --json is ansible's JSON, not events).
+var speaksJSON = map[string]bool{"up": true, "down": true, "destroy": true, "provision": true, "reset": true,
+	"status": true, "ssh-config": true, "images": true}
 
 // wantsJSON finds --json before `--` without the flag parser, so a script
 // gets its error and exit events even when the arguments or vmup.json are wrong.
@@ -238,8 +245,8 @@ func wantsJSON(args []string) bool {
 	return on
 }
 
-// finishWith ends a command that stopped before its controller ran, so the
-// JSON stream still closes with an exit event.
+// finishWith ends a command with the exit event (once: an up's controller may
+// have sent it), so every JSON stream closes with one.
 func finishWith(out *Output, code int) int {
 	out.Exit(code, fmt.Sprint("exit ", code))
 	return code

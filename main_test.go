@@ -117,9 +117,22 @@ func fakeMain(prog string, args []string) int {
 			}
 			f.Close()
 		}
-		if mode == "fail" {
+		switch mode {
+		case "fail":
 			fmt.Println("fatal: [vm]: FAILED!")
+			fmt.Println("\nPLAY RECAP *********\nv1 : ok=1 changed=0 unreachable=0 failed=1 skipped=0")
 			return 2
+		case "unreachable":
+			fmt.Println("fatal: [v1]: UNREACHABLE! => {\"changed\": false, \"unreachable\": true}")
+			fmt.Println("\nPLAY RECAP *********\nv1 : ok=0 changed=0 unreachable=1 failed=0 skipped=0")
+			return 4
+		case "exit4":
+			// ansible's 4 is also a parse error of the playbook: no recap.
+			fmt.Fprintln(os.Stderr, "ERROR! A malformed block was encountered while loading a block")
+			return 4
+		case "exit1":
+			fmt.Fprintln(os.Stderr, "ERROR! the playbook: play.yml could not be found")
+			return 1
 		}
 		if mode != "block" && mode != "fail-bg" {
 			fmt.Println("PLAY RECAP ok=1")

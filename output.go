@@ -47,6 +47,9 @@ type Output struct {
 	spinStop    chan struct{}
 	spinDone    chan struct{}
 	exited      bool
+	// ansibleCode and ansibleResult are how a playbook ended, for the exit event.
+	ansibleCode   *int
+	ansibleResult string
 }
 
 type jsonEvent struct {
@@ -71,6 +74,21 @@ type jsonEvent struct {
 	Cached      []cachedImage `json:"cached,omitempty"`
 	// DurationS is how long a finished step took, in seconds.
 	DurationS *float64 `json:"duration_s,omitempty"`
+	// One VM of `vmup status` (event vm); its name and phase are vm and phase.
+	Domain     string    `json:"domain,omitempty"`
+	SSH        string    `json:"ssh,omitempty"`
+	Address    string    `json:"address,omitempty"`
+	Forwards   *[]string `json:"forwards,omitempty"` // there even when empty
+	PID        int       `json:"pid,omitempty"`
+	Holder     string    `json:"holder,omitempty"`
+	Created    time.Time `json:"created,omitzero"`
+	AgeSeconds *int64    `json:"age_seconds,omitempty"`
+	// What `vmup ssh-config` prints and the file it keeps it in (event ssh_config).
+	Config string `json:"config,omitempty"`
+	Path   string `json:"path,omitempty"`
+	// How ansible-playbook ended a first boot or a provision (event exit).
+	AnsibleExitCode *int   `json:"ansible_exit_code,omitempty"`
+	AnsibleResult   string `json:"ansible_result,omitempty"`
 }
 
 func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
@@ -94,8 +112,11 @@ func (o *Output) emitEvent(ev jsonEvent) {
 	if o.json == nil {
 		return
 	}
-	ev.Time, ev.VM = time.Now().UTC().Format(time.RFC3339Nano), o.vm
-	if o.phase != noPhase {
+	ev.Time = time.Now().UTC().Format(time.RFC3339Nano)
+	if ev.VM == "" { // a vm event names its own VM and phase
+		ev.VM = o.vm
+	}
+	if ev.Phase == "" && o.phase != noPhase {
 		ev.Phase = o.phase.String()
 	}
 	o.json.Encode(ev)
@@ -242,6 +263,25 @@ func (o *Output) ImageEvent(ev jsonEvent) {
 	o.emitEvent(ev)
 }
 
+// Data sends an event that carries data of its own (a vm of status, an
+// ssh_config), its message, if any, also as a human line.
+func (o *Output) Data(ev jsonEvent) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if ev.Message != "" {
+		o.line("%s", ev.Message)
+	}
+	o.emitEvent(ev)
+}
+
+// AnsibleEnded records ansible-playbook's exit code and its reading, which
+// the exit event carries.
+func (o *Output) AnsibleEnded(code int, result string) {
+	o.mu.Lock()
+	o.ansibleCode, o.ansibleResult = &code, result
+	o.mu.Unlock()
+}
+
 // stepDuration reads as "35.2 s", and from a minute on as "5 min 12 s".
 func stepDuration(d time.Duration) string {
 	if d = d.Round(100 * time.Millisecond); d < time.Minute {
@@ -357,5 +397,6 @@ func (o *Output) Exit(code int, message string) {
 		return
 	}
 	o.exited = true
-	o.emit("exit", message, "", &code)
+	o.emitEvent(jsonEvent{Event: "exit", Message: message, ExitCode: &code,
+		AnsibleExitCode: o.ansibleCode, AnsibleResult: o.ansibleResult})
 }

@@ -127,11 +127,16 @@ func statusLines(t *testing.T, env Env, args ...string) (int, string) {
 		t.Fatal(err)
 	}
 	var code int
-	out := withStdout(t, func() { code = runStatus(env, o) })
+	out := withStdout(t, func() {
+		if o.JSON { // as run does: events on stdout, human lines where they were
+			env.Out = newOutput(env.Out.human, os.Stdout, o.Name)
+		}
+		code = runStatus(env, o)
+	})
 	return code, out
 }
 
-// statusJSON parses `status --json`'s lines by VM name.
+// statusJSON parses `status --json`'s vm events by VM name.
 func statusJSON(t *testing.T, out string) map[string]map[string]any {
 	t.Helper()
 	byName := map[string]map[string]any{}
@@ -140,7 +145,9 @@ func statusJSON(t *testing.T, out string) map[string]map[string]any {
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			t.Fatalf("status --json line %q: %v", line, err)
 		}
-		byName[m["name"].(string)] = m
+		if m["event"] == "vm" {
+			byName[m["vm"].(string)] = m
+		}
 	}
 	return byName
 }

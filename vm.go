@@ -318,6 +318,7 @@ func (u *upRun) provision(ctx context.Context) {
 	}
 	if err != nil {
 		out.Fail("see " + logPath)
+		noteAnsibleExit(out, err, logPath)
 		u.send(EvProvisionFailed, err)
 		return
 	}
