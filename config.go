@@ -57,6 +57,7 @@ type Options struct {
 	Names           []string // inventory: the VMs to list, all when empty
 	Format          string   // inventory: yaml or json
 	Follow          bool     // logs -f
+	DryRun          bool     // prune --dry-run
 	// set names the settings given by a flag or vmup.json, so a re-up knows
 	// which of the VM's own settings were left alone.
 	set map[string]bool
@@ -367,6 +368,10 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 	case "inventory":
 		fs.StringVar(&o.Format, "format", "yaml", "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "") // ansible's JSON, not events
+	case "prune":
+		fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "")
+		fs.StringVar(&o.Pool, "pool", o.Pool, "")
+		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "logs":
 		fs.BoolVar(&o.Follow, "f", o.Follow, "")
 		fs.BoolVar(&o.Follow, "follow", o.Follow, "")

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,6 +28,9 @@ type fakeWorld struct {
 	Content map[string][]byte
 	// Backing is an overlay's backing store path, by "pool/vol".
 	Backing map[string]string
+	// MTime is when a volume's file was last written (UnixNano), by
+	// "pool/vol": vol-dumpxml shows it as libvirt does for a dir pool.
+	MTime map[string]int64
 	// Uploader is the pid of a vol-upload still writing the volume, by
 	// volume name: libvirt holds a volume while a stream writes it.
 	Uploader map[string]int
@@ -531,6 +535,7 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		}
 		w.Volumes[pv] = true
 		delete(w.Uploaded, pv)
+		w.touch(pv)
 		return "", "", 0
 	case "vol-list":
 		pool := arg(2)
@@ -555,7 +560,11 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			return notFound("vol", pv)
 		}
 		name := pv[strings.Index(pv, "/")+1:]
-		xml := fmt.Sprintf("<volume type='file'>\n  <name>%s</name>\n  <key>/pool/%s</key>\n  <capacity unit='bytes'>4294967296</capacity>\n  <target>\n    <path>/pool/%s</path>\n    <format type='raw'/>\n  </target>\n", name, pv, pv)
+		stamps := ""
+		if t, ok := w.MTime[pv]; ok {
+			stamps = fmt.Sprintf("    <timestamps>\n      <atime>%d.%09d</atime>\n      <mtime>%d.%09d</mtime>\n    </timestamps>\n", t/1e9, t%1e9, t/1e9, t%1e9)
+		}
+		xml := fmt.Sprintf("<volume type='file'>\n  <name>%s</name>\n  <key>/pool/%s</key>\n  <capacity unit='bytes'>4294967296</capacity>\n  <allocation unit='bytes'>%d</allocation>\n  <target>\n    <path>/pool/%s</path>\n    <format type='raw'/>\n%s  </target>\n", name, pv, len(w.Content[pv]), pv, stamps)
 		if b := w.Backing[pv]; b != "" {
 			xml += fmt.Sprintf("  <backingStore>\n    <path>%s</path>\n    <format type='raw'/>\n  </backingStore>\n", b)
 		}
@@ -587,6 +596,7 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		}
 		w.Content[pv] = data
 		w.Uploaded[pv] = true
+		w.touch(pv)
 		return "", "", 0
 	case "vol-resize":
 		if !w.Volumes[poolVol()] {
@@ -613,9 +623,18 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		delete(w.Uploaded, pv)
 		delete(w.Content, pv)
 		delete(w.Backing, pv)
+		delete(w.MTime, pv)
 		return "", "", 0
 	}
 	return "", "fake virsh: unknown command " + args[0], 1
+}
+
+// touch records a write of the volume's file now.
+func (w *fakeWorld) touch(pv string) {
+	if w.MTime == nil {
+		w.MTime = map[string]int64{}
+	}
+	w.MTime[pv] = time.Now().UnixNano()
 }
 
 // fakeStateNumbers are libvirt's virDomainState values of the fake's state words.

@@ -29,6 +29,7 @@ Usage:
   vmup logs [NAME] [-f]
   vmup provision [NAME] [--playbook FILE] [--json] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup images [--json]
+  vmup prune [--dry-run] [--connect URI] [--pool NAME] [--json]
   vmup version
   vmup completion bash|zsh|fish
 
@@ -73,6 +74,9 @@ reset brings a VM back to the state its first boot completed in (kept then).
 status lists each VM's phase, domain (running, shut off, saved, undefined, ...),
 SSH address and age, asking libvirt once per connection.
 images lists the image names, the URL each stands for, and what is cached.
+prune removes the base volumes of the pool (default vmup) that no volume is
+backed by, and the cached downloads that no base volume and no VM's journal
+uses; --dry-run lists them and removes nothing.
 completion prints a script that completes vmup's commands, flags, VM names
 and image names: source <(vmup completion bash), or see the README.
 ssh-config also keeps what it prints as ssh.config in the VM's state dir,
@@ -137,7 +141,7 @@ func run(args []string) int {
 		return exitOK
 	case "completion", "__complete-names", "__complete-images":
 		return runCompletion(cmd, rest)
-	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "images", "inventory", "logs":
+	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "images", "inventory", "logs", "prune":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
@@ -217,6 +221,8 @@ func run(args []string) int {
 		return runInventory(env, o)
 	case "logs":
 		return runLogs(env, o)
+	case "prune":
+		return finishWith(out, runPrune(env, o))
 	}
 	return exitUsage
 }
@@ -224,7 +230,7 @@ func run(args []string) int {
 // speaksJSON names the commands whose --json is JSON Lines events on stdout
 // (inventory's --json is ansible's JSON, not events).
 var speaksJSON = map[string]bool{"up": true, "down": true, "destroy": true, "provision": true, "reset": true,
-	"status": true, "ssh-config": true, "images": true}
+	"status": true, "ssh-config": true, "images": true, "prune": true}
 
 // wantsJSON finds --json before `--` without the flag parser, so a script
 // gets its error and exit events even when the arguments or vmup.json are wrong.

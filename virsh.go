@@ -276,6 +276,42 @@ func (v *Virsh) VolBacking(ctx context.Context, pool, vol string) (string, error
 	return x.Backing.Path, nil
 }
 
+// volDetails is what prune needs of a volume: its file, its backing file,
+// the bytes it takes, and when its file was last written (zero if unknown).
+type volDetails struct {
+	Path, Backing string
+	Allocation    int64
+	Modified      time.Time
+}
+
+func (v *Virsh) VolDetails(ctx context.Context, pool, vol string) (volDetails, error) {
+	out, err := v.run(ctx, "vol-dumpxml", "--pool", pool, vol)
+	if err != nil {
+		return volDetails{}, classify(err)
+	}
+	var x struct {
+		Allocation int64 `xml:"allocation"`
+		Target     struct {
+			Path  string `xml:"path"`
+			MTime string `xml:"timestamps>mtime"`
+		} `xml:"target"`
+		Backing struct {
+			Path string `xml:"path"`
+		} `xml:"backingStore"`
+	}
+	if err := xml.Unmarshal([]byte(out), &x); err != nil {
+		return volDetails{}, fmt.Errorf("vol-dumpxml %s: %w", vol, err)
+	}
+	d := volDetails{Path: x.Target.Path, Backing: x.Backing.Path, Allocation: x.Allocation}
+	// libvirt writes "SECONDS.NANOSECONDS".
+	secs, frac, _ := strings.Cut(x.Target.MTime, ".")
+	if s, err := strconv.ParseInt(secs, 10, 64); err == nil && s > 0 {
+		ns, _ := strconv.ParseInt((frac + "000000000")[:9], 10, 64)
+		d.Modified = time.Unix(s, ns)
+	}
+	return d, nil
+}
+
 // VolDownload streams the volume's content into w through virsh's stdout.
 func (v *Virsh) VolDownload(ctx context.Context, pool, vol string, w io.Writer) error {
 	_, err := v.r.Run(ctx, Cmd{Args: []string{v.prog, "-c", v.uri, "vol-download", "--pool", pool, vol, "/dev/stdout"},

@@ -1,0 +1,390 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// pruneGrace keeps a base volume written (or marked complete) less than this
+// ago: a vmup of another home, whose locks this one cannot see, may be
+// uploading it or about to build an overlay on it.
+var pruneGrace = time.Hour
+
+var (
+	// What the cache holds: NAME@ALG-HEX16-FILE (an image by name) and
+	// KEY-FILE (by URL); a download under way adds .part and .part.json.
+	namedCacheRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]*@(sha256|sha512)-[0-9a-f]{16}-.+$`)
+	urlCacheRE   = regexp.MustCompile(`^[0-9a-f]{16}-.+$`)
+)
+
+// baseHash is the part of a base volume's name that its image's sha256 gives.
+func baseHash(vol string) string {
+	return strings.TrimSuffix(strings.TrimSuffix(vol, ".qcow2"), ".raw")
+}
+
+type pruner struct {
+	env     Env
+	o       *Options
+	ctx     context.Context
+	v       *Virsh
+	removed int
+	freed   int64
+}
+
+// runPrune removes the base volumes no volume of the pool is backed by, and
+// the cached downloads no base volume and no journal refers to.
+func runPrune(env Env, o *Options) int {
+	out := env.Out
+	switch {
+	case o.Name != "":
+		return reportError(out, usagef("run `vmup prune` alone, or `vmup prune --dry-run`", "vmup prune takes no arguments"))
+	case !validConnect(o.Connect):
+		return reportError(out, usagef("", "--connect %q is not a libvirt URI", o.Connect))
+	case !validPool(o.Pool):
+		return reportError(out, usagef("choose a pool name of letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool))
+	}
+	ctx := context.Background()
+	p := &pruner{env: env, o: o, ctx: ctx, v: newVirsh(env.Runner, o.Connect)}
+	if err := checkLibvirt(ctx, p.v); err != nil {
+		return reportError(out, err)
+	}
+	// As `up` takes it to make a base: no base of this home is half made meanwhile.
+	lockPath := filepath.Join(env.Home, "locks", "_global.lock")
+	lock, holder, err := tryLock(lockPath, "prune")
+	if errors.Is(err, errLocked) {
+		out.Say("waiting", "Waiting for vmup pid %d, which is working on the pool", holder)
+		lock, err = waitLock(ctx, lockPath, "prune")
+	}
+	if err != nil {
+		return reportError(out, err)
+	}
+	defer lock.Unlock()
+	err = p.run()
+	p.summary()
+	if err != nil {
+		return reportError(out, err)
+	}
+	return exitOK
+}
+
+func (p *pruner) run() error {
+	refs, making, bad, err := p.journals()
+	if err != nil {
+		return err
+	}
+	kept, err := p.pruneBases(refs, making)
+	if err != nil {
+		return err
+	}
+	for vol := range refs {
+		kept[baseHash(vol)] = true
+	}
+	return p.pruneCache(kept, making, bad)
+}
+
+// journals reads this home's VMs: the base volumes their journals name, the
+// VMs an `up` is making now (their base is not known yet), and the VMs whose
+// journal cannot be read.
+func (p *pruner) journals() (refs map[string]string, making, bad []string, err error) {
+	names, err := listVMs(p.env.Home)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	refs = map[string]string{}
+	for _, name := range names {
+		paths := pathsFor(p.env.Home, name)
+		j, err := readJournal(paths)
+		if err != nil {
+			bad = append(bad, name)
+		}
+		if j != nil {
+			for _, b := range []string{j.BaseVolume, j.UploadingBase} {
+				if b != "" {
+					refs[b] = name
+				}
+			}
+		}
+		if _, held := lockHolder(paths.Lock); held && (j == nil || j.BaseVolume == "" || j.Phase == Preparing) {
+			making = append(making, name)
+		}
+	}
+	return refs, making, bad, nil
+}
+
+// pruneBases removes the unused base volumes and marks, and returns the
+// hashes of the bases that stay.
+func (p *pruner) pruneBases(refs map[string]string, making []string) (map[string]bool, error) {
+	out, pool := p.env.Out, p.o.Pool
+	vols, err := p.v.VolList(p.ctx, pool)
+	if errors.Is(err, errNotFound) {
+		return nil, &hintedError{
+			msg:  fmt.Sprintf("pool %s is not on %s: nothing pruned (its bases decide which downloads are used)", pool, p.o.Connect),
+			hint: "give the pool and connection your VMs use: --pool NAME --connect URI",
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	details := map[string]volDetails{}
+	backed := map[string]bool{} // backing files, by path and by file name
+	for _, vol := range vols {
+		d, err := p.v.VolDetails(p.ctx, pool, vol)
+		if errors.Is(err, errNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cannot read volume %s of pool %s: %w", vol, pool, err)
+		}
+		details[vol] = d
+		if d.Backing != "" {
+			backed[d.Backing], backed[filepath.Base(d.Backing)] = true, true
+		}
+	}
+	kept := map[string]bool{}
+	for _, vol := range vols {
+		d, ok := details[vol]
+		if !ok {
+			continue
+		}
+		if base, isMark := strings.CutSuffix(vol, ".complete"); isMark && baseVolumeRE.MatchString(base) {
+			if _, ok := details[base]; !ok && !backed[vol] {
+				// A mark without its base vouches for nothing (an `up` deletes it too).
+				if err := p.remove(vol, d.Allocation, "mark"); err != nil && !errors.Is(err, errBusy) {
+					return nil, err
+				}
+			}
+			continue
+		}
+		if !baseVolumeRE.MatchString(vol) {
+			continue // not vmup's: never touched
+		}
+		mark, marked := details[baseMark(vol)]
+		if backed[d.Path] || backed[vol] {
+			kept[baseHash(vol)] = true
+			continue
+		}
+		why := ""
+		newest := d.Modified
+		if mark.Modified.After(newest) {
+			newest = mark.Modified
+		}
+		switch {
+		case refs[vol] != "":
+			why = fmt.Sprintf("VM %s's journal names it", refs[vol])
+		case len(making) > 0:
+			why = fmt.Sprintf("VM %s is being made, and may be about to use it", strings.Join(making, ", "))
+		case newest.IsZero() && !marked:
+			why = "it is not marked complete, and libvirt does not say when it was written: its upload may be running"
+		case !marked && time.Since(newest) < pruneGrace:
+			why = fmt.Sprintf("it is not marked complete and was written %s ago: its upload may be running", ageWords(time.Since(newest)))
+		case time.Since(newest) < pruneGrace:
+			why = fmt.Sprintf("it was made %s ago: another vmup may be about to use it", ageWords(time.Since(newest)))
+		}
+		if why != "" {
+			kept[baseHash(vol)] = true
+			out.Say("not_pruned", "Keeping base volume %s: %s", vol, why)
+			continue
+		}
+		// The base before its mark: a mark left alone is one an `up` deletes.
+		if err := p.remove(vol, d.Allocation, "base volume"); err != nil {
+			if errors.Is(err, errBusy) {
+				kept[baseHash(vol)] = true
+				continue
+			}
+			return nil, err
+		}
+		if marked {
+			if err := p.remove(baseMark(vol), mark.Allocation, "mark"); err != nil && !errors.Is(err, errBusy) {
+				return nil, err
+			}
+		}
+	}
+	return kept, nil
+}
+
+// remove deletes a volume of the pool (not with --dry-run) and says so.
+func (p *pruner) remove(vol string, bytes int64, what string) error {
+	out := p.env.Out
+	if p.o.DryRun {
+		out.Say("pruned", "Would remove %s %s (%s)", what, vol, humanBytes(bytes))
+	} else {
+		err := p.v.VolDelete(p.ctx, p.o.Pool, vol)
+		if errors.Is(err, errBusy) {
+			out.Say("not_pruned", "Keeping %s %s: libvirt says it is in use (an upload or download of it is running)", what, vol)
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		out.Say("pruned", "Removed %s %s (%s)", what, vol, humanBytes(bytes))
+	}
+	p.removed++
+	p.freed += bytes
+	return nil
+}
+
+// pruneCache removes the downloads whose sha256 names none of the kept bases,
+// and the parts no vmup is downloading.
+func (p *pruner) pruneCache(kept map[string]bool, making, bad []string) error {
+	out, dir := p.env.Out, filepath.Join(p.env.Home, "cache")
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var gone []string
+	parts := map[string]bool{}
+	for _, e := range entries {
+		name := e.Name()
+		path := filepath.Join(dir, name)
+		if !e.Type().IsRegular() || name == "hashes.json" {
+			continue
+		}
+		if part := strings.TrimSuffix(name, ".json"); strings.HasSuffix(part, ".part") {
+			if !parts[part] && urlCacheRE.MatchString(part) {
+				parts[part] = true
+				if err := p.prunePart(dir, part); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if !namedCacheRE.MatchString(name) && !urlCacheRE.MatchString(name) {
+			continue // not a download of vmup's
+		}
+		switch {
+		case len(bad) > 0:
+			out.Say("not_pruned", "Keeping download %s: the journal of VM %s cannot be read, so what it uses is unknown", name, strings.Join(bad, ", "))
+			continue
+		case len(making) > 0:
+			out.Say("not_pruned", "Keeping download %s: VM %s is being made, and may be about to use it", name, strings.Join(making, ", "))
+			continue
+		}
+		used, err := p.cacheUsed(path, kept)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if used {
+			continue
+		}
+		st, err := os.Stat(path)
+		if err != nil {
+			continue
+		}
+		if p.o.DryRun {
+			out.Say("pruned", "Would remove download %s (%s)", name, humanBytes(st.Size()))
+		} else {
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			gone = append(gone, path)
+			out.Say("pruned", "Removed download %s (%s)", name, humanBytes(st.Size()))
+		}
+		p.removed++
+		p.freed += st.Size()
+	}
+	forgetHashes(p.env.Home, gone)
+	return nil
+}
+
+// cacheUsed says whether a base volume that stays, or a journal, is made of
+// the file. The memo may keep a file; only the file's own bytes remove it.
+func (p *pruner) cacheUsed(path string, kept map[string]bool) (bool, error) {
+	for _, fresh := range []bool{false, true} {
+		sum, err := hashFile(p.ctx, p.env.Home, path, !fresh)
+		if err != nil {
+			return false, err
+		}
+		if kept["vmup-base-"+sum[:16]] {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// prunePart removes a download's part and its record, unless a vmup holds
+// the URL's lock: it is downloading it now.
+func (p *pruner) prunePart(dir, part string) error {
+	out := p.env.Out
+	key := part[:16]
+	lock, holder, err := tryLock(filepath.Join(p.env.Home, "locks", "download-"+key+".lock"), "prune")
+	if errors.Is(err, errLocked) {
+		out.Say("not_pruned", "Keeping partial download %s: vmup pid %d is downloading it", part, holder)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	var size int64
+	var files []string
+	for _, f := range []string{part, part + ".json"} {
+		if st, err := os.Lstat(filepath.Join(dir, f)); err == nil && st.Mode().IsRegular() {
+			size += st.Size()
+			files = append(files, filepath.Join(dir, f))
+		}
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	verb := "Would remove"
+	if !p.o.DryRun {
+		verb = "Removed"
+		for _, f := range files {
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	out.Say("pruned", "%s partial download %s (%s)", verb, part, humanBytes(size))
+	p.removed++
+	p.freed += size
+	return nil
+}
+
+// forgetHashes drops the memo's entries of removed files.
+func forgetHashes(home string, removed []string) {
+	if len(removed) == 0 {
+		return
+	}
+	memo := filepath.Join(home, "cache", "hashes.json")
+	known := map[string]string{}
+	data, err := os.ReadFile(memo)
+	if err != nil || json.Unmarshal(data, &known) != nil {
+		return
+	}
+	for key := range known {
+		path, _, _ := strings.Cut(key, "\x00")
+		if slices.ContainsFunc(removed, func(r string) bool { abs, _ := filepath.Abs(r); return abs == path }) {
+			delete(known, key)
+		}
+	}
+	if data, err := json.Marshal(known); err == nil {
+		writeFileAtomic(memo, data, 0o600)
+	}
+}
+
+func (p *pruner) summary() {
+	out := p.env.Out
+	switch {
+	case p.removed == 0:
+		out.Say("pruned_total", "Nothing to prune in pool %s or the download cache", p.o.Pool)
+	case p.o.DryRun:
+		out.Say("pruned_total", "Would remove %d items, freeing %s (nothing was removed: --dry-run)", p.removed, humanBytes(p.freed))
+	default:
+		out.Say("pruned_total", "Removed %d items, freed %s", p.removed, humanBytes(p.freed))
+	}
+}
