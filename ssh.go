@@ -183,7 +183,9 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 			if s.Check(ctx) == nil {
 				return ended, nil
 			}
-			if err := sleepCtx(ctx, poll); err != nil {
+			// The master is connecting: asking its local socket is cheap, and
+			// every tenth of a second here is one the user waits.
+			if err := sleepCtx(ctx, min(poll, 100*time.Millisecond)); err != nil {
 				return nil, err
 			}
 		}
