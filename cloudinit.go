@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // cloudInitResultFile appears once cloud-init finished all its stages. On
@@ -202,7 +203,9 @@ func (u *vmRun) waitCloudInit(ctx context.Context) (cloudInitStatus, error) {
 		default:
 			return st, err
 		}
-		if err := sleepCtx(ctx, u.env.Poll); err != nil {
+		// A probe is one command over the ssh master: cheap enough to ask
+		// often, and each second here is one the first boot waits for nothing.
+		if err := sleepCtx(ctx, min(u.env.Poll, 250*time.Millisecond)); err != nil {
 			return st, err
 		}
 	}
