@@ -156,16 +156,31 @@ func (u *upRun) save(ctx context.Context) {
 	u.send(EvSaved, nil)
 }
 
-// setGuestClock sets the guest's clock to the host's after a restore: the
-// guest's clock stood still while it was saved. The guest agent does it
-// where the guest has one; else sudo date over SSH (official images may lack
-// the agent). A failure is a warning: the guest runs, with a stale clock.
-func (u *vmRun) setGuestClock(ctx context.Context) {
+// setClockByAgent asks the guest agent to set the guest's clock to the
+// host's, after a restore: the guest's clock stood still while it was
+// saved. It runs while SSH is waited for; the result comes on the channel.
+func (u *vmRun) setClockByAgent(ctx context.Context) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		cmd := fmt.Sprintf(`{"execute":"guest-set-time","arguments":{"time":%d}}`, time.Now().UnixNano())
+		_, err := u.virsh.AgentCommand(ctx, u.o.Name, cmd, 5*time.Second)
+		done <- err
+	}()
+	return done
+}
+
+// setGuestClock makes sure the clock is set once SSH works: done by the
+// agent (byAgent), else by sudo date over SSH (official images may lack the
+// agent). A failure is a warning: the guest runs, with a stale clock.
+func (u *vmRun) setGuestClock(ctx context.Context, byAgent <-chan error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	now := time.Now()
-	cmd := fmt.Sprintf(`{"execute":"guest-set-time","arguments":{"time":%d}}`, now.UnixNano())
-	if _, err := u.virsh.AgentCommand(ctx, u.o.Name, cmd, 5*time.Second); err == nil {
+	select {
+	case err := <-byAgent:
+		if err == nil {
+			return
+		}
+	case <-ctx.Done():
 		return
 	}
 	// Read when sent: the SSH login itself takes a moment.

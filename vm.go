@@ -152,6 +152,10 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 			out.Done("")
 		}
 	}
+	var byAgent <-chan error
+	if u.restored {
+		byAgent = u.setClockByAgent(ctx)
+	}
 	out.Step("Waiting for SSH")
 	ep, err := u.endpoint(ctx)
 	if err != nil {
@@ -171,7 +175,7 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 	}
 	out.Done(ep.String())
 	if u.restored {
-		u.setGuestClock(ctx)
+		u.setGuestClock(ctx, byAgent)
 	}
 	if firstBoot && !u.cloudInitFinished(ctx, fail) {
 		return
