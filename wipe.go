@@ -32,17 +32,31 @@ func validVMVolume(name, vol string) bool {
 }
 
 func (u *upRun) wipe(_ context.Context, old []*sync.WaitGroup) {
-	u.waitOldWorkers(old)
+	// stop_work came first: completeFirstBoot records a completion only
+	// under jmu while its context lives, so what the journal says now is
+	// final, and the stopped workers need not be waited for to decide.
 	u.jmu.Lock()
 	completed := u.j.FirstBootDone
 	u.jmu.Unlock()
 	if completed {
+		u.waitOldWorkers(old)
 		u.env.Out.Say("kept", "The first boot of VM %s completed before the abort took hold: it is kept", u.o.Name)
 		u.send(EvCompletedMeanwhile, nil)
 		return
 	}
 	// Cleanup must finish even though the run was interrupted.
 	ctx := context.Background()
+	// The domain goes off while the stopped workers end (the playbook takes
+	// its SIGINT): killing QEMU takes seconds of its own.
+	off := make(chan struct{})
+	go func() {
+		defer close(off)
+		if owned, err := u.virsh.Owned(ctx, u.o.Name); err == nil && owned {
+			u.virsh.Destroy(ctx, u.o.Name)
+		}
+	}()
+	u.waitOldWorkers(old)
+	<-off
 	reapGroup(u.j.PlaybookPGID, u.paths)
 	if u.ssh != nil {
 		u.ssh.Exit(ctx)
