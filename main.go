@@ -26,7 +26,7 @@ Usage:
   vmup ssh [NAME] [-- CMD...]
   vmup ssh-config [NAME] [--json]
   vmup inventory [NAME...] [--format yaml|json] [--json]
-  vmup logs [NAME] [-f]
+  vmup logs [NAME] [-f | --follow]
   vmup provision [NAME] [--playbook FILE] [--json] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup images [--json]
   vmup prune [--dry-run] [--connect URI] [--pool NAME] [--json]
