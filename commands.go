@@ -197,7 +197,7 @@ func runDown(env Env, o *Options) int {
 	switch {
 	case err == nil && isSaved(state, reason):
 		setJournalPhase(paths, Saved)
-		out.Say("saved", "VM %s is saved (`vmup up %s` resumes it where it was)", o.Name, o.Name)
+		saySaved(out, o.Name)
 		return exitOK
 	case errors.Is(err, errNotFound) || err == nil && state == "shut off":
 		if o.Suspend {
@@ -214,7 +214,7 @@ func runDown(env Env, o *Options) int {
 			return reportError(out, saveFailure(o.Name, j.Pool, err))
 		}
 		setJournalPhase(paths, Saved)
-		out.Say("saved", "VM %s is saved (`vmup up %s` resumes it where it was)", o.Name, o.Name)
+		saySaved(out, o.Name)
 		return exitOK
 	}
 	if !o.Force {

@@ -239,7 +239,7 @@ func (u *upRun) finish() {
 	case Stopped:
 		out.Say("stopped", "VM %s is shut off (start it again with `vmup up %s`)", u.o.Name, u.o.Name)
 	case Saved:
-		out.Say("saved", "VM %s is saved (`vmup up %s` resumes it where it was)", u.o.Name, u.o.Name)
+		saySaved(out, u.o.Name)
 	case Aborted:
 		if u.wiped {
 			out.Say("aborted", "Aborted: VM %s was removed", u.o.Name)

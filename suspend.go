@@ -16,6 +16,11 @@ import (
 // A saved VM: libvirt keeps its memory in a managed save image, and the
 // next `virsh start` (so the next `vmup up`) restores it instead of booting.
 
+// saySaved ends a save, by up or down, in one voice.
+func saySaved(out *Output, name string) {
+	out.Say("saved", "VM %s is saved (`vmup up %s` resumes it where it was)", name, name)
+}
+
 // isSaved says whether a domain's state and reason are those of a managed save.
 func isSaved(state, reason string) bool { return state == "shut off" && reason == "saved" }
 
