@@ -1,0 +1,208 @@
+// vmup status: one VM or all, from the journals and one domstats call per connection.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
+
+// sayGoingOn acknowledges each signal to destroy or down until stop, as they
+// finish what they began: stopped halfway they would leave the VM half removed.
+func sayGoingOn(env Env, cmd, name string) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-env.Signals:
+				env.Out.Warn("vmup %s of VM %s goes on until it is done; it is never left halfway", cmd, name)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// vmStatus is one VM as `status --json` shows it.
+type vmStatus struct {
+	Name   string `json:"name"`
+	Phase  string `json:"phase"`
+	Domain string `json:"domain"`
+	SSH    string `json:"ssh,omitempty"`
+	// Address is the host the guest's sshd is reached at: its lease address
+	// on nat, 127.0.0.1 (a forward) on user.
+	Address  string   `json:"address,omitempty"`
+	Forwards []string `json:"forwards"`
+	PID      int      `json:"pid,omitempty"`
+	// Holder is the vmup command that holds the VM's lock: up, down, destroy, provision.
+	Holder string `json:"holder,omitempty"`
+	// Created is when the VM was made and AgeSeconds how long ago; both are
+	// absent when its journal does not say (one of an older vmup).
+	Created    time.Time `json:"created,omitzero"`
+	AgeSeconds *int64    `json:"age_seconds,omitempty"`
+}
+
+// statusOf is one VM's status, its domain asked of libvirt alone.
+func statusOf(ctx context.Context, env Env, name string) vmStatus {
+	s, connect := journalStatus(env, name, time.Now())
+	state, reason, err := newVirsh(env.Runner, connect).DomStateReason(ctx, name)
+	s.Domain = domainWord(state, reason, err)
+	return s
+}
+
+// statusOfAll is the status of every named VM, from one listing of the
+// domains per libvirt URI: one virsh call each VM would cost ~20 ms apiece.
+func statusOfAll(ctx context.Context, env Env, names []string) []vmStatus {
+	list := make([]vmStatus, len(names))
+	byURI := map[string][]int{}
+	now := time.Now()
+	for i, name := range names {
+		s, connect := journalStatus(env, name, now)
+		list[i] = s
+		byURI[connect] = append(byURI[connect], i)
+	}
+	for _, uri := range slices.Sorted(maps.Keys(byURI)) {
+		states, err := newVirsh(env.Runner, uri).DomStates(ctx)
+		if err != nil {
+			env.Out.Warn("cannot list the domains at %s: %v", uri, err)
+		}
+		for _, i := range byURI[uri] {
+			st, ok := states[list[i].Name]
+			switch {
+			case err != nil:
+				list[i].Domain = domainWord("", "", err)
+			case !ok:
+				list[i].Domain = domainWord("", "", errNotFound)
+			default:
+				list[i].Domain = domainWord(st.State, st.Reason, nil)
+			}
+		}
+	}
+	return list
+}
+
+// domainWord is what status shows of a domain: virsh's state word, "saved"
+// for a managed save (`vmup up` resumes it), "undefined" for none, and
+// "unknown" when libvirt could not say.
+func domainWord(state, reason string, err error) string {
+	switch {
+	case errors.Is(err, errNotFound):
+		return "undefined"
+	case err != nil:
+		return "unknown"
+	case isSaved(state, reason):
+		return "saved" // shut off, and `vmup up` resumes it
+	}
+	return state
+}
+
+// journalStatus is what a VM's journal and lock say of it (its domain still
+// "unknown"), and the libvirt URI its domain is asked at.
+func journalStatus(env Env, name string, now time.Time) (vmStatus, string) {
+	paths := pathsFor(env.Home, name)
+	s := vmStatus{Name: name, Phase: "unknown", Domain: "unknown", Forwards: []string{}}
+	j, err := readJournal(paths)
+	if err != nil {
+		s.Phase = "damaged" // `vmup status NAME` says how
+	}
+	if j == nil {
+		return s, defaultOptions().Connect // read only here: it reads libvirt's config files
+	}
+	s.Phase = j.Phase.String()
+	rec, held := lockHolder(paths.Lock)
+	if held && rec.alive() {
+		s.PID, s.Holder = rec.PID, rec.Command
+	}
+	if (!held || rec.Command != "up") && (j.Phase == Running || j.Phase == Booting) {
+		s.Phase = "detached" // its vmup is gone; the VM may still run
+	}
+	if j.SSHPort != 0 {
+		s.SSH = Endpoint{Host: j.SSHHost, Port: j.SSHPort}.String()
+	}
+	s.Address = j.SSHHost
+	if j.Forwards != nil {
+		s.Forwards = j.Forwards
+	}
+	if !j.Created.IsZero() {
+		age := int64(max(0, now.Sub(j.Created)) / time.Second) // a clock set back makes no VM younger than new
+		s.Created, s.AgeSeconds = j.Created, &age
+	}
+	return s, j.Connect
+}
+
+// ageWords is an age in its largest whole unit, as `status` shows it: 45s,
+// 12m, 3h, and days from two days on.
+func ageWords(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", max(0, d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	}
+	return fmt.Sprintf("%dd", d/(24*time.Hour))
+}
+
+func runStatus(env Env, o *Options) int {
+	ctx := context.Background()
+	row := "%-20s %-13s %-11s %-21s %-5s %s\n"
+	print := func(s vmStatus) {
+		if o.JSON {
+			env.Out.Data(s.event())
+			return
+		}
+		fw := strings.Join(s.Forwards, ",")
+		if fw == "" {
+			fw = "-"
+		}
+		ssh := s.SSH
+		if ssh == "" {
+			ssh = "-"
+		}
+		age := "-"
+		if s.AgeSeconds != nil {
+			age = ageWords(time.Duration(*s.AgeSeconds) * time.Second)
+		}
+		fmt.Printf(row, s.Name, s.Phase, s.Domain, ssh, age, fw)
+	}
+	if o.Name == "" {
+		names, err := listVMs(env.Home)
+		if err != nil {
+			return reportError(env.Out, err)
+		}
+		if !o.JSON {
+			fmt.Printf(row, "NAME", "PHASE", "DOMAIN", "SSH", "AGE", "FORWARDS")
+		}
+		for _, s := range statusOfAll(ctx, env, names) {
+			print(s)
+		}
+		return exitOK
+	}
+	if err := requireName(o, "status"); err != nil {
+		return reportError(env.Out, err)
+	}
+	paths := pathsFor(env.Home, o.Name)
+	if err := checkStateDirs(paths); err != nil {
+		return reportError(env.Out, err)
+	}
+	// Every vmup VM has a journal; a name without one is no vmup VM.
+	j, err := readJournal(paths)
+	if err != nil {
+		return reportError(env.Out, err)
+	}
+	if j == nil {
+		return reportError(env.Out, &hintedError{msg: "no VM named " + o.Name, code: statusNoSuchVM})
+	}
+	s := statusOf(ctx, env, o.Name)
+	print(s)
+	if s.Domain != "running" {
+		return statusNotRunning
+	}
+	return exitOK
+}
