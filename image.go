@@ -67,8 +67,21 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 		return "", err
 	}
 	defer lock.Unlock()
+	stale := ""
 	if _, err := os.Stat(dest); err == nil {
-		return dest, nil
+		// A pin decides: a cached copy of the URL that differs is fetched anew,
+		// and kept until the new download verifies.
+		if want.What != "--image-sha256" {
+			return dest, nil
+		}
+		sum, err := hashFile(ctx, home, dest, true)
+		if err != nil {
+			return "", err
+		}
+		if sum == want.Hex {
+			return dest, nil
+		}
+		stale = sum
 	}
 	part := filepath.Join(filepath.Dir(dest), urlKey(u)+"-"+urlBase(u)+".part")
 	start := time.Now()
@@ -81,6 +94,11 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 	}
 	// The bytes on disk are checked, not the stream: they are what is used.
 	sum, err := verifyDownload(ctx, u, part, want)
+	var ue *usageError
+	if stale != "" && errors.As(err, &ue) {
+		ue.hint = fmt.Sprintf("the server's file has sha256 %s and the cached copy %s, neither the %s --image-sha256 names; check the pin (the cached copy is kept)",
+			sum, stale, want.Hex)
+	}
 	if err != nil {
 		return "", err
 	}
@@ -101,7 +119,8 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 }
 
 // verifyDownload hashes the finished part: its sha256 (for the memo, and
-// the base volume's name) and want's algorithm. A mismatch deletes it.
+// the base volume's name) and want's algorithm. A mismatch deletes it (and
+// returns a pin's mismatching sha256 with the error).
 func verifyDownload(ctx context.Context, u, part string, want checksum) (string, error) {
 	f, err := os.Open(part)
 	if err != nil {
@@ -121,7 +140,7 @@ func verifyDownload(ctx context.Context, u, part string, want checksum) (string,
 		os.Remove(part)
 		os.Remove(part + ".json")
 		if want.What == "--image-sha256" {
-			return "", &usageError{msg: fmt.Sprintf("%s has sha256 %s, not %s", u, got, want.Hex),
+			return got, &usageError{msg: fmt.Sprintf("%s has sha256 %s, not %s", u, got, want.Hex),
 				hint: "check --image-sha256; the image behind the URL may have changed"}
 		}
 		return "", &usageError{msg: fmt.Sprintf("%s has %s %s, but %s lists %s", u, want.Alg, got, want.What, want.Hex),
