@@ -25,14 +25,14 @@ type BaseImage struct {
 
 // fetchImage is resolveImage without progress output.
 func fetchImage(ctx context.Context, home, image, wantSHA string) (string, error) {
-	return resolveImage(ctx, nil, home, image, wantSHA)
+	return resolveImage(ctx, nil, execRunner{}, home, image, wantSHA)
 }
 
 // resolveImage returns a local path for --image: a file as it is; a name of
 // the built-in table, or a URL, downloaded once into the cache.
-func resolveImage(ctx context.Context, out *Output, home, image, wantSHA string) (string, error) {
+func resolveImage(ctx context.Context, out *Output, run Runner, home, image, wantSHA string) (string, error) {
 	if im, ok := distroImageNamed(image); ok {
-		return fetchNamed(ctx, out, home, im, wantSHA)
+		return fetchNamed(ctx, out, run, home, im, wantSHA)
 	}
 	if !isURL(image) {
 		return image, nil
