@@ -96,8 +96,8 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 	sum, err := verifyDownload(ctx, u, part, want)
 	var ue *usageError
 	if stale != "" && errors.As(err, &ue) {
-		ue.hint = fmt.Sprintf("the server's file has sha256 %s and the cached copy %s, neither the %s --image-sha256 names; check the pin (the cached copy is kept)",
-			sum, stale, want.Hex)
+		ue.hint = fmt.Sprintf("check --image-sha256 %s: the server's file has sha256 %s and the cached copy %s (kept)",
+			want.Hex, sum, stale)
 	}
 	if err != nil {
 		return "", err

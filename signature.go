@@ -53,7 +53,7 @@ func verifySigned(ctx context.Context, r Runner, sg *signer, sumsURL string, tex
 			var fe *fetchError
 			if errors.As(err, &fe) && fe.Status != 0 {
 				return nil, &usageError{msg: fmt.Sprintf("%v: the signature of %s", err, sumsURL),
-					hint: "vmup uses a named image only once its checksum file's signature verifies; try again later, or check the image yourself and give its URL and --image-sha256"}
+					hint: "run the same command again later (vmup uses a named image only once its checksum file's signature verifies), or check the image yourself and give its URL and --image-sha256"}
 			}
 			return nil, err
 		}
@@ -84,14 +84,14 @@ func verifySigned(ctx context.Context, r Runner, sg *signer, sumsURL string, tex
 	res, err := r.Run(ctx, Cmd{Args: args, Env: []string{"GNUPGHOME=" + dir}})
 	if errors.Is(err, exec.ErrNotFound) {
 		return nil, &hintedError{msg: "gpgv is not installed: vmup needs it to check the signature of " + sumsURL,
-			hint: "install it (Debian, Ubuntu: apt install gpgv; Fedora: dnf install gnupg2), or give the image's URL and --image-sha256"}
+			hint: "install gpgv (`apt install gpgv` on Debian and Ubuntu, `dnf install gnupg2` on Fedora), or give the image's URL and --image-sha256"}
 	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
 	if !validSigBy(res.Stdout, sg.FPR) {
 		return nil, &usageError{msg: fmt.Sprintf("%s has no good signature by the distributor's key %s", sumsURL, sg.FPR),
-			hint: "a mirror, proxy or attacker may have changed it, or the distributor moved to a new key; try again later, or check the image yourself and give its URL and --image-sha256"}
+			hint: "run the same command again later (a mirror, proxy or attacker may have changed it, or the distributor moved to a new key), or check the image yourself and give its URL and --image-sha256"}
 	}
 	if sig != nil {
 		return text, nil
