@@ -27,23 +27,26 @@ var (
 )
 
 // distroImage is a name --image takes: the distributor's official x86_64
-// cloud image in Dir, vouched for by the checksum file Sums beside it. In File
-// and Sums a "*" stands for a compose number (digits and dots): Sums is found
-// in the directory's listing, File in the checksum file.
+// cloud image in Dir, vouched for by the checksum file Sums beside it, itself
+// signed as Signed says (nil: the distributor signs none). In File and Sums a
+// "*" stands for a compose number (digits and dots): Sums is found in the
+// directory's listing, File in the checksum file.
 type distroImage struct {
 	Name            string
 	From            distributor
 	Dir, File, Sums string
+	Signed          *signer
 }
 
 // distroImages is every name --image knows: the one place to add a release.
+// Debian publishes no signature of its cloud images' SHA512SUMS.
 var distroImages = []distroImage{
-	{"debian-12", debian, "bookworm/latest/", "debian-12-genericcloud-amd64.qcow2", "SHA512SUMS"},
-	{"debian-13", debian, "trixie/latest/", "debian-13-genericcloud-amd64.qcow2", "SHA512SUMS"},
-	{"ubuntu-22.04", ubuntu, "22.04/release/", "ubuntu-22.04-server-cloudimg-amd64.img", "SHA256SUMS"},
-	{"ubuntu-24.04", ubuntu, "24.04/release/", "ubuntu-24.04-server-cloudimg-amd64.img", "SHA256SUMS"},
-	{"ubuntu-26.04", ubuntu, "26.04/release/", "ubuntu-26.04-server-cloudimg-amd64.img", "SHA256SUMS"},
-	{"fedora-44", fedora, "44/Cloud/x86_64/images/", "Fedora-Cloud-Base-Generic-44-*.x86_64.qcow2", "Fedora-Cloud-44-*-x86_64-CHECKSUM"},
+	{"debian-12", debian, "bookworm/latest/", "debian-12-genericcloud-amd64.qcow2", "SHA512SUMS", nil},
+	{"debian-13", debian, "trixie/latest/", "debian-13-genericcloud-amd64.qcow2", "SHA512SUMS", nil},
+	{"ubuntu-22.04", ubuntu, "22.04/release/", "ubuntu-22.04-server-cloudimg-amd64.img", "SHA256SUMS", ubuntuSigner},
+	{"ubuntu-24.04", ubuntu, "24.04/release/", "ubuntu-24.04-server-cloudimg-amd64.img", "SHA256SUMS", ubuntuSigner},
+	{"ubuntu-26.04", ubuntu, "26.04/release/", "ubuntu-26.04-server-cloudimg-amd64.img", "SHA256SUMS", ubuntuSigner},
+	{"fedora-44", fedora, "44/Cloud/x86_64/images/", "Fedora-Cloud-Base-Generic-44-*.x86_64.qcow2", "Fedora-Cloud-44-*-x86_64-CHECKSUM", fedora44Signer},
 }
 
 func distroImageNamed(name string) (distroImage, bool) {
@@ -100,10 +103,12 @@ type resolvedImage struct {
 	Sum                checksum // empty when the checksum file was not read
 }
 
-// resolve finds the image's URL and, with needSum, its published checksum.
-// A checksum file that does not list the image is an error: nothing
-// unverified is ever downloaded under a name.
-func (im distroImage) resolve(ctx context.Context, needSum bool) (resolvedImage, error) {
+// resolve finds the image's URL and, with needSum, its published checksum,
+// from a checksum file whose signature verifies where the distributor signs
+// it. A checksum file that does not list the image is an error: nothing
+// unverified is ever downloaded under a name. Without needSum (a pin decides)
+// the checksum file, if read for the image's name, is not verified.
+func (im distroImage) resolve(ctx context.Context, run Runner, needSum bool) (resolvedImage, error) {
 	dir, err := im.dirURL()
 	if err != nil {
 		return resolvedImage{}, err
@@ -126,6 +131,11 @@ func (im distroImage) resolve(ctx context.Context, needSum bool) (resolvedImage,
 		text, err := fetchSmall(ctx, r.SumsURL)
 		if err != nil {
 			return resolvedImage{}, err
+		}
+		if needSum && im.Signed != nil {
+			if text, err = verifySigned(ctx, run, im.Signed, r.SumsURL, text); err != nil {
+				return resolvedImage{}, err
+			}
 		}
 		listed := parseChecksums(text)
 		var names []string
@@ -190,8 +200,8 @@ var (
 )
 
 // parseChecksums reads a checksum file in GNU or BSD style, also inside a
-// PGP clearsigned wrapper (whose signature vmup does not check), into the
-// sums by file name. A name listed twice with different sums is left out.
+// PGP clearsigned wrapper (for a pinned image's name only: a verified one is
+// the text gpgv output), into the sums by file name. A name listed twice with different sums is left out.
 func parseChecksums(text []byte) map[string]checksum {
 	body := strings.ReplaceAll(string(text), "\r\n", "\n")
 	if _, signed, ok := strings.Cut(body, "-----BEGIN PGP SIGNED MESSAGE-----\n"); ok {
@@ -323,11 +333,7 @@ func cachedOf(home string, im distroImage) []cachedImage {
 // download checked against that file. A pin (--image-sha256) wins over the
 // checksum file. When the distributor cannot be reached, the newest cached
 // copy is used, with a warning.
-func fetchNamed(ctx context.Context, out *Output, home string, im distroImage, pin string) (string, error) {
-	cache := filepath.Join(home, "cache")
-	if err := ensureDir(cache); err != nil {
-		return "", err
-	}
+func fetchNamed(ctx context.Context, out *Output, run Runner, home string, im distroImage, pin string) (string, error) {
 	if pin != "" {
 		for _, c := range cachedOf(home, im) {
 			// prepare hashes the file again, not from the memo, before it is used.
@@ -336,12 +342,16 @@ func fetchNamed(ctx context.Context, out *Output, home string, im distroImage, p
 			}
 		}
 	}
-	r, err := im.resolve(ctx, pin == "")
+	r, err := im.resolve(ctx, run, pin == "")
 	if err != nil {
 		if cached := cachedOf(home, im); pin == "" && unreachable(err) && len(cached) > 0 {
 			out.Warn("%v; using %s as cached on %s (verified then)", err, im.Name, cached[0].Time.Format("2006-01-02 15:04"))
 			return cached[0].Path, nil
 		}
+		return "", err
+	}
+	cache := filepath.Join(home, "cache")
+	if err := ensureDir(cache); err != nil {
 		return "", err
 	}
 	want := r.Sum

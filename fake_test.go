@@ -739,6 +739,8 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 			return Result{}, nil
 		}
 		return Result{Stdout: []byte(out)}, nil
+	case "gpgv":
+		return execRunner{}.Run(ctx, c) // the real one: tests sign with keys of their own
 	case "qemu-img":
 		if f.onInspect != nil {
 			f.onInspect()

@@ -25,14 +25,14 @@ type BaseImage struct {
 
 // fetchImage is resolveImage without progress output.
 func fetchImage(ctx context.Context, home, image, wantSHA string) (string, error) {
-	return resolveImage(ctx, nil, home, image, wantSHA)
+	return resolveImage(ctx, nil, execRunner{}, home, image, wantSHA)
 }
 
 // resolveImage returns a local path for --image: a file as it is; a name of
 // the built-in table, or a URL, downloaded once into the cache.
-func resolveImage(ctx context.Context, out *Output, home, image, wantSHA string) (string, error) {
+func resolveImage(ctx context.Context, out *Output, run Runner, home, image, wantSHA string) (string, error) {
 	if im, ok := distroImageNamed(image); ok {
-		return fetchNamed(ctx, out, home, im, wantSHA)
+		return fetchNamed(ctx, out, run, home, im, wantSHA)
 	}
 	if !isURL(image) {
 		return image, nil
@@ -67,8 +67,21 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 		return "", err
 	}
 	defer lock.Unlock()
+	stale := ""
 	if _, err := os.Stat(dest); err == nil {
-		return dest, nil
+		// A pin decides: a cached copy of the URL that differs is fetched anew,
+		// and kept until the new download verifies.
+		if want.What != "--image-sha256" {
+			return dest, nil
+		}
+		sum, err := hashFile(ctx, home, dest, true)
+		if err != nil {
+			return "", err
+		}
+		if sum == want.Hex {
+			return dest, nil
+		}
+		stale = sum
 	}
 	part := filepath.Join(filepath.Dir(dest), urlKey(u)+"-"+urlBase(u)+".part")
 	start := time.Now()
@@ -81,6 +94,11 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 	}
 	// The bytes on disk are checked, not the stream: they are what is used.
 	sum, err := verifyDownload(ctx, u, part, want)
+	var ue *usageError
+	if stale != "" && errors.As(err, &ue) {
+		ue.hint = fmt.Sprintf("check --image-sha256 %s: the server's file has sha256 %s and the cached copy %s (kept)",
+			want.Hex, sum, stale)
+	}
 	if err != nil {
 		return "", err
 	}
@@ -101,7 +119,8 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 }
 
 // verifyDownload hashes the finished part: its sha256 (for the memo, and
-// the base volume's name) and want's algorithm. A mismatch deletes it.
+// the base volume's name) and want's algorithm. A mismatch deletes it (and
+// returns a pin's mismatching sha256 with the error).
 func verifyDownload(ctx context.Context, u, part string, want checksum) (string, error) {
 	f, err := os.Open(part)
 	if err != nil {
@@ -121,7 +140,7 @@ func verifyDownload(ctx context.Context, u, part string, want checksum) (string,
 		os.Remove(part)
 		os.Remove(part + ".json")
 		if want.What == "--image-sha256" {
-			return "", &usageError{msg: fmt.Sprintf("%s has sha256 %s, not %s", u, got, want.Hex),
+			return got, &usageError{msg: fmt.Sprintf("%s has sha256 %s, not %s", u, got, want.Hex),
 				hint: "check --image-sha256; the image behind the URL may have changed"}
 		}
 		return "", &usageError{msg: fmt.Sprintf("%s has %s %s, but %s lists %s", u, want.Alg, got, want.What, want.Hex),

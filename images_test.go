@@ -70,13 +70,15 @@ type distroMirror struct {
 	cutAt    map[string]int // serve this many bytes of the path, then drop the connection (once)
 	chunk    int            // with delay: serve bodies in chunks of this size, delay apart
 	delay    time.Duration
-	served   map[string]int // body bytes written, by path
+	served   map[string]int    // body bytes written, by path
+	plain    map[string]string // checksum files before signing, by path
+	signKey  *testKey          // signs the checksum files (image_faults_test.go)
 }
 
 type mirrorRequest struct{ Path, Range string }
 
 func newDistroMirror(t *testing.T) *distroMirror {
-	m := &distroMirror{t: t, files: map[string][]byte{}, cutAt: map[string]int{}, served: map[string]int{},
+	m := &distroMirror{t: t, files: map[string][]byte{}, cutAt: map[string]int{}, served: map[string]int{}, plain: map[string]string{},
 		modTime: time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)}
 	m.srv = httptest.NewServer(m)
 	t.Cleanup(m.srv.Close)
@@ -131,8 +133,7 @@ func (m *distroMirror) publish(f distroFixture, body, vouched []byte) {
 			fmt.Fprintf(&sums, "%s *%s\n", sum, name)
 		}
 	case strings.HasPrefix(f.image, "/fedora/"):
-		// Fedora: BSD-style lines with a size comment each, clearsigned.
-		sums.WriteString("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n")
+		// Fedora: BSD-style lines with a size comment each, clearsigned (putSums).
 		for _, name := range []string{"Fedora-Cloud-Base-AmazonEC2-44-1.7.x86_64.raw.xz", "Fedora-Cloud-Base-Azure-44-1.7.x86_64.vhdfixed.xz",
 			"Fedora-Cloud-Base-GCE-44-1.7.x86_64.tar.gz", file, "Fedora-Cloud-Base-UEFI-UKI-44-1.7.x86_64.qcow2",
 			"Fedora-Cloud-Base-Vagrant-libvirt-44-1.7.x86_64.vagrant.libvirt.box"} {
@@ -142,9 +143,8 @@ func (m *distroMirror) publish(f distroFixture, body, vouched []byte) {
 			}
 			fmt.Fprintf(&sums, "# %s: %d bytes\nSHA256 (%s) = %s\n", name, size, name, sum)
 		}
-		sums.WriteString("-----BEGIN PGP SIGNATURE-----\n\niQIzBAEBCAAdFiEEiuCzkdV3BdS9zX8JO0YGqPdEY9cFAmf0Xl4ACgkQO0YGqPdE\nY9fRxw//Yw==\n=abcd\n-----END PGP SIGNATURE-----\n")
 	}
-	m.files[f.sums] = []byte(sums.String())
+	m.putSums(f, sums.String())
 }
 
 // unlist removes name's line from the fixture's checksum file.
@@ -153,12 +153,12 @@ func (m *distroMirror) unlist(f distroFixture) {
 	defer m.mu.Unlock()
 	_, file := path.Split(f.image)
 	var kept []string
-	for _, line := range strings.SplitAfter(string(m.files[f.sums]), "\n") {
+	for _, line := range strings.SplitAfter(m.plain[f.sums], "\n") {
 		if !strings.Contains(line, file) {
 			kept = append(kept, line)
 		}
 	}
-	m.files[f.sums] = []byte(strings.Join(kept, ""))
+	m.putSums(f, strings.Join(kept, ""))
 }
 
 func (m *distroMirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {

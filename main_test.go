@@ -43,6 +43,7 @@ func TestMain(m *testing.M) {
 	// loopback port unless the test serves a mirror of its own.
 	os.Setenv("VMUP_IMAGE_MIRROR", "http://127.0.0.1:9")
 	code := m.Run()
+	stopTestGPG()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -58,7 +58,7 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 	out.Plan(6)
 	out.Step("Preparing image")
 	// Everything that can refuse this run comes before anything is deleted.
-	local, err := resolveImage(ctx, out, u.env.Home, o.Image, o.ImageSHA256)
+	local, err := resolveImage(ctx, out, u.env.Runner, u.env.Home, o.Image, o.ImageSHA256)
 	if err != nil {
 		return err
 	}
