@@ -5,6 +5,7 @@ packages=(
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   ansible-core openssh-client dnsmasq-base mmdebstrap libxml2-utils e2fsprogs procps util-linux
   # The firmware-booted test image: its partitions and GRUB (built), its UEFI firmware (booted).
+  gnupg gpgv
   gdisk dosfstools mtools grub-pc-bin grub-efi-amd64-bin ovmf
 )
 missing=()
