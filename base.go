@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // A shared base volume counts as complete only once its mark, an empty
@@ -160,3 +161,11 @@ func (u *vmRun) verifyBase(ctx context.Context, img BaseImage, base string, user
 		hint: "run `vmup destroy NAME` for each of those VMs (they were built on a partial image), then `vmup up` again",
 	}
 }
+
+// basePruning is the token volume a prune holds while it decides on base.
+func basePruning(base string) string { return base + ".pruning" }
+
+var (
+	pruneTokenPoll = 200 * time.Millisecond
+	pruneTokenWait = time.Minute
+)

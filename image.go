@@ -55,6 +55,9 @@ func urlKey(u string) string {
 
 func urlBase(u string) string { return filepath.Base(strings.SplitN(u, "?", 2)[0]) }
 
+// partName is the file a download of u is written to until it is verified.
+func partName(u string) string { return urlKey(u) + "-" + urlBase(u) + ".part" }
+
 // fetchURL downloads u into dest once, verified against want. One download
 // per URL runs at a time: its .part is written only under the URL's lock, and
 // a .part left by an interrupted run is resumed.
@@ -70,7 +73,7 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 	if _, err := os.Stat(dest); err == nil {
 		return dest, nil
 	}
-	part := filepath.Join(filepath.Dir(dest), urlKey(u)+"-"+urlBase(u)+".part")
+	part := filepath.Join(filepath.Dir(dest), partName(u))
 	start := time.Now()
 	err = download(ctx, out, u, part, want)
 	if out != nil {

@@ -250,8 +250,8 @@ func (p *pruner) pruneCache(kept map[string]bool, making, bad []string) error {
 		if !e.Type().IsRegular() || name == "hashes.json" {
 			continue
 		}
-		if part := strings.TrimSuffix(name, ".json"); strings.HasSuffix(part, ".part") {
-			if !parts[part] && urlCacheRE.MatchString(part) {
+		if part, ok := partialOf(dir, name); ok {
+			if !parts[part] {
 				parts[part] = true
 				if err := p.prunePart(dir, part); err != nil {
 					return err
@@ -313,6 +313,26 @@ func (p *pruner) cacheUsed(path string, kept map[string]bool) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// partialOf says whether name is a partial download or its record, and
+// names the part. Only the record tells: a finished download's name may end
+// in .part too (its URL's does), but no record beside it names a URL whose
+// part it would be.
+func partialOf(dir, name string) (string, bool) {
+	part := strings.TrimSuffix(name, ".json")
+	if !strings.HasSuffix(part, ".part") || !urlCacheRE.MatchString(part) {
+		return "", false
+	}
+	data, err := os.ReadFile(filepath.Join(dir, part+".json"))
+	if err != nil {
+		return "", false
+	}
+	var rec partRecord
+	if json.Unmarshal(data, &rec) != nil || rec.URL == "" || partName(rec.URL)[16:] != part[16:] {
+		return "", false
+	}
+	return part, true
 }
 
 // prunePart removes a download's part and its record, unless a vmup holds
