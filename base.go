@@ -18,6 +18,9 @@ import (
 // libvirt-group user share it, each with a home and global lock of its own).
 func baseMark(base string) string { return base + ".complete" }
 
+// basePrefix begins every base volume's name, and no VM's.
+const basePrefix = "vmup-base-"
+
 var baseVolumeRE = regexp.MustCompile(`^vmup-base-[0-9a-f]{16}\.(qcow2|raw)$`)
 
 // baseState says whether base and its mark are in the pool.

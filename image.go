@@ -466,4 +466,4 @@ func inspectImage(ctx context.Context, r Runner, path string) (format string, vi
 	return info.Format, info.VirtualSize, nil
 }
 
-func baseVolumeName(b BaseImage) string { return "vmup-base-" + b.SHA256[:16] + "." + b.Format }
+func baseVolumeName(b BaseImage) string { return basePrefix + b.SHA256[:16] + "." + b.Format }

@@ -37,6 +37,7 @@ type pruner struct {
 	v       *Virsh
 	removed int
 	freed   int64
+	vms     []string // this home's VMs, whose volumes are never a base
 }
 
 // runPrune removes the base volumes no volume of the pool is backed by, and
@@ -78,6 +79,9 @@ func runPrune(env Env, o *Options) int {
 func (p *pruner) run() error {
 	refs, making, bad, err := p.journals()
 	if err != nil {
+		return err
+	}
+	if p.vms, err = listVMs(p.env.Home); err != nil {
 		return err
 	}
 	kept, err := p.pruneBases(refs, making)
@@ -166,6 +170,14 @@ func (p *pruner) pruneBases(refs map[string]string, making []string) (map[string
 		if !baseVolumeRE.MatchString(vol) {
 			continue // not vmup's: never touched
 		}
+		if vm := p.vmOf(vol); vm != "" || d.Backing != "" {
+			// A VM's disk named like a base (made before such names were
+			// refused, or in another home): a base is never an overlay.
+			if vm != "" {
+				out.Say("not_pruned", "Keeping volume %s: it is the disk of VM %s, not a base", vol, vm)
+			}
+			continue
+		}
 		mark, marked := details[baseMark(vol)]
 		if backed[d.Path] || backed[vol] {
 			kept[baseHash(vol)] = true
@@ -208,6 +220,16 @@ func (p *pruner) pruneBases(refs map[string]string, making []string) (map[string
 		}
 	}
 	return kept, nil
+}
+
+// vmOf names this home's VM whose volume vol is.
+func (p *pruner) vmOf(vol string) string {
+	for _, name := range p.vms {
+		if validVMVolume(name, vol) {
+			return name
+		}
+	}
+	return ""
 }
 
 // remove deletes a volume of the pool (not with --dry-run) and says so.
