@@ -58,10 +58,12 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 	out.Plan(6)
 	out.Step("Preparing image")
 	// Everything that can refuse this run comes before anything is deleted.
-	local, err := resolveImage(ctx, out, u.env.Home, o.Image, o.ImageSHA256)
+	// Held until its base volume exists (this function's end): prune keeps it.
+	local, release, err := resolveAndHold(ctx, out, u.env.Home, o.Image, o.ImageSHA256)
 	if err != nil {
 		return err
 	}
+	defer release()
 	img := BaseImage{Path: local}
 	// A checksum the user gave is checked on the file, not on a memo of it.
 	if img.SHA256, err = hashFile(ctx, u.env.Home, local, o.ImageSHA256 == ""); err != nil {

@@ -306,12 +306,18 @@ func (p *pruner) pruneCache(kept map[string]bool, making, bad []string) error {
 		if err != nil {
 			continue
 		}
-		if p.o.DryRun {
+		err = removeUnused(path, p.o.DryRun)
+		switch {
+		case errors.Is(err, errInUse):
+			out.Say("not_pruned", "Keeping download %s: it is in use (a vmup is making a base volume of it)", name)
+			continue
+		case errors.Is(err, os.ErrNotExist):
+			continue
+		case err != nil:
+			return err
+		case p.o.DryRun:
 			out.Say("pruned", "Would remove download %s (%s)", name, humanBytes(st.Size()))
-		} else {
-			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
+		default:
 			gone = append(gone, path)
 			out.Say("pruned", "Removed download %s (%s)", name, humanBytes(st.Size()))
 		}
