@@ -167,6 +167,15 @@ func (p *pruner) pruneBases(refs map[string]string, making []string) (map[string
 			}
 			continue
 		}
+		if base, isToken := strings.CutSuffix(vol, ".pruning"); isToken && baseVolumeRE.MatchString(base) {
+			// A token outlives its prune only if that prune was killed.
+			if !d.Modified.IsZero() && time.Since(d.Modified) > pruneGrace {
+				if err := p.remove(vol, d.Allocation, "token of a killed prune"); err != nil && !errors.Is(err, errBusy) {
+					return nil, err
+				}
+			}
+			continue
+		}
 		if !baseVolumeRE.MatchString(vol) {
 			continue // not vmup's: never touched
 		}
@@ -205,21 +214,67 @@ func (p *pruner) pruneBases(refs map[string]string, making []string) (map[string
 			out.Say("not_pruned", "Keeping base volume %s: %s", vol, why)
 			continue
 		}
-		// The base before its mark: a mark left alone is one an `up` deletes.
-		if err := p.remove(vol, d.Allocation, "base volume"); err != nil {
-			if errors.Is(err, errBusy) {
-				kept[baseHash(vol)] = true
-				continue
-			}
+		gone, err := p.removeBase(vol, d, mark, marked)
+		if err != nil {
 			return nil, err
 		}
-		if marked {
-			if err := p.remove(baseMark(vol), mark.Allocation, "mark"); err != nil && !errors.Is(err, errBusy) {
-				return nil, err
-			}
+		if !gone {
+			kept[baseHash(vol)] = true
 		}
 	}
 	return kept, nil
+}
+
+// removeBase deletes an unused base and its mark under the pool's token for
+// it, after asking the pool once more what is backed by it: an `up` of any
+// home that built on it meanwhile is seen, or sees the token (see baseHeld).
+func (p *pruner) removeBase(vol string, d, mark volDetails, marked bool) (gone bool, err error) {
+	out, v, pool := p.env.Out, p.v, p.o.Pool
+	if p.o.DryRun {
+		err := p.remove(vol, d.Allocation, "base volume")
+		if err == nil && marked {
+			err = p.remove(baseMark(vol), mark.Allocation, "mark")
+		}
+		return err == nil, err
+	}
+	token := basePruning(vol)
+	if err := v.VolCreate(p.ctx, pool, token, 0, "raw", "", ""); errors.Is(err, errExists) {
+		out.Say("not_pruned", "Keeping base volume %s: another vmup prune is deciding on it (%s)", vol, token)
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	defer func() {
+		if derr := v.VolDelete(p.ctx, pool, token); derr != nil && err == nil {
+			err = fmt.Errorf("cannot delete %s, which makes every `up` of base %s wait: %w", token, vol, derr)
+		}
+	}()
+	users, err := backedBy(p.ctx, v, pool, vol)
+	if errors.Is(classify(err), errNotFound) {
+		return false, nil // deleted meanwhile
+	}
+	if err != nil {
+		return false, err
+	}
+	if len(users) > 0 {
+		out.Say("not_pruned", "Keeping base volume %s: %s was just made on it", vol, strings.Join(users, ", "))
+		return false, nil
+	}
+	// The base before its mark: a mark left alone is one an `up` deletes.
+	if err := p.remove(vol, d.Allocation, "base volume"); errors.Is(err, errBusy) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	if marked {
+		err = p.remove(baseMark(vol), mark.Allocation, "mark")
+	} else {
+		err = v.VolDelete(p.ctx, pool, baseMark(vol)) // one an `up` made meanwhile vouches for nothing now
+	}
+	if errors.Is(err, errBusy) {
+		err = nil
+	}
+	return true, err
 }
 
 // vmOf names this home's VM whose volume vol is.
