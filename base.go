@@ -200,7 +200,7 @@ func (u *vmRun) waitForPrune(ctx context.Context, base string) error {
 			return &hintedError{
 				msg: fmt.Sprintf("a vmup prune has been deciding on base volume %s for %s: %s is in pool %s",
 					base, pruneTokenWait, basePruning(base), u.o.Pool),
-				hint: fmt.Sprintf("if no `vmup prune` runs (one was killed), run `virsh -c %s vol-delete --pool %s %s`, then run the command again",
+				hint: fmt.Sprintf("run `virsh -c %s vol-delete --pool %s %s` if no `vmup prune` runs (one was killed), then run the command again",
 					u.o.Connect, u.o.Pool, basePruning(base)),
 			}
 		}

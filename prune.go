@@ -246,7 +246,7 @@ func (p *pruner) removeBase(vol string, d, mark volDetails, marked bool) (gone b
 	}
 	defer func() {
 		if derr := v.VolDelete(p.ctx, pool, token); derr != nil && err == nil {
-			err = fmt.Errorf("cannot delete %s, which makes every `up` of base %s wait: %w", token, vol, derr)
+			err = fmt.Errorf("cannot delete %s (every up of base %s waits while it is there): %w", token, vol, derr)
 		}
 	}()
 	users, err := backedBy(p.ctx, v, pool, vol)

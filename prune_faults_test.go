@@ -209,3 +209,26 @@ func TestPruneKeepsAFinishedDownloadNamedLikeAPart(t *testing.T) {
 		t.Errorf("prune kept the partial %s\n%s", filepath.Base(part), s.stderr)
 	}
 }
+
+// A token left by a killed prune goes after an hour; a fresh one is another
+// prune's, and its base is not touched meanwhile.
+func TestPruneRemovesOnlyTheTokenOfAKilledPrune(t *testing.T) {
+	s := newPruneSetup(t)
+	stale := "vmup-base-" + hex16("old") + ".qcow2"
+	busy := "vmup-base-" + hex16("busy") + ".qcow2"
+	for _, b := range []string{stale, busy} {
+		s.vol(b, "", longAgo)
+		s.vol(baseMark(b), "", longAgo)
+		s.vol(b+"-user.qcow2", b, longAgo) // in use: the bases stay
+	}
+	s.vol(basePruning(stale), "", 2*time.Hour)
+	s.vol(basePruning(busy), "", time.Minute)
+	delete(s.fake.world.Volumes, "vmup/"+busy+"-user.qcow2")
+	if code := s.prune(false); code != exitOK {
+		t.Fatalf("prune: exit %d\n%s", code, s.stderr)
+	}
+	if s.has(basePruning(stale)) || !s.has(basePruning(busy)) || !s.has(busy) {
+		t.Errorf("tokens: stale there %v, fresh there %v; base under the fresh one there %v\n%s",
+			s.has(basePruning(stale)), s.has(basePruning(busy)), s.has(busy), s.stderr)
+	}
+}

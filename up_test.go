@@ -508,7 +508,8 @@ func TestReupAfterKilledFirstBoot(t *testing.T) {
 	// The image is checked before the killed run's VM is wiped; the pool and
 	// the base volume exist from the first run.
 	prepAfter := concat(seq("qemu-img info --output=json $IMG/base.qcow2"), wipe,
-		seq("virsh pool-info vmup", "virsh vol-info --pool vmup "+base, "virsh vol-info --pool vmup "+base+".complete"), prep[15:])
+		seq("virsh pool-info vmup", "virsh vol-info --pool vmup "+base+".pruning", "virsh vol-info --pool vmup "+base,
+			"virsh vol-info --pool vmup "+base+".complete"), prep[16:])
 	h.checkCalls(concat(seq("virsh uri"), prepAfter, firstBoot(), seq("ansible-playbook play.yml"), completeFirstBoot()))
 	if !strings.Contains(h.stderr.String(), "interrupted") {
 		t.Errorf("no word about the interrupted first boot:\n%s", h.stderr)
