@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // A shared base volume counts as complete only once its mark, an empty
@@ -16,6 +17,9 @@ import (
 // a mark in the pool is seen by every user of the pool (root and a
 // libvirt-group user share it, each with a home and global lock of its own).
 func baseMark(base string) string { return base + ".complete" }
+
+// basePrefix begins every base volume's name, and no VM's.
+const basePrefix = "vmup-base-"
 
 var baseVolumeRE = regexp.MustCompile(`^vmup-base-[0-9a-f]{16}\.(qcow2|raw)$`)
 
@@ -88,16 +92,18 @@ func deletePartialBase(ctx context.Context, v *Virsh, pool, base string) error {
 }
 
 // ensureBase makes base a complete base volume of img in the pool: cached,
-// verified, or uploaded. Call it under the global lock.
-func (u *vmRun) ensureBase(ctx context.Context, img BaseImage, base string) error {
-	out, v, pool := u.env.Out, u.virsh, u.o.Pool
+// verified, or uploaded, as its result says. Call it under the global lock.
+func (u *vmRun) ensureBase(ctx context.Context, img BaseImage, base string) (string, error) {
+	v, pool := u.virsh, u.o.Pool
+	if err := u.waitForPrune(ctx, base); err != nil {
+		return "", err
+	}
 	exists, complete, err := baseState(ctx, v, pool, base)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if exists && complete {
-		out.Done("cached " + base)
-		return nil
+		return "cached " + base, nil
 	}
 	detail := ""
 	switch {
@@ -105,26 +111,25 @@ func (u *vmRun) ensureBase(ctx context.Context, img BaseImage, base string) erro
 		// No mark: an upload was cut off, or a vmup that made no marks yet uploaded it.
 		users, err := backedBy(ctx, v, pool, base)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if len(users) > 0 {
 			if err := u.verifyBase(ctx, img, base, users); err != nil {
-				return err
+				return "", err
 			}
 			if err := v.VolCreate(ctx, pool, baseMark(base), 0, "raw", "", ""); err != nil {
-				return err
+				return "", err
 			}
-			out.Done("verified " + base)
-			return nil
+			return "verified " + base, nil
 		}
 		if err := deletePartialBase(ctx, v, pool, base); err != nil {
-			return err
+			return "", err
 		}
 		detail = " (an earlier upload was cut off)"
 	case complete:
 		// A mark whose base is gone would vouch for the next, partial, upload.
 		if err := v.VolDelete(ctx, pool, baseMark(base)); err != nil {
-			return err
+			return "", err
 		}
 	}
 	// Journalled while it uploads: a killed run leaves a partial base volume
@@ -132,15 +137,14 @@ func (u *vmRun) ensureBase(ctx context.Context, img BaseImage, base string) erro
 	u.created.add(base)
 	u.updateJournal(func(j *Journal) { j.UploadingBase = base })
 	if err := u.uploadBase(ctx, img, base); err != nil {
-		return err
+		return "", err
 	}
 	if err := v.VolCreate(ctx, pool, baseMark(base), 0, "raw", "", ""); err != nil {
-		return err
+		return "", err
 	}
 	u.created.drop(base) // complete: it is the shared cache now
 	u.updateJournal(func(j *Journal) { j.UploadingBase = "" })
-	out.Done("uploaded " + base + detail)
-	return nil
+	return "uploaded " + base + detail, nil
 }
 
 // verifyBase reads an unmarked base volume that VMs are built on back and
@@ -159,4 +163,61 @@ func (u *vmRun) verifyBase(ctx context.Context, img BaseImage, base string, user
 			base, u.o.Pool, strings.Join(users, ", ")),
 		hint: "run `vmup destroy NAME` for each of those VMs (they were built on a partial image), then `vmup up` again",
 	}
+}
+
+// A base is never deleted while a VM is being built on it, by any vmup of
+// any home, user or host sharing the pool. libvirt orders the volume
+// operations of a pool, and the two sides are:
+//
+//	prune: P0 create BASE.pruning (exclusive), P1 list every volume's backing,
+//	       P2 delete BASE if nothing is backed by it, P3 its mark, P4 the token.
+//	up:    O create its overlay, C1 no BASE.pruning, C2 the mark, C3 the base.
+//
+// If C1 comes before P0, O did too, so P1 sees the overlay and keeps BASE.
+// If C1 comes after P4, P3 deleted the mark, so C2 fails (unless a new,
+// complete upload of the same content marked it again). In between, C1
+// fails. An up that fails a check deletes its overlay and makes the base
+// again, and an up waits while a token is there before it reuses, deletes or
+// uploads a base.
+
+// basePruning is the token volume a prune holds while it decides on base.
+func basePruning(base string) string { return base + ".pruning" }
+
+var (
+	pruneTokenPoll = 200 * time.Millisecond
+	pruneTokenWait = time.Minute
+)
+
+// waitForPrune waits while a prune decides on base.
+func (u *vmRun) waitForPrune(ctx context.Context, base string) error {
+	deadline := time.Now().Add(pruneTokenWait)
+	for {
+		busy, err := u.virsh.VolExists(ctx, u.o.Pool, basePruning(base))
+		if err != nil || !busy {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return &hintedError{
+				msg: fmt.Sprintf("a vmup prune has been deciding on base volume %s for %s: %s is in pool %s",
+					base, pruneTokenWait, basePruning(base), u.o.Pool),
+				hint: fmt.Sprintf("run `virsh -c %s vol-delete --pool %s %s` if no `vmup prune` runs (one was killed), then run the command again",
+					u.o.Connect, u.o.Pool, basePruning(base)),
+			}
+		}
+		if err := sleepCtx(ctx, pruneTokenPoll); err != nil {
+			return err
+		}
+	}
+}
+
+// baseHeld says whether base may back the overlay just made on it: no
+// prune is deciding on it, and it is there and complete (C1-C3 above).
+func (u *vmRun) baseHeld(ctx context.Context, base string) (bool, error) {
+	for i, vol := range []string{basePruning(base), baseMark(base), base} {
+		there, err := u.virsh.VolExists(ctx, u.o.Pool, vol)
+		if err != nil || there != (i > 0) {
+			return false, err
+		}
+	}
+	return true, nil
 }

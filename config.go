@@ -450,6 +450,12 @@ func requireName(o *Options, cmd string) error {
 		return usagef("choose a name of 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit",
 			"invalid VM name %q", o.Name)
 	}
+	// Its disk would be named like a base volume, which prune may delete.
+	// Only up refuses: a VM an older vmup made so can still be destroyed.
+	if cmd == "up" && strings.HasPrefix(o.Name, basePrefix) {
+		return usagef(fmt.Sprintf("choose a name that does not start with %q (that is how vmup names base volumes)", basePrefix),
+			"VM name %q is reserved for vmup's base volumes", o.Name)
+	}
 	return nil
 }
 

@@ -55,6 +55,9 @@ func urlKey(u string) string {
 
 func urlBase(u string) string { return filepath.Base(strings.SplitN(u, "?", 2)[0]) }
 
+// partName is the file a download of u is written to until it is verified.
+func partName(u string) string { return urlKey(u) + "-" + urlBase(u) + ".part" }
+
 // fetchURL downloads u into dest once, verified against want. One download
 // per URL runs at a time: its .part is written only under the URL's lock, and
 // a .part left by an interrupted run is resumed.
@@ -83,7 +86,7 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 		}
 		stale = sum
 	}
-	part := filepath.Join(filepath.Dir(dest), urlKey(u)+"-"+urlBase(u)+".part")
+	part := filepath.Join(filepath.Dir(dest), partName(u))
 	start := time.Now()
 	err = download(ctx, out, u, part, want)
 	if out != nil {
@@ -482,4 +485,4 @@ func inspectImage(ctx context.Context, r Runner, path string) (format string, vi
 	return info.Format, info.VirtualSize, nil
 }
 
-func baseVolumeName(b BaseImage) string { return "vmup-base-" + b.SHA256[:16] + "." + b.Format }
+func baseVolumeName(b BaseImage) string { return basePrefix + b.SHA256[:16] + "." + b.Format }

@@ -58,10 +58,12 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 	out.Plan(6)
 	out.Step("Preparing image")
 	// Everything that can refuse this run comes before anything is deleted.
-	local, err := resolveImage(ctx, out, u.env.Runner, u.env.Home, o.Image, o.ImageSHA256)
+	// Held until its base volume exists (this function's end): prune keeps it.
+	local, release, err := resolveAndHold(ctx, out, u.env.Runner, u.env.Home, o.Image, o.ImageSHA256)
 	if err != nil {
 		return err
 	}
+	defer release()
 	img := BaseImage{Path: local}
 	// A checksum the user gave is checked on the file, not on a memo of it.
 	if img.SHA256, err = hashFile(ctx, u.env.Home, local, o.ImageSHA256 == ""); err != nil {
@@ -138,7 +140,8 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 		return err
 	}
 	base := baseVolumeName(img)
-	if err := u.ensureBase(ctx, img, base); err != nil {
+	made, err := u.ensureBase(ctx, img, base)
+	if err != nil {
 		return err
 	}
 	if o.Network == "user" {
@@ -149,13 +152,10 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 		u.updateJournal(func(j *Journal) { j.SSHHost, j.SSHPort = "127.0.0.1", port })
 	}
 	lock.Unlock()
+	out.Done(made)
 
 	out.Step("Creating disk and cloud-init seed")
-	size := int64(o.DiskGiB) << 30
-	if img.VirtualSize > size {
-		size = img.VirtualSize
-	}
-	if err := u.createVolume(ctx, o.Name+".qcow2", size, "qcow2", base, img.Format); err != nil {
+	if err := u.createDisk(ctx, img, base); err != nil {
 		return err
 	}
 	if err := u.writeSeed(ctx); err != nil {
@@ -181,6 +181,43 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 	}
 	out.Done("")
 	return nil
+}
+
+// createDisk makes the VM's disk, an overlay on base, and keeps it only if
+// no prune deleted base meanwhile (see baseHeld); else it makes base again.
+func (u *vmRun) createDisk(ctx context.Context, img BaseImage, base string) error {
+	vol := u.o.Name + ".qcow2"
+	size := max(int64(u.o.DiskGiB)<<30, img.VirtualSize)
+	for tries := 0; ; tries++ {
+		if err := u.createVolume(ctx, vol, size, "qcow2", base, img.Format); err != nil {
+			return err
+		}
+		held, err := u.baseHeld(ctx, base)
+		if err != nil || held {
+			return err
+		}
+		if err := u.virsh.VolDelete(ctx, u.o.Pool, vol); err != nil {
+			return err
+		}
+		u.created.drop(vol)
+		u.updateJournal(func(j *Journal) {
+			j.Volumes = slices.DeleteFunc(j.Volumes, func(v string) bool { return v == vol })
+		})
+		if tries == 2 {
+			return &hintedError{msg: fmt.Sprintf("base volume %s was pruned three times while VM %s's disk was made on it", base, u.o.Name),
+				hint: "run the command again once no `vmup prune` runs"}
+		}
+		u.env.Out.Warn("base volume %s was pruned while VM %s's disk was made on it; making it again", base, u.o.Name)
+		lock, err := u.globalLock(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = u.ensureBase(ctx, img, base)
+		lock.Unlock()
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // uploadBase streams the image into a new base volume and hashes the bytes

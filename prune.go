@@ -37,6 +37,7 @@ type pruner struct {
 	v       *Virsh
 	removed int
 	freed   int64
+	vms     []string // this home's VMs, whose volumes are never a base
 }
 
 // runPrune removes the base volumes no volume of the pool is backed by, and
@@ -78,6 +79,9 @@ func runPrune(env Env, o *Options) int {
 func (p *pruner) run() error {
 	refs, making, bad, err := p.journals()
 	if err != nil {
+		return err
+	}
+	if p.vms, err = listVMs(p.env.Home); err != nil {
 		return err
 	}
 	kept, err := p.pruneBases(refs, making)
@@ -163,8 +167,25 @@ func (p *pruner) pruneBases(refs map[string]string, making []string) (map[string
 			}
 			continue
 		}
+		if base, isToken := strings.CutSuffix(vol, ".pruning"); isToken && baseVolumeRE.MatchString(base) {
+			// A token outlives its prune only if that prune was killed.
+			if !d.Modified.IsZero() && time.Since(d.Modified) > pruneGrace {
+				if err := p.remove(vol, d.Allocation, "token of a killed prune"); err != nil && !errors.Is(err, errBusy) {
+					return nil, err
+				}
+			}
+			continue
+		}
 		if !baseVolumeRE.MatchString(vol) {
 			continue // not vmup's: never touched
+		}
+		if vm := p.vmOf(vol); vm != "" || d.Backing != "" {
+			// A VM's disk named like a base (made before such names were
+			// refused, or in another home): a base is never an overlay.
+			if vm != "" {
+				out.Say("not_pruned", "Keeping volume %s: it is the disk of VM %s, not a base", vol, vm)
+			}
+			continue
 		}
 		mark, marked := details[baseMark(vol)]
 		if backed[d.Path] || backed[vol] {
@@ -193,21 +214,77 @@ func (p *pruner) pruneBases(refs map[string]string, making []string) (map[string
 			out.Say("not_pruned", "Keeping base volume %s: %s", vol, why)
 			continue
 		}
-		// The base before its mark: a mark left alone is one an `up` deletes.
-		if err := p.remove(vol, d.Allocation, "base volume"); err != nil {
-			if errors.Is(err, errBusy) {
-				kept[baseHash(vol)] = true
-				continue
-			}
+		gone, err := p.removeBase(vol, d, mark, marked)
+		if err != nil {
 			return nil, err
 		}
-		if marked {
-			if err := p.remove(baseMark(vol), mark.Allocation, "mark"); err != nil && !errors.Is(err, errBusy) {
-				return nil, err
-			}
+		if !gone {
+			kept[baseHash(vol)] = true
 		}
 	}
 	return kept, nil
+}
+
+// removeBase deletes an unused base and its mark under the pool's token for
+// it, after asking the pool once more what is backed by it: an `up` of any
+// home that built on it meanwhile is seen, or sees the token (see baseHeld).
+func (p *pruner) removeBase(vol string, d, mark volDetails, marked bool) (gone bool, err error) {
+	out, v, pool := p.env.Out, p.v, p.o.Pool
+	if p.o.DryRun {
+		err := p.remove(vol, d.Allocation, "base volume")
+		if err == nil && marked {
+			err = p.remove(baseMark(vol), mark.Allocation, "mark")
+		}
+		return err == nil, err
+	}
+	token := basePruning(vol)
+	if err := v.VolCreate(p.ctx, pool, token, 0, "raw", "", ""); errors.Is(err, errExists) {
+		out.Say("not_pruned", "Keeping base volume %s: another vmup prune is deciding on it (%s)", vol, token)
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	defer func() {
+		if derr := v.VolDelete(p.ctx, pool, token); derr != nil && err == nil {
+			err = fmt.Errorf("cannot delete %s (every up of base %s waits while it is there): %w", token, vol, derr)
+		}
+	}()
+	users, err := backedBy(p.ctx, v, pool, vol)
+	if errors.Is(classify(err), errNotFound) {
+		return false, nil // deleted meanwhile
+	}
+	if err != nil {
+		return false, err
+	}
+	if len(users) > 0 {
+		out.Say("not_pruned", "Keeping base volume %s: %s was just made on it", vol, strings.Join(users, ", "))
+		return false, nil
+	}
+	// The base before its mark: a mark left alone is one an `up` deletes.
+	if err := p.remove(vol, d.Allocation, "base volume"); errors.Is(err, errBusy) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	if marked {
+		err = p.remove(baseMark(vol), mark.Allocation, "mark")
+	} else {
+		err = v.VolDelete(p.ctx, pool, baseMark(vol)) // one an `up` made meanwhile vouches for nothing now
+	}
+	if errors.Is(err, errBusy) {
+		err = nil
+	}
+	return true, err
+}
+
+// vmOf names this home's VM whose volume vol is.
+func (p *pruner) vmOf(vol string) string {
+	for _, name := range p.vms {
+		if validVMVolume(name, vol) {
+			return name
+		}
+	}
+	return ""
 }
 
 // remove deletes a volume of the pool (not with --dry-run) and says so.
@@ -250,8 +327,8 @@ func (p *pruner) pruneCache(kept map[string]bool, making, bad []string) error {
 		if !e.Type().IsRegular() || name == "hashes.json" {
 			continue
 		}
-		if part := strings.TrimSuffix(name, ".json"); strings.HasSuffix(part, ".part") {
-			if !parts[part] && urlCacheRE.MatchString(part) {
+		if part, ok := partialOf(dir, name); ok {
+			if !parts[part] {
 				parts[part] = true
 				if err := p.prunePart(dir, part); err != nil {
 					return err
@@ -284,12 +361,18 @@ func (p *pruner) pruneCache(kept map[string]bool, making, bad []string) error {
 		if err != nil {
 			continue
 		}
-		if p.o.DryRun {
+		err = removeUnused(path, p.o.DryRun)
+		switch {
+		case errors.Is(err, errInUse):
+			out.Say("not_pruned", "Keeping download %s: it is in use (a vmup is making a base volume of it)", name)
+			continue
+		case errors.Is(err, os.ErrNotExist):
+			continue
+		case err != nil:
+			return err
+		case p.o.DryRun:
 			out.Say("pruned", "Would remove download %s (%s)", name, humanBytes(st.Size()))
-		} else {
-			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
+		default:
 			gone = append(gone, path)
 			out.Say("pruned", "Removed download %s (%s)", name, humanBytes(st.Size()))
 		}
@@ -313,6 +396,26 @@ func (p *pruner) cacheUsed(path string, kept map[string]bool) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// partialOf says whether name is a partial download or its record, and
+// names the part. Only the record tells: a finished download's name may end
+// in .part too (its URL's does), but no record beside it names a URL whose
+// part it would be.
+func partialOf(dir, name string) (string, bool) {
+	part := strings.TrimSuffix(name, ".json")
+	if !strings.HasSuffix(part, ".part") || !urlCacheRE.MatchString(part) {
+		return "", false
+	}
+	data, err := os.ReadFile(filepath.Join(dir, part+".json"))
+	if err != nil {
+		return "", false
+	}
+	var rec partRecord
+	if json.Unmarshal(data, &rec) != nil || rec.URL == "" || partName(rec.URL)[16:] != part[16:] {
+		return "", false
+	}
+	return part, true
 }
 
 // prunePart removes a download's part and its record, unless a vmup holds

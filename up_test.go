@@ -264,12 +264,17 @@ func (h *harness) freshPrepare() [][]string {
 		"virsh pool-build vmup",
 		"virsh pool-start vmup",
 		"virsh pool-autostart vmup",
+		"virsh vol-info --pool vmup "+base+".pruning",
 		"virsh vol-info --pool vmup "+base,
 		"virsh vol-info --pool vmup "+base+".complete",
 		"virsh vol-create-as vmup "+base+" 10 --format raw",
 		"virsh vol-upload --pool vmup "+base+" /dev/stdin",
 		"virsh vol-create-as vmup "+base+".complete 0 --format raw",
 		"virsh vol-create-as vmup v1.qcow2 4294967296 --format qcow2 --backing-vol "+base+" --backing-vol-format qcow2",
+		// No prune deleted the base meanwhile.
+		"virsh vol-info --pool vmup "+base+".pruning",
+		"virsh vol-info --pool vmup "+base+".complete",
+		"virsh vol-info --pool vmup "+base,
 		"virsh vol-create-as vmup v1-seed.iso 55296 --format raw",
 		"virsh vol-upload --pool vmup v1-seed.iso $HOME/vms/v1/upload.tmp",
 		"virsh vol-create-as vmup v1-seed-boot.iso 55296 --format raw",
@@ -503,7 +508,8 @@ func TestReupAfterKilledFirstBoot(t *testing.T) {
 	// The image is checked before the killed run's VM is wiped; the pool and
 	// the base volume exist from the first run.
 	prepAfter := concat(seq("qemu-img info --output=json $IMG/base.qcow2"), wipe,
-		seq("virsh pool-info vmup", "virsh vol-info --pool vmup "+base, "virsh vol-info --pool vmup "+base+".complete"), prep[15:])
+		seq("virsh pool-info vmup", "virsh vol-info --pool vmup "+base+".pruning", "virsh vol-info --pool vmup "+base,
+			"virsh vol-info --pool vmup "+base+".complete"), prep[16:])
 	h.checkCalls(concat(seq("virsh uri"), prepAfter, firstBoot(), seq("ansible-playbook play.yml"), completeFirstBoot()))
 	if !strings.Contains(h.stderr.String(), "interrupted") {
 		t.Errorf("no word about the interrupted first boot:\n%s", h.stderr)

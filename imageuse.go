@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A download an `up` resolved is used until its base volume exists: the up
+// holds a shared flock on the file, and prune removes a download only under
+// an exclusive one it takes without waiting. Both run in the same home, so
+// the kernel's lock on the one file decides.
+
+// resolveAndHold is resolveImage, with a download of the cache held in use
+// until release is called.
+func resolveAndHold(ctx context.Context, out *Output, run Runner, home, image, wantSHA string) (path string, release func(), err error) {
+	for tries := 0; ; tries++ {
+		path, err := resolveImage(ctx, out, run, home, image, wantSHA)
+		if err != nil || filepath.Dir(path) != filepath.Join(home, "cache") {
+			return path, func() {}, err
+		}
+		f, err := holdShared(ctx, path)
+		if err == nil {
+			return path, func() { f.Close() }, nil
+		}
+		// Removed by a prune between resolving and holding it: fetch it again.
+		if !errors.Is(err, os.ErrNotExist) || tries == 2 {
+			return "", nil, err
+		}
+	}
+}
+
+// holdShared flocks path shared, and fails with os.ErrNotExist if the name
+// no longer leads to the file it locked.
+func holdShared(ctx context.Context, path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, err
+		}
+		// A prune holds it only while it removes it.
+		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	fst, err1 := f.Stat()
+	st, err2 := os.Stat(path)
+	if err1 != nil || err2 != nil || !os.SameFile(fst, st) {
+		f.Close()
+		return nil, os.ErrNotExist
+	}
+	return f, nil
+}
+
+// errInUse is a download an `up` holds.
+var errInUse = errors.New("in use")
+
+// removeUnused removes path (not with dryRun) unless a vmup holds it in use.
+func removeUnused(path string, dryRun bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+		return errInUse
+	} else if err != nil {
+		return err
+	}
+	if dryRun {
+		return nil
+	}
+	return os.Remove(path)
+}
