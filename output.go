@@ -170,6 +170,10 @@ func (o *Output) Step(title string) {
 	case o.tty:
 		o.spinStop, o.spinDone = make(chan struct{}), make(chan struct{})
 		go o.spin(o.spinStop, o.spinDone, fmt.Sprintf("[%s]", o.stepLabel()), title)
+	default:
+		// No spinner off a terminal: a line says the step began, so one
+		// that hangs is seen in a CI log or behind `| tee`.
+		o.line("[%s] %s …", o.stepLabel(), title)
 	}
 }
 

@@ -220,6 +220,30 @@ func TestHungLibvirtSaysItDidNotAnswer(t *testing.T) {
 	}
 }
 
+// TestAStepShowsWhenItBeginsOffATerminal: in a CI log or behind `| tee`, a
+// step that hangs is seen to have begun, and its end says how long it took.
+func TestAStepShowsWhenItBeginsOffATerminal(t *testing.T) {
+	var buf bytes.Buffer
+	o := newOutput(&buf, nil, "v1")
+	now := time.Unix(0, 0)
+	o.now = func() time.Time { return now }
+	o.Plan(6)
+	for range 3 {
+		o.Step("x")
+		o.Done("")
+	}
+	buf.Reset()
+	o.Step("Waiting for SSH")
+	if got := buf.String(); got != "[4/6] Waiting for SSH …\n" {
+		t.Errorf("when the step begins, stderr has %q", got)
+	}
+	now = now.Add(312 * time.Second)
+	o.Done("")
+	if got := buf.String(); !strings.HasSuffix(got, "[4/6] ✓ Waiting for SSH (5 min 12 s)\n") {
+		t.Errorf("when the step ends, stderr has %q", got)
+	}
+}
+
 // TestMissingVirshStillSaysInstallTheClient: the install hint stays, for a
 // virsh that is not there, and for that alone.
 func TestMissingVirshStillSaysInstallTheClient(t *testing.T) {
@@ -235,5 +259,24 @@ func TestMissingVirshStillSaysInstallTheClient(t *testing.T) {
 	code := runPrune(env, o)
 	if got := h.stderr.String(); code != exitFailed || !strings.Contains(got, "install libvirt's client") {
 		t.Errorf("exit %d, want 1 with the install hint:\n%s", code, got)
+	}
+}
+
+// TestAStepOnATerminalKeepsItsSpinner: on a terminal the spinner shows the
+// step at work, and no line of its own says it began.
+func TestAStepOnATerminalKeepsItsSpinner(t *testing.T) {
+	master, tty := openPTY(t)
+	o := newOutput(tty, nil, "v1")
+	if !o.tty {
+		t.Fatal("the pty is not seen as a terminal")
+	}
+	o.Plan(1)
+	o.Step("Waiting for SSH")
+	o.Done("")
+	tty.Close()
+	var got bytes.Buffer
+	got.ReadFrom(master)
+	if s := got.String(); strings.Contains(s, "Waiting for SSH …") || !strings.Contains(s, "✓ Waiting for SSH") {
+		t.Errorf("on a terminal: %q", s)
 	}
 }
