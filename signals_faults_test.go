@@ -280,3 +280,42 @@ func TestAStepOnATerminalKeepsItsSpinner(t *testing.T) {
 		t.Errorf("on a terminal: %q", s)
 	}
 }
+
+// TestAbortGuardEndsAStuckCommandWithOnlyItsExitEvent: a command stuck where
+// no context reaches still ends on a signal, with nothing more said after it
+// but the exit event; a command that committed first is left to finish.
+func TestAbortGuardEndsAStuckCommandWithOnlyItsExitEvent(t *testing.T) {
+	var human, events bytes.Buffer
+	out := newOutput(&lockedWriter{w: &human}, &lockedWriter{w: &events}, "v1")
+	sigs := make(chan os.Signal, 1)
+	g := newAbortGuard(sigs, out, abortExit)
+	stuck := make(chan struct{})
+	defer close(stuck)
+	sigs <- syscall.SIGTERM
+	start := time.Now()
+	code := g.run(func() int {
+		<-g.ctx.Done()
+		out.Warn("said while unwinding")
+		<-stuck
+		return exitOK
+	})
+	finishWith(out, code)
+	if code != exitSIGTERM || time.Since(start) > signalDeadline {
+		t.Errorf("exit %d after %s, want %d within %s", code, time.Since(start), exitSIGTERM, signalDeadline)
+	}
+	if strings.Contains(human.String(), "unwinding") || strings.Count(events.String(), "\n") != 1 || !strings.Contains(events.String(), `"event":"exit"`) {
+		t.Errorf("after the signal: stderr %q, events %q", human.String(), events.String())
+	}
+
+	g = newAbortGuard(sigs, out, abortExit)
+	code = g.run(func() int {
+		if !g.commit() {
+			t.Error("commit failed without a signal")
+		}
+		sigs <- syscall.SIGINT // the command's own to handle now
+		return exitOK
+	})
+	if code != exitOK || len(sigs) != 1 {
+		t.Errorf("a committed command: exit %d, %d signals left for it, want 0 and 1", code, len(sigs))
+	}
+}
