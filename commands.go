@@ -120,7 +120,7 @@ func askOwnerToStop(env Env, paths Paths, up lockRecord, cmd string, timeout tim
 // does not name. It is never signalled: a destroy killed halfway leaves a
 // half-destroyed VM.
 func waitBusy(env Env, paths Paths, cmd string) (*Lock, int) {
-	ctx, cancel := context.WithTimeout(context.Background(), busyWait)
+	ctx, cancel := context.WithTimeout(env.ctx(), busyWait)
 	defer cancel()
 	l, err := waitLock(ctx, paths.Lock, cmd)
 	if errors.Is(err, errLocked) {
@@ -139,7 +139,8 @@ func waitBusy(env Env, paths Paths, cmd string) (*Lock, int) {
 
 func runDown(env Env, o *Options) int {
 	out := env.Out
-	defer sayGoingOn(env, "down", o.Name)()
+	going := &goingOn{env: env, cmd: "down", name: o.Name}
+	defer going.end()
 	if o.Suspend && o.Force {
 		return reportError(out, usagef("give one of them", "--suspend and --force exclude each other"))
 	}
@@ -159,6 +160,9 @@ func runDown(env Env, o *Options) int {
 					hint: fmt.Sprintf("press Ctrl+C twice in that terminal to abort it, or run `vmup destroy %s`", o.Name),
 					code: exitBusy,
 				})
+			}
+			if !going.begin() {
+				return exitFailed // a signal ended it: the guard has its code
 			}
 			if o.Suspend {
 				out.Say("saving", "Asking vmup pid %d to save VM %s", up.PID, o.Name)
@@ -187,11 +191,14 @@ func runDown(env Env, o *Options) int {
 		return exitOK
 	}
 	v := newVirsh(env.Runner, j.Connect)
-	ctx := context.Background()
+	ctx := env.ctx()
 	if err := checkLibvirt(ctx, v); err != nil {
 		return reportError(out, err)
 	}
 	state, reason, err := v.DomStateReason(ctx, o.Name)
+	if !going.begin() {
+		return exitFailed // a signal ended it: the guard has its code
+	}
 	switch {
 	case err == nil && isSaved(state, reason):
 		setJournalPhase(paths, Saved)
@@ -255,7 +262,8 @@ func waitShutOff(ctx context.Context, v *Virsh, name string, timeout, poll time.
 
 func runDestroy(env Env, o *Options) int {
 	out := env.Out
-	defer sayGoingOn(env, "destroy", o.Name)()
+	going := &goingOn{env: env, cmd: "destroy", name: o.Name}
+	defer going.end()
 	if err := requireName(o, "destroy"); err != nil {
 		return reportError(out, err)
 	}
@@ -266,6 +274,9 @@ func runDestroy(env Env, o *Options) int {
 	lock, _, err := tryLock(paths.Lock, "destroy")
 	if errors.Is(err, errLocked) {
 		if up, ok := upHolding(paths.Lock); ok {
+			if !going.begin() {
+				return exitFailed // a signal ended it: the guard has its code
+			}
 			out.Say("stopping", "Asking vmup pid %d to stop VM %s first", up.PID, o.Name)
 			lock, err = askOwnerToStop(env, paths, up, "destroy", 2*time.Minute)
 		} else {
@@ -294,7 +305,7 @@ func runDestroy(env Env, o *Options) int {
 		return reportError(out, usagef("", "cannot destroy VM %s with connect %q and pool %q", o.Name, connect, pool))
 	}
 	v := newVirsh(env.Runner, connect)
-	ctx := context.Background()
+	ctx := env.ctx()
 	if err := checkLibvirt(ctx, v); err != nil {
 		return reportError(out, err)
 	}
@@ -308,6 +319,9 @@ func runDestroy(env Env, o *Options) int {
 		}
 		out.Say("destroying", "Destroying VM %s by its name alone: domain %s (if vmup made it) on %s, volumes [%s] in pool %s, and its state",
 			o.Name, o.Name, connect, strings.Join(vols, ", "), pool)
+	}
+	if !going.begin() {
+		return exitFailed // a signal ended it: the guard has its code
 	}
 	if j == nil && bad == nil {
 		if _, err := v.DomState(ctx, o.Name); errors.Is(err, errNotFound) {

@@ -26,6 +26,9 @@ type Env struct {
 	Poll          time.Duration // how often domain state and SSH are polled
 	ConfirmWindow time.Duration
 	Signals       <-chan os.Signal
+	// Abort ends the command on a signal until it commits (abort.go); nil
+	// in tests that call a command directly.
+	Abort *abortGuard
 }
 
 type evMsg struct {

@@ -18,26 +18,18 @@ import (
 var playbookLogRE = regexp.MustCompile(`^playbook-[0-9]{8}T[0-9]{6}Z\.log$`)
 
 // runLogs shows the VM's logs on stdout; -f polls the console log every
-// env.Poll until a signal, and Ctrl+C, the way to stop it, ends it with 0.
+// env.Poll until a signal ends it (followExit).
 func runLogs(env Env, o *Options) int {
-	ctx, cancel := context.WithCancel(context.Background())
-	var sig os.Signal
-	ended := make(chan struct{})
-	go func() {
-		defer close(ended)
-		select {
-		case sig = <-env.Signals:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	code := showLogs(ctx, os.Stdout, env, o, func(ctx context.Context) error { return sleepCtx(ctx, env.Poll) })
-	cancel()
-	<-ended
-	if code == exitOK && sig != nil && sig != syscall.SIGINT {
-		return signalExit(sig)
+	return showLogs(env.ctx(), os.Stdout, env, o, func(ctx context.Context) error { return sleepCtx(ctx, env.Poll) })
+}
+
+// followExit is how a signal ends `logs -f`: Ctrl+C, the way to stop
+// following, with 0; SIGTERM and SIGHUP with their codes.
+func followExit(sig os.Signal) (int, bool) {
+	if sig == syscall.SIGINT {
+		return exitOK, true
 	}
-	return code
+	return signalExit(sig), true
 }
 
 // showLogs writes the VM's last playbook log and its console log to w, each

@@ -146,14 +146,12 @@ func run(args []string) int {
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
 
-	// Signals are caught from the start, so none is lost before the controller runs.
+	// Signals are caught from the start, in every command, so none is lost
+	// before the controller runs and none kills vmup unheard: until a
+	// command commits to a change, one ends it (abort.go).
 	sigs := make(chan os.Signal, 8)
-	// destroy and down catch them too: killed halfway, they would leave a
-	// half-removed or half-stopped VM.
-	if cmd == "up" || cmd == "provision" || cmd == "destroy" || cmd == "down" || cmd == "reset" {
-		stop := notifySignals(sigs)
-		defer stop()
-	}
+	stop := notifySignals(sigs)
+	defer stop()
 	if cmd == "up" {
 		notifyRequests(sigs) // what `vmup down` and `destroy` send a foreground up
 	}
@@ -162,11 +160,6 @@ func run(args []string) int {
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Print(usage)
 		return exitOK
-	}
-	if cmd == "logs" && o != nil && o.Follow {
-		// -f ends on Ctrl+C, as the user's way to stop following.
-		stop := notifySignals(sigs)
-		defer stop()
 	}
 	var jsonOut io.Writer
 	switch {
@@ -198,33 +191,16 @@ func run(args []string) int {
 	if d, err := time.ParseDuration(os.Getenv("VMUP_POLL")); err == nil && d > 0 {
 		env.Poll = d // tests poll faster
 	}
-	switch cmd {
-	case "up":
-		return finishWith(out, runUp(env, o))
-	case "down":
-		return finishWith(out, runDown(env, o))
-	case "destroy":
-		return finishWith(out, runDestroy(env, o))
-	case "status":
-		return finishWith(out, runStatus(env, o))
-	case "ssh":
-		return runSSH(env, o, sshArgs)
-	case "ssh-config":
-		return finishWith(out, runSSHConfig(env, o))
-	case "provision":
-		return finishWith(out, runProvision(env, o))
-	case "reset":
-		return finishWith(out, runReset(env, o))
-	case "images":
-		return finishWith(out, runImages(env, o))
-	case "inventory":
-		return runInventory(env, o)
-	case "logs":
-		return runLogs(env, o)
-	case "prune":
-		return finishWith(out, runPrune(env, o))
+	exitFor := abortExit
+	if cmd == "logs" && o.Follow {
+		exitFor = followExit
 	}
-	return exitUsage
+	env.Abort = newAbortGuard(sigs, out, exitFor)
+	runs := map[string]func(Env, *Options) int{"up": runUp, "down": runDown, "destroy": runDestroy,
+		"status": runStatus, "ssh-config": runSSHConfig, "provision": runProvision, "reset": runReset,
+		"images": runImages, "inventory": runInventory, "logs": runLogs, "prune": runPrune,
+		"ssh": func(env Env, o *Options) int { return runSSH(env, o, sshArgs) }}
+	return finishWith(out, env.Abort.run(func() int { return runs[cmd](env, o) }))
 }
 
 // speaksJSON names the commands whose --json is JSON Lines events on stdout

@@ -47,6 +47,7 @@ type Output struct {
 	spinStop    chan struct{}
 	spinDone    chan struct{}
 	exited      bool
+	muted       bool // a signal ended the command: only the exit event is left to say
 	// ansibleCode and ansibleResult are how a playbook ended, for the exit event.
 	ansibleCode   *int
 	ansibleResult string
@@ -109,7 +110,7 @@ func (o *Output) emit(event, message, step string, exit *int) {
 
 // emitEvent adds the time, the VM and the phase to ev and writes it.
 func (o *Output) emitEvent(ev jsonEvent) {
-	if o.json == nil {
+	if o.json == nil || o.muted && ev.Event != "exit" {
 		return
 	}
 	ev.Time = time.Now().UTC().Format(time.RFC3339Nano)
@@ -124,6 +125,9 @@ func (o *Output) emitEvent(ev jsonEvent) {
 
 // line prints one human line, clearing a spinner's line first.
 func (o *Output) line(format string, a ...any) {
+	if o.muted {
+		return
+	}
 	if o.tty && o.spinStop != nil {
 		fmt.Fprint(o.human, "\r\033[K")
 	}
@@ -161,9 +165,15 @@ func (o *Output) Step(title string) {
 	}
 	o.stepTitle, o.stepDetail, o.stepStart = title, "", o.now()
 	o.emit("step_started", title, o.stepLabel(), nil)
-	if o.tty {
+	switch {
+	case o.muted:
+	case o.tty:
 		o.spinStop, o.spinDone = make(chan struct{}), make(chan struct{})
 		go o.spin(o.spinStop, o.spinDone, fmt.Sprintf("[%s]", o.stepLabel()), title)
+	default:
+		// No spinner off a terminal: a line says the step began, so one
+		// that hangs is seen in a CI log or behind `| tee`.
+		o.line("[%s] %s …", o.stepLabel(), title)
 	}
 }
 
@@ -386,6 +396,14 @@ func (o *Output) message(kind, format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	o.line("vmup: %s: %s", kind, msg)
 	o.emit(kind, msg, "", nil)
+}
+
+// Mute drops everything said from now on but the exit event.
+func (o *Output) Mute() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.endSpinner()
+	o.muted = true
 }
 
 // Exit sends the last JSON event, which carries the exit code.

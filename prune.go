@@ -52,7 +52,7 @@ func runPrune(env Env, o *Options) int {
 	case !validPool(o.Pool):
 		return reportError(out, usagef("choose a pool name of letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool))
 	}
-	ctx := context.Background()
+	ctx := env.ctx()
 	p := &pruner{env: env, o: o, ctx: ctx, v: newVirsh(env.Runner, o.Connect)}
 	if err := checkLibvirt(ctx, p.v); err != nil {
 		return reportError(out, err)

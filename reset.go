@@ -272,8 +272,11 @@ func runReset(env Env, o *Options) int {
 	}
 	u := &upRun{vmRun: vmRun{env: env, o: o, paths: paths, kind: startReset, j: j, holdJournal: true}}
 	u.virsh = newVirsh(env.Runner, o.Connect)
-	if err := checkLibvirt(context.Background(), u.virsh); err != nil {
+	if err := checkLibvirt(env.ctx(), u.virsh); err != nil {
 		return reportError(out, err)
+	}
+	if !env.commit() { // from here the controller handles the signals
+		return exitFailed // a signal ended it: the guard has its code
 	}
 	return u.run()
 }

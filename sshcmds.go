@@ -96,12 +96,10 @@ func runProvision(env Env, o *Options) int {
 		return reportError(out, usagef("", "--playbook %s: no such file", playbook))
 	}
 	v := newVirsh(env.Runner, j.Connect)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := checkLibvirt(ctx, v); err != nil {
+	if err := checkLibvirt(env.ctx(), v); err != nil {
 		return reportError(out, err)
 	}
-	if state, err := v.DomState(ctx, o.Name); err != nil || state != "running" {
+	if state, err := v.DomState(env.ctx(), o.Name); err != nil || state != "running" {
 		return reportError(out, &hintedError{
 			msg:  fmt.Sprintf("VM %s is not running", o.Name),
 			hint: fmt.Sprintf("run `vmup up %s -d` to start it", o.Name),
@@ -112,6 +110,11 @@ func runProvision(env Env, o *Options) int {
 	if err := writeInventory(paths, o.Name, j.User, s.ep); err != nil {
 		return reportError(out, err)
 	}
+	if !env.commit() { // from here a signal stops the playbook and keeps the VM
+		return exitFailed // a signal ended it: the guard has its code
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var sig os.Signal
 	go func() {
 		sig = <-env.Signals

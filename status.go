@@ -28,6 +28,32 @@ func sayGoingOn(env Env, cmd, name string) (stop func()) {
 	return func() { close(done) }
 }
 
+// goingOn is sayGoingOn from a command's first change on (begin): before
+// it, a signal ends the command, as nothing is halfway yet.
+type goingOn struct {
+	env       Env
+	cmd, name string
+	stop      func()
+}
+
+// begin is false when a signal ended the command first: it returns at once.
+func (g *goingOn) begin() bool {
+	if g.stop != nil {
+		return true
+	}
+	if !g.env.commit() {
+		return false
+	}
+	g.stop = sayGoingOn(g.env, g.cmd, g.name)
+	return true
+}
+
+func (g *goingOn) end() {
+	if g.stop != nil {
+		g.stop()
+	}
+}
+
 // vmStatus is one VM as `status --json` shows it.
 type vmStatus struct {
 	Name   string `json:"name"`
@@ -150,7 +176,7 @@ func ageWords(d time.Duration) string {
 }
 
 func runStatus(env Env, o *Options) int {
-	ctx := context.Background()
+	ctx := env.ctx()
 	row := "%-20s %-13s %-11s %-21s %-5s %s\n"
 	print := func(s vmStatus) {
 		if o.JSON {

@@ -30,10 +30,11 @@ func TestStepLinesShowTheirDuration(t *testing.T) {
 	now = now.Add(59*time.Second + 960*time.Millisecond)
 	out.Done("")
 
-	want := "[1/4] ✓ Waiting for SSH: 127.0.0.1:39331 (35.2 s)\n" +
-		"[2/4] — Provisioning: no playbook (0.0 s)\n" +
-		"[3/4] ✗ Waiting for cloud-init: timed out (5 min 13 s)\n" +
-		"[4/4] ✓ Checking libvirt (1 min 0 s)\n"
+	// Off a terminal each step also says when it begins (no spinner there).
+	want := "[1/4] Waiting for SSH …\n[1/4] ✓ Waiting for SSH: 127.0.0.1:39331 (35.2 s)\n" +
+		"[2/4] Provisioning …\n[2/4] — Provisioning: no playbook (0.0 s)\n" +
+		"[3/4] Waiting for cloud-init …\n[3/4] ✗ Waiting for cloud-init: timed out (5 min 13 s)\n" +
+		"[4/4] Checking libvirt …\n[4/4] ✓ Checking libvirt (1 min 0 s)\n"
 	if diff := cmp.Diff(want, human.String()); diff != "" {
 		t.Errorf("human lines (-want +got):\n%s", diff)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os/exec"
 	"path/filepath"
 	"time"
 )
@@ -52,7 +54,7 @@ func runUp(env Env, o *Options) int {
 		}
 	}
 	u.virsh = newVirsh(env.Runner, o.Connect)
-	ctx := context.Background()
+	ctx := env.ctx()
 	if err := checkLibvirt(ctx, u.virsh); err != nil {
 		return reportError(out, err)
 	}
@@ -88,6 +90,9 @@ func runUp(env Env, o *Options) int {
 	// VM (a wipe, a redefinition) or starts it: a run refused, failed or killed
 	// before that leaves it describing the VM as it was.
 	u.holdJournal = exists
+	if !env.commit() { // from here the controller handles the signals
+		return exitFailed // a signal ended it: the guard has its code
+	}
 	return u.run()
 }
 
@@ -173,25 +178,41 @@ func inherit(o *Options, j *Journal) error {
 	return nil
 }
 
+// libvirtTimeout bounds the first question to libvirt; tests shorten it.
+var libvirtTimeout = 30 * time.Second
+
 // checkLibvirt turns "virsh missing" and "libvirtd down" into one clear error.
-func checkLibvirt(ctx context.Context, v *Virsh) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+func checkLibvirt(parent context.Context, v *Virsh) error {
+	ctx, cancel := context.WithTimeout(parent, libvirtTimeout)
 	defer cancel()
 	err := v.Reachable(ctx)
 	if err == nil {
 		return nil
 	}
 	var ee *ExitError
-	if errors.As(err, &ee) {
+	switch {
+	case errors.As(err, &ee):
 		return &hintedError{
 			msg:  fmt.Sprintf("cannot reach libvirt at %s: %v", v.uri, err),
 			hint: fmt.Sprintf("start libvirtd, and run `virsh -c %s uri` to check that it lets you in", v.uri),
 		}
+	case parent.Err() != nil:
+		return parent.Err() // a signal: the command ends with its code
+	case errors.Is(err, context.DeadlineExceeded):
+		// virsh runs but libvirtd does not answer: stuck, or its socket
+		// taken by something that never replies. Not a missing client.
+		return &hintedError{
+			msg: fmt.Sprintf("libvirt did not answer within %s (virsh -c %s uri)", libvirtTimeout, v.uri),
+			hint: fmt.Sprintf("check that libvirtd runs and answers: `systemctl status libvirtd` (or virtqemud), "+
+				"and `virsh -c %s version` should answer at once", v.uri),
+		}
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+		return &hintedError{
+			msg:  err.Error(),
+			hint: "install libvirt's client (Debian: `apt-get install libvirt-clients`), or set VMUP_VIRSH to its path",
+		}
 	}
-	return &hintedError{
-		msg:  err.Error(),
-		hint: "install libvirt's client (Debian: `apt-get install libvirt-clients`), or set VMUP_VIRSH to its path",
-	}
+	return err
 }
 
 func absPath(p string) string {
