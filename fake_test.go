@@ -708,6 +708,10 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	if onCall != nil {
 		onCall(short)
 	}
+	// As exec.CommandContext: a command is not started once its context is done.
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
 	if c.Started != nil {
 		c.Started(999999)
 	}

@@ -245,7 +245,10 @@ func (p *pruner) removeBase(vol string, d, mark volDetails, marked bool) (gone b
 		return false, err
 	}
 	defer func() {
-		if derr := v.VolDelete(p.ctx, pool, token); derr != nil && err == nil {
+		// Also after a signal: every up of this base waits while the token is there.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), 10*time.Second)
+		defer cancel()
+		if derr := v.VolDelete(ctx, pool, token); derr != nil && err == nil {
 			err = fmt.Errorf("cannot delete %s (every up of base %s waits while it is there): %w", token, vol, derr)
 		}
 	}()

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -230,5 +231,41 @@ func TestPruneRemovesOnlyTheTokenOfAKilledPrune(t *testing.T) {
 	if s.has(basePruning(stale)) || !s.has(basePruning(busy)) || !s.has(busy) {
 		t.Errorf("tokens: stale there %v, fresh there %v; base under the fresh one there %v\n%s",
 			s.has(basePruning(stale)), s.has(basePruning(busy)), s.has(busy), s.stderr)
+	}
+}
+
+// A Ctrl+C while prune decides on a base under its token: the token goes with
+// it, or every up of that base would wait for it and then fail.
+func TestPruneInterruptedRemovesItsToken(t *testing.T) {
+	s := newPruneSetup(t)
+	base := "vmup-base-" + hex16("debian") + ".qcow2"
+	s.vol(base, "", longAgo)
+	s.vol(baseMark(base), "", longAgo)
+	sigs := make(chan os.Signal, 1)
+	out := newOutput(s.stderr, s.events, "")
+	env := Env{Runner: s.fake, Clock: realClock{}, Home: s.home, Out: out}
+	env.Abort = newAbortGuard(sigs, out, abortExit)
+	interrupted := false
+	s.fake.onCall = func(args []string) {
+		if !interrupted && s.has(basePruning(base)) && len(args) > 1 && args[1] == "vol-dumpxml" {
+			interrupted = true
+			sigs <- syscall.SIGINT
+			<-env.Abort.ctx.Done()
+		}
+	}
+	o := defaultOptions()
+	o.Connect = "qemu:///system"
+	code := env.Abort.run(func() int { return runPrune(env, o) })
+	if !interrupted {
+		t.Fatalf("prune never listed the pool under its token; calls %v", s.fake.calls)
+	}
+	if code != exitSIGINT {
+		t.Errorf("prune interrupted: exit %d, want %d", code, exitSIGINT)
+	}
+	if s.has(basePruning(base)) {
+		t.Errorf("prune interrupted under its token left %s: every up of %s would wait for it", basePruning(base), base)
+	}
+	if !s.has(base) {
+		t.Errorf("prune interrupted before it decided deleted %s", base)
 	}
 }
