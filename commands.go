@@ -17,9 +17,10 @@ import (
 
 // lockVM takes the VM's lock for a command that works on it, or says who holds it.
 func lockVM(out *Output, paths Paths, cmd string) (*Lock, int) {
-	lock, holder, err := tryLock(paths.Lock, cmd)
+	lock, _, err := tryLock(paths.Lock, cmd)
 	if errors.Is(err, errLocked) {
-		return nil, reportError(out, &hintedError{msg: fmt.Sprintf("VM %s is busy (pid %d)", paths.Name(), holder), code: exitBusy})
+		rec, _ := lockHolder(paths.Lock)
+		return nil, reportError(out, &hintedError{msg: fmt.Sprintf("VM %s is busy: %s is working on it", paths.Name(), rec.describe()), code: exitBusy})
 	}
 	if err != nil {
 		return nil, reportError(out, err)

@@ -418,7 +418,8 @@ type lockRecord struct {
 	Command string
 }
 
-var lockCommands = []string{"up", "down", "destroy", "provision"}
+// lockCommands are the commands that take a lock; a record naming another is no record.
+var lockCommands = []string{"up", "down", "destroy", "provision", "reset", "prune"}
 
 // parseLockRecord accepts exactly what tryLock writes; anything else (an
 // older vmup's bare pid, a half-written file) is no record.

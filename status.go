@@ -39,7 +39,7 @@ type vmStatus struct {
 	Address  string   `json:"address,omitempty"`
 	Forwards []string `json:"forwards"`
 	PID      int      `json:"pid,omitempty"`
-	// Holder is the vmup command that holds the VM's lock: up, down, destroy, provision.
+	// Holder is the vmup command that holds the VM's lock: up, down, destroy, provision, reset.
 	Holder string `json:"holder,omitempty"`
 	// Created is when the VM was made and AgeSeconds how long ago; both are
 	// absent when its journal does not say (one of an older vmup).
