@@ -116,7 +116,7 @@ func TestStatusNamesLockHolder(t *testing.T) {
 	defer lock.Unlock()
 	env := h.env
 	env.Out = h.out()
-	s := statusOf(context.Background(), env, "v1")
+	s, _ := statusOf(context.Background(), env, "v1")
 	if s.PID != os.Getpid() || s.Holder != "destroy" || s.Phase != "detached" {
 		t.Errorf("status = %+v; want pid %d, holder destroy, phase detached", s, os.Getpid())
 	}

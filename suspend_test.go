@@ -121,7 +121,7 @@ func TestDownSuspendSavesTheVM(t *testing.T) {
 		t.Errorf("managed save %v, journal phase %s; want a save and phase saved", h.fake.world.ManagedSave["v1"], h.journal().Phase)
 	}
 	// status shows it saved; down of a saved VM keeps it saved.
-	if s := statusOf(t.Context(), h.env, "v1"); s.Domain != "saved" || s.Phase != "saved" {
+	if s, _ := statusOf(t.Context(), h.env, "v1"); s.Domain != "saved" || s.Phase != "saved" {
 		t.Errorf("status = %+v; want domain and phase saved", s)
 	}
 	if code := h.down(); code != 0 || !h.fake.world.ManagedSave["v1"] {
