@@ -363,16 +363,64 @@ func domainVolumes(ctx context.Context, v *Virsh, pool, name string) ([]string, 
 	}
 	// The seed the domain does not boot from now (the later one, during the
 	// first boot), and the disk a provisioned state froze, are named by no
-	// definition, but they are this VM's all the same.
+	// definition: taken by name only when nothing says they are another's.
+	var extra []string
 	for _, vol := range []string{name + ".qcow2", runDiskVolume(name), firstSeedVolume(name), laterSeedVolume(name)} {
 		if slices.Contains(vols, vol) {
 			continue
 		}
 		if exists, err := v.VolExists(ctx, pool, vol); err == nil && exists {
-			vols = append(vols, vol)
+			extra = append(extra, vol)
 		}
 	}
+	if len(extra) == 0 {
+		return vols, nil
+	}
+	others, err := otherDomainsFiles(ctx, v, name)
+	if err != nil {
+		return nil, err
+	}
+	for _, vol := range extra {
+		path, err := v.VolPath(ctx, pool, vol)
+		if err != nil || others[path] {
+			continue
+		}
+		// NAME-run.qcow2 is also VM NAME-run's disk: NAME's own is an
+		// overlay on NAME.qcow2 beside it.
+		if vol == runDiskVolume(name) {
+			backing, err := v.VolBacking(ctx, pool, vol)
+			if err != nil || backing != filepath.Join(filepath.Dir(path), name+".qcow2") {
+				continue
+			}
+		}
+		vols = append(vols, vol)
+	}
 	return vols, nil
+}
+
+// otherDomainsFiles is every file that a domain other than name names.
+func otherDomainsFiles(ctx context.Context, v *Virsh, name string) (map[string]bool, error) {
+	states, err := v.DomStates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	files := map[string]bool{}
+	for other := range states {
+		if other == name {
+			continue
+		}
+		xml, err := v.DumpXML(ctx, other)
+		if errors.Is(err, errNotFound) {
+			continue // undefined meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range domainFileRE.FindAllStringSubmatch(xml, -1) {
+			files[m[1]] = true
+		}
+	}
+	return files, nil
 }
 
 var domainFileRE = regexp.MustCompile(`(?:file=['"]|<kernel>|<initrd>)(/[^'"<]+)`)

@@ -76,25 +76,58 @@ func TestDestroyByNameKeepsVolumesOfVMsNamedLikeIt(t *testing.T) {
 }
 
 // web's own frozen disk (web-run.qcow2 backed by web.qcow2) is provably web's
-// and goes with it; one backed by anything else is not web's and stays.
+// and goes with it; one backed by anything else, or that another domain's
+// definition names, is not web's and stays.
 func TestDestroyByNameTakesTheRunDiskOnlyOverItsOwnBase(t *testing.T) {
 	for _, c := range []struct {
-		backing string
-		deleted bool
-	}{{"/pool/vmup/web.qcow2", true}, {"/pool/vmup/vmup-base-0123456789abcdef.qcow2", false}, {"", false}} {
+		backing, namedBy string
+		deleted          bool
+	}{
+		{"/pool/vmup/web.qcow2", "", true},
+		{"/pool/vmup/vmup-base-0123456789abcdef.qcow2", "", false},
+		{"", "", false},
+		{"/pool/vmup/web.qcow2", "other", false},
+	} {
 		h := newHarness(t)
 		if code := h.wait(h.up("web", "--image", h.image, "--domain-type", "qemu", "--network", "user", "-d")); code != 0 {
 			t.Fatalf("up web: exit %d\n%s", code, h.stderr)
 		}
 		h.fake.world.Volumes["vmup/web-run.qcow2"] = true
 		h.fake.world.Backing["vmup/web-run.qcow2"] = c.backing
+		if c.namedBy != "" {
+			h.fake.world.Domains[c.namedBy] = "shut off"
+			h.fake.world.XML[c.namedBy] = "<domain><devices><disk type='file'><source file='/pool/vmup/web-run.qcow2'/></disk></devices></domain>"
+		}
 		untrustJournal(t, h.env.Home, "web")
 		if code := h.run("destroy", "web"); code != 0 {
 			t.Fatalf("destroy web: exit %d\n%s", code, h.stderr)
 		}
 		if gone := !h.fake.world.Volumes["vmup/web-run.qcow2"]; gone != c.deleted {
-			t.Errorf("web-run.qcow2 backed by %q: deleted %v, want %v\n%s", c.backing, gone, c.deleted, h.stderr)
+			t.Errorf("web-run.qcow2 backed by %q, named by domain %q: deleted %v, want %v\n%s", c.backing, c.namedBy, gone, c.deleted, h.stderr)
 		}
+	}
+}
+
+// A seed of web's name that another domain boots from is not web's.
+func TestDestroyByNameKeepsASeedAnotherDomainNames(t *testing.T) {
+	h := newHarness(t)
+	if code := h.wait(h.up("web", "--image", h.image, "--domain-type", "qemu", "--network", "user", "-d")); code != 0 {
+		t.Fatalf("up web: exit %d\n%s", code, h.stderr)
+	}
+	// web boots from its later seed now; its first seed is named by no
+	// definition of web's.
+	h.fake.world.Volumes["vmup/web-seed.iso"] = true
+	h.fake.world.Domains["other"] = "running"
+	h.fake.world.XML["other"] = "<domain><devices><disk type='file'><source file='/pool/vmup/web-seed.iso'/></disk></devices></domain>"
+	untrustJournal(t, h.env.Home, "web")
+	if code := h.run("destroy", "web"); code != 0 {
+		t.Fatalf("destroy web: exit %d\n%s", code, h.stderr)
+	}
+	if !h.fake.world.Volumes["vmup/web-seed.iso"] {
+		t.Errorf("destroy web deleted web-seed.iso, which domain other boots from\n%s", h.stderr)
+	}
+	if h.fake.world.Volumes["vmup/web.qcow2"] {
+		t.Errorf("destroy web left its disk\n%s", h.stderr)
 	}
 }
 
