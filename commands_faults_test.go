@@ -272,6 +272,14 @@ func TestKilledProvisionsChildIsReapedByUp(t *testing.T) {
 	}
 }
 
+func TestKilledProvisionsChildIsReapedByProvision(t *testing.T) {
+	r, child := killedProvision(t)
+	if out, code := r.vmup("provision", "v1"); code != 0 {
+		t.Fatalf("provision: exit %d\n%s", code, out)
+	}
+	waitGone(t, child, "ansible's child of a killed `vmup provision`, after the next provision")
+}
+
 // A provision journals its playbook's group while it runs, and clears it.
 func TestProvisionClearsItsPlaybookGroup(t *testing.T) {
 	h := newHarness(t)
