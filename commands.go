@@ -75,11 +75,6 @@ func runsUp(pid int) bool {
 	return err == nil && len(args) > 1 && args[1] == "up"
 }
 
-// askToStop sends the recorded `up` vmup's own stop request, SIGUSR2: a
-// SIGTERM that never saves, also under --suspend-on-stop (where a SIGTERM
-// from elsewhere saves), since `down` and `destroy` mean to stop the VM.
-func (r lockRecord) askToStop() error { return r.signal(unix.SIGUSR2) }
-
 // signal sends sig to the recorded process and to no other: through a
 // pidfd, opened before the start time is checked again, a pid reused after
 // the check is never the one signalled.
@@ -101,19 +96,39 @@ func (r lockRecord) signal(sig unix.Signal) error {
 	return unix.PidfdSendSignal(fd, sig, nil, 0)
 }
 
-// askOwnerToStop sends SIGTERM to the `up` holding the VM's lock (as
-// upHolding proved) and waits for it to let go.
-func askOwnerToStop(env Env, paths Paths, up lockRecord, cmd string, timeout time.Duration) (*Lock, error) {
-	if err := up.askToStop(); err != nil && !errors.Is(err, unix.ESRCH) {
+// askOwnerToStop sends the `up` holding the VM's lock (as upHolding proved)
+// sig, its stop (SIGUSR2) or force-off (sigForceStop) request, and waits
+// for it to let go: timeout, and longer while that up is shutting the VM
+// down, which its own --shutdown-timeout and force-off end.
+func askOwnerToStop(paths Paths, up lockRecord, sig unix.Signal, cmd string, timeout time.Duration) (*Lock, error) {
+	if err := up.signal(sig); err != nil && !errors.Is(err, unix.ESRCH) {
 		return nil, fmt.Errorf("cannot signal vmup pid %d: %w", up.PID, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	l, err := waitLock(ctx, paths.Lock, cmd)
-	if errors.Is(err, errLocked) {
-		return nil, fmt.Errorf("vmup pid %d did not stop within %s", up.PID, timeout)
+	wait := func(d time.Duration) (*Lock, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return waitLock(ctx, paths.Lock, cmd)
+	}
+	l, err := wait(timeout)
+	for errors.Is(err, errLocked) {
+		if now, ok := upHolding(paths.Lock); !ok || now != up || journalPhase(paths) != Stopping {
+			// It may be letting go just now (its record goes first).
+			if l, err = wait(2 * time.Second); errors.Is(err, errLocked) {
+				return nil, fmt.Errorf("vmup pid %d did not stop within %s", up.PID, timeout)
+			}
+			break
+		}
+		l, err = wait(time.Second)
 	}
 	return l, err
+}
+
+// journalPhase is the phase the VM's journal records, noPhase if none.
+func journalPhase(paths Paths) Phase {
+	if j, err := readJournal(paths); err == nil && j != nil {
+		return j.Phase
+	}
+	return noPhase
 }
 
 // waitBusy waits a few seconds for a holder of the VM's lock that is no
@@ -164,9 +179,13 @@ func runDown(env Env, o *Options) int {
 			if o.Suspend {
 				out.Say("saving", "Asking vmup pid %d to save VM %s", up.PID, o.Name)
 				lock, err = askUpToSuspend(paths, up, "down", o.ShutdownTimeout+30*time.Second)
+			} else if o.Force {
+				out.Say("stopping", "Asking vmup pid %d to force VM %s off", up.PID, o.Name)
+				lock, err = askOwnerToStop(paths, up, sigForceStop, "down", 30*time.Second)
 			} else {
+				// An up already shutting the VM down goes on doing so.
 				out.Say("stopping", "Asking vmup pid %d to shut VM %s down", up.PID, o.Name)
-				lock, err = askOwnerToStop(env, paths, up, "down", o.ShutdownTimeout+30*time.Second)
+				lock, err = askOwnerToStop(paths, up, unix.SIGUSR2, "down", o.ShutdownTimeout+30*time.Second)
 			}
 			if err != nil {
 				return reportError(out, err)
@@ -268,7 +287,7 @@ func runDestroy(env Env, o *Options) int {
 	if errors.Is(err, errLocked) {
 		if up, ok := upHolding(paths.Lock); ok {
 			out.Say("stopping", "Asking vmup pid %d to stop VM %s first", up.PID, o.Name)
-			lock, err = askOwnerToStop(env, paths, up, "destroy", 2*time.Minute)
+			lock, err = askOwnerToStop(paths, up, unix.SIGUSR2, "destroy", 2*time.Minute)
 		} else {
 			var code int
 			if lock, code = waitBusy(env, paths, "destroy"); lock == nil {

@@ -418,7 +418,6 @@ type lockRecord struct {
 	Command string
 }
 
-// lockCommands are the commands that take a lock; a record naming another is no record.
 var lockCommands = []string{"up", "down", "destroy", "provision", "reset", "prune"}
 
 // parseLockRecord accepts exactly what tryLock writes; anything else (an

@@ -95,7 +95,7 @@ func TestOnlyAProvenUpIsSignalled(t *testing.T) {
 
 	// The signal itself goes to nobody whose start time differs.
 	stale := lockRecord{PID: sleep.Process.Pid, Start: sleepStart + 1, Command: "up"}
-	if err := stale.askToStop(); err != unix.ESRCH {
+	if err := stale.signal(unix.SIGUSR2); err != unix.ESRCH {
 		t.Errorf("a stop request to a reused pid: %v, want ESRCH", err)
 	}
 	select {

@@ -64,8 +64,11 @@ func TestSignalEventSuspends(t *testing.T) {
 			t.Errorf("%s under --suspend-on-stop after the first boot = %s, want suspend", sig, got)
 		}
 	}
-	if got := signalEvent(syscall.SIGUSR2, false, true); got != EvTerminate {
-		t.Errorf("SIGUSR2 (down's stop request) under --suspend-on-stop = %s, want terminate", got)
+	if got := signalEvent(syscall.SIGUSR2, false, true); got != EvStop {
+		t.Errorf("SIGUSR2 (down's stop request) under --suspend-on-stop = %s, want stop", got)
+	}
+	if got := signalEvent(sigForceStop, false, true); got != EvForceStop {
+		t.Errorf("sigForceStop (down --force) under --suspend-on-stop = %s, want force_stop", got)
 	}
 	if got := signalEvent(syscall.SIGINT, true, false); got != EvInterruptAgain {
 		t.Errorf("SIGINT in the window without stopSaves = %s", got)
