@@ -17,9 +17,10 @@ import (
 
 // lockVM takes the VM's lock for a command that works on it, or says who holds it.
 func lockVM(out *Output, paths Paths, cmd string) (*Lock, int) {
-	lock, holder, err := tryLock(paths.Lock, cmd)
+	lock, _, err := tryLock(paths.Lock, cmd)
 	if errors.Is(err, errLocked) {
-		return nil, reportError(out, &hintedError{msg: fmt.Sprintf("VM %s is busy (pid %d)", paths.Name(), holder), code: exitBusy})
+		rec, _ := lockHolder(paths.Lock)
+		return nil, reportError(out, &hintedError{msg: fmt.Sprintf("VM %s is busy: %s is working on it", paths.Name(), rec.describe()), code: exitBusy})
 	}
 	if err != nil {
 		return nil, reportError(out, err)
@@ -74,11 +75,6 @@ func runsUp(pid int) bool {
 	return err == nil && len(args) > 1 && args[1] == "up"
 }
 
-// askToStop sends the recorded `up` vmup's own stop request, SIGUSR2: a
-// SIGTERM that never saves, also under --suspend-on-stop (where a SIGTERM
-// from elsewhere saves), since `down` and `destroy` mean to stop the VM.
-func (r lockRecord) askToStop() error { return r.signal(unix.SIGUSR2) }
-
 // signal sends sig to the recorded process and to no other: through a
 // pidfd, opened before the start time is checked again, a pid reused after
 // the check is never the one signalled.
@@ -100,19 +96,39 @@ func (r lockRecord) signal(sig unix.Signal) error {
 	return unix.PidfdSendSignal(fd, sig, nil, 0)
 }
 
-// askOwnerToStop sends SIGTERM to the `up` holding the VM's lock (as
-// upHolding proved) and waits for it to let go.
-func askOwnerToStop(env Env, paths Paths, up lockRecord, cmd string, timeout time.Duration) (*Lock, error) {
-	if err := up.askToStop(); err != nil && !errors.Is(err, unix.ESRCH) {
+// askOwnerToStop sends the `up` holding the VM's lock (as upHolding proved)
+// sig, its stop (SIGUSR2) or force-off (sigForceStop) request, and waits
+// for it to let go: timeout, and longer while that up is shutting the VM
+// down, which its own --shutdown-timeout and force-off end.
+func askOwnerToStop(paths Paths, up lockRecord, sig unix.Signal, cmd string, timeout time.Duration) (*Lock, error) {
+	if err := up.signal(sig); err != nil && !errors.Is(err, unix.ESRCH) {
 		return nil, fmt.Errorf("cannot signal vmup pid %d: %w", up.PID, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	l, err := waitLock(ctx, paths.Lock, cmd)
-	if errors.Is(err, errLocked) {
-		return nil, fmt.Errorf("vmup pid %d did not stop within %s", up.PID, timeout)
+	wait := func(d time.Duration) (*Lock, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return waitLock(ctx, paths.Lock, cmd)
+	}
+	l, err := wait(timeout)
+	for errors.Is(err, errLocked) {
+		if now, ok := upHolding(paths.Lock); !ok || now != up || journalPhase(paths) != Stopping {
+			// It may be letting go just now (its record goes first).
+			if l, err = wait(2 * time.Second); errors.Is(err, errLocked) {
+				return nil, fmt.Errorf("vmup pid %d did not stop within %s", up.PID, timeout)
+			}
+			break
+		}
+		l, err = wait(time.Second)
 	}
 	return l, err
+}
+
+// journalPhase is the phase the VM's journal records, noPhase if none.
+func journalPhase(paths Paths) Phase {
+	if j, err := readJournal(paths); err == nil && j != nil {
+		return j.Phase
+	}
+	return noPhase
 }
 
 // waitBusy waits a few seconds for a holder of the VM's lock that is no
@@ -167,9 +183,13 @@ func runDown(env Env, o *Options) int {
 			if o.Suspend {
 				out.Say("saving", "Asking vmup pid %d to save VM %s", up.PID, o.Name)
 				lock, err = askUpToSuspend(paths, up, "down", o.ShutdownTimeout+30*time.Second)
+			} else if o.Force {
+				out.Say("stopping", "Asking vmup pid %d to force VM %s off", up.PID, o.Name)
+				lock, err = askOwnerToStop(paths, up, sigForceStop, "down", 30*time.Second)
 			} else {
+				// An up already shutting the VM down goes on doing so.
 				out.Say("stopping", "Asking vmup pid %d to shut VM %s down", up.PID, o.Name)
-				lock, err = askOwnerToStop(env, paths, up, "down", o.ShutdownTimeout+30*time.Second)
+				lock, err = askOwnerToStop(paths, up, unix.SIGUSR2, "down", o.ShutdownTimeout+30*time.Second)
 			}
 			if err != nil {
 				return reportError(out, err)
@@ -278,7 +298,7 @@ func runDestroy(env Env, o *Options) int {
 				return exitFailed // a signal ended it: the guard has its code
 			}
 			out.Say("stopping", "Asking vmup pid %d to stop VM %s first", up.PID, o.Name)
-			lock, err = askOwnerToStop(env, paths, up, "destroy", 2*time.Minute)
+			lock, err = askOwnerToStop(paths, up, unix.SIGUSR2, "destroy", 2*time.Minute)
 		} else {
 			var code int
 			if lock, code = waitBusy(env, paths, "destroy"); lock == nil {
@@ -376,16 +396,64 @@ func domainVolumes(ctx context.Context, v *Virsh, pool, name string) ([]string, 
 	}
 	// The seed the domain does not boot from now (the later one, during the
 	// first boot), and the disk a provisioned state froze, are named by no
-	// definition, but they are this VM's all the same.
+	// definition: taken by name only when nothing says they are another's.
+	var extra []string
 	for _, vol := range []string{name + ".qcow2", runDiskVolume(name), firstSeedVolume(name), laterSeedVolume(name)} {
 		if slices.Contains(vols, vol) {
 			continue
 		}
 		if exists, err := v.VolExists(ctx, pool, vol); err == nil && exists {
-			vols = append(vols, vol)
+			extra = append(extra, vol)
 		}
 	}
+	if len(extra) == 0 {
+		return vols, nil
+	}
+	others, err := otherDomainsFiles(ctx, v, name)
+	if err != nil {
+		return nil, err
+	}
+	for _, vol := range extra {
+		path, err := v.VolPath(ctx, pool, vol)
+		if err != nil || others[path] {
+			continue
+		}
+		// NAME-run.qcow2 is also VM NAME-run's disk: NAME's own is an
+		// overlay on NAME.qcow2 beside it.
+		if vol == runDiskVolume(name) {
+			backing, err := v.VolBacking(ctx, pool, vol)
+			if err != nil || backing != filepath.Join(filepath.Dir(path), name+".qcow2") {
+				continue
+			}
+		}
+		vols = append(vols, vol)
+	}
 	return vols, nil
+}
+
+// otherDomainsFiles is every file that a domain other than name names.
+func otherDomainsFiles(ctx context.Context, v *Virsh, name string) (map[string]bool, error) {
+	states, err := v.DomStates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	files := map[string]bool{}
+	for other := range states {
+		if other == name {
+			continue
+		}
+		xml, err := v.DumpXML(ctx, other)
+		if errors.Is(err, errNotFound) {
+			continue // undefined meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range domainFileRE.FindAllStringSubmatch(xml, -1) {
+			files[m[1]] = true
+		}
+	}
+	return files, nil
 }
 
 var domainFileRE = regexp.MustCompile(`(?:file=['"]|<kernel>|<initrd>)(/[^'"<]+)`)

@@ -561,7 +561,7 @@ func TestBinaryDownRefusesFirstBootDestroyAbortsIt(t *testing.T) {
 	if code != exitBusy || !strings.Contains(out, "vmup: hint:") {
 		t.Fatalf("down during the first boot: exit %d, want 5 with a hint\n%s", code, out)
 	}
-	if out, code := r.vmup("up", "v1"); code != exitBusy || !strings.Contains(out, "is busy (pid") {
+	if out, code := r.vmup("up", "v1"); code != exitBusy || !strings.Contains(out, fmt.Sprintf("is busy: vmup up (pid %d) is working on it", r.cmd.Process.Pid)) {
 		t.Errorf("a second up: exit %d, want 5\n%s", code, out)
 	}
 	out, code = r.vmup("destroy", "v1")

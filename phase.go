@@ -94,6 +94,8 @@ const (
 	EvPreparedReset      // prepared a reset to the provisioned state
 	EvResetDone          // the VM is back in its provisioned state (running, or shut off to boot)
 	EvResetFailed
+	EvStop      // SIGUSR2: `vmup down` or `destroy` asks a foreground up to stop; never saves
+	EvForceStop // sigForceStop: `vmup down --force` asks it to power the VM off at once
 	numEvents
 )
 
@@ -108,6 +110,7 @@ var eventNames = [numEvents]string{
 	EvCompletedMeanwhile: "completed_meanwhile",
 	EvSuspend:            "suspend", EvSaved: "saved", EvSaveFailed: "save_failed",
 	EvPreparedReset: "prepared_reset", EvResetDone: "reset_done", EvResetFailed: "reset_failed",
+	EvStop: "stop", EvForceStop: "force_stop",
 }
 
 func (e Event) String() string {
@@ -198,6 +201,9 @@ var table = [numPhases]map[Event]Transition{
 		EvPrepareFailed:     to(Wiping, exitFailed, ActReportFailure, ActRemovePartial),
 		EvPrepareRejected:   to(Wiping, exitUsage, ActReportFailure, ActRemovePartial),
 		EvPreparedReset:     to(Resetting, keep, ActReset),
+		// Another vmup's request: a stop stops this run as SIGTERM does.
+		EvStop:      to(Wiping, exitSIGTERM, ActStopWork, ActRemovePartial),
+		EvForceStop: to(Wiping, exitSIGTERM, ActStopWork, ActRemovePartial),
 	},
 	// First boot: one Ctrl+C only warns; a confirmed one, SIGTERM or SIGHUP wipes the VM.
 	Starting: {
@@ -209,6 +215,10 @@ var table = [numPhases]map[Event]Transition{
 		EvReady:          to(Provisioning, keep, ActRunPlaybook),
 		EvBootTimeout:    to(Failed, exitFailed, ActStopWork, ActReportFailure),
 		EvBootFailed:     to(Failed, exitFailed, ActStopWork, ActReportFailure),
+		// destroy's stop; down refuses a first boot, and a force meanwhile
+		// is a stop (a wipe keeps a first boot recorded complete).
+		EvStop:      to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
+		EvForceStop: to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 	},
 	Provisioning: {
 		EvInterrupt:      to(Provisioning, keep, ActWarnConfirm),
@@ -220,6 +230,8 @@ var table = [numPhases]map[Event]Transition{
 		EvProvisioned:     to(Running, keep, ActEnterRunning),
 		EvProvisionFailed: to(Failed, exitProvision, ActReportFailure),
 		EvRecordFailed:    to(Failed, exitFailed, ActReportFailure),
+		EvStop:            to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
+		EvForceStop:       to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 	},
 	// The first boot is over: no interrupt can wipe anything, each one shuts down.
 	Booting: {
@@ -232,6 +244,8 @@ var table = [numPhases]map[Event]Transition{
 		EvReady:          to(Running, keep, ActEnterRunning),
 		EvBootTimeout:    to(Failed, exitFailed, ActStopWork, ActReportFailure),
 		EvBootFailed:     to(Failed, exitFailed, ActStopWork, ActReportFailure),
+		EvStop:           to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvForceStop:      to(Stopping, exitOK, ActStopWork, ActForceOff),
 	},
 	Running: {
 		EvInterrupt:      to(Stopping, exitOK, ActStopWork, ActShutdown),
@@ -241,6 +255,8 @@ var table = [numPhases]map[Event]Transition{
 		EvDomainStopped:  to(Stopped, exitOK, ActStopWork, ActSayStoppedExternally),
 		EvSuspend:        to(Suspending, exitOK, ActStopWork, ActSave),
 		EvDetach:         to(Detached, exitOK),
+		EvStop:           to(Stopping, exitOK, ActStopWork, ActShutdown),
+		EvForceStop:      to(Stopping, exitOK, ActStopWork, ActForceOff),
 	},
 	// Impatience or a timeout forces the VM off.
 	Stopping: {
@@ -251,6 +267,7 @@ var table = [numPhases]map[Event]Transition{
 		EvShutdownTimeout: to(Stopping, keep, ActForceOff),
 		EvDomainStopped:   to(Stopped, keep),
 		EvForceOffFailed:  to(StopFailed, exitStopFailed, ActReportFailure),
+		EvForceStop:       to(Stopping, keep, ActForceOff),
 	},
 	// A save is quick and all or nothing: signals are acknowledged and wait for it.
 	// A failed one leaves the VM running.
@@ -262,6 +279,8 @@ var table = [numPhases]map[Event]Transition{
 		EvSaved:          to(Saved, keep),
 		EvSaveFailed:     to(StopFailed, exitStopFailed, ActReportFailure),
 		EvDomainStopped:  to(Stopped, keep), // the guest powered off instead
+		EvStop:           to(Suspending, keep, ActSayBusySaving),
+		EvForceStop:      to(Suspending, keep, ActSayBusySaving),
 	},
 	// Cut short, a reset would leave neither state: it runs to its end, then boots.
 	Resetting: {
@@ -271,6 +290,8 @@ var table = [numPhases]map[Event]Transition{
 		EvHangup:         to(Resetting, keep, ActSayBusyResetting),
 		EvResetDone:      to(Booting, keep, ActStartBoot),
 		EvResetFailed:    to(Failed, exitFailed, ActReportFailure),
+		EvStop:           to(Resetting, keep, ActSayBusyResetting),
+		EvForceStop:      to(Resetting, keep, ActSayBusyResetting),
 	},
 	// Signals are acknowledged and otherwise ignored.
 	Wiping: {
@@ -280,6 +301,8 @@ var table = [numPhases]map[Event]Transition{
 		EvHangup:         to(Wiping, keep, ActSayAlreadyAborting),
 		EvWipeDone:       to(Aborted, keep),
 		EvWipeFailed:     to(Failed, exitFailed, ActReportFailure),
+		EvStop:           to(Wiping, keep, ActSayAlreadyAborting),
+		EvForceStop:      to(Wiping, keep, ActSayAlreadyAborting),
 		// An abort that came after the first boot was recorded complete keeps the VM.
 		EvCompletedMeanwhile: to(Stopping, keep, ActShutdown),
 	},
@@ -322,8 +345,10 @@ var ignored = [numPhases][]Event{
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
 	},
-	// A shutdown under way is not turned into a save.
+	// A shutdown under way is not turned into a save, and another vmup's
+	// stop (not --force) lets it run its course.
 	Stopping: {
+		EvStop,
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,

@@ -70,6 +70,7 @@ func TestSignalRowsExitCodes(t *testing.T) {
 	want := map[Event][]int{
 		EvInterrupt: {exitSIGINT, exitOK, keep}, EvInterruptAgain: {exitSIGINT, exitOK, keep},
 		EvTerminate: {exitSIGTERM, exitOK, keep}, EvHangup: {exitSIGHUP, exitOK, keep},
+		EvStop: {exitSIGTERM, exitOK, keep}, EvForceStop: {exitSIGTERM, exitOK, keep},
 	}
 	for p := Phase(0); p < numPhases; p++ {
 		for e, codes := range want {

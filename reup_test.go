@@ -31,7 +31,7 @@ func TestRejectedReupKeepsJournalPhase(t *testing.T) {
 		t.Fatalf("exit %d, want 2\n%s", code, h.stderr)
 	}
 	check("rejected while running", Detached)
-	if s := statusOf(context.Background(), h.env, "v1"); s.Phase != "detached" {
+	if s, _ := statusOf(context.Background(), h.env, "v1"); s.Phase != "detached" {
 		t.Errorf("status phase %q, want detached", s.Phase)
 	}
 

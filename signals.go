@@ -27,19 +27,29 @@ func surviveClosedOutput() {
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 }
 
+// sigForceStop is `vmup down --force`'s request to a foreground up: power
+// the VM off at once. A real-time signal (SIGRTMIN+2 as glibc counts), which
+// nothing but vmup sends.
+const sigForceStop = syscall.Signal(36)
+
 // notifyRequests delivers the requests of other vmup commands to a
 // foreground up: SIGUSR1 to save (`down --suspend`), SIGUSR2 to stop
-// (`down`, `destroy`).
-func notifyRequests(ch chan<- os.Signal) { signal.Notify(ch, syscall.SIGUSR1, syscall.SIGUSR2) }
+// (`down`, `destroy`), sigForceStop to force off (`down --force`).
+func notifyRequests(ch chan<- os.Signal) {
+	signal.Notify(ch, syscall.SIGUSR1, syscall.SIGUSR2, sigForceStop)
+}
 
 // signalEvent turns a signal into the controller's event. A SIGINT is a
 // confirmation only while the first-boot window is open. SIGUSR1 asks for a
 // save, and so does any stop signal when stopSaves (--suspend-on-stop, once
-// the first boot completed), but SIGUSR2, the stop `down` and `destroy` ask for.
+// the first boot completed), but not the stop and force-off that `down`
+// and `destroy` ask for.
 func signalEvent(sig os.Signal, windowOpen, stopSaves bool) Event {
 	switch {
 	case sig == syscall.SIGUSR2:
-		return EvTerminate // vmup's own stop request never saves
+		return EvStop // vmup's own stop request never saves
+	case sig == sigForceStop:
+		return EvForceStop
 	case sig == syscall.SIGUSR1 || stopSaves:
 		return EvSuspend
 	}

@@ -121,9 +121,23 @@ func runProvision(env Env, o *Options) int {
 		out.Say("interrupted", "Interrupted: stopping the playbook; VM %s is kept", o.Name)
 		cancel()
 	}()
+	// The playbook's group is journalled while it runs: killed, this vmup
+	// takes ansible-playbook along, and the next up, provision or destroy
+	// reaps what ansible left. An earlier one's group is reaped before.
+	reapGroup(j.PlaybookPGID, paths)
+	journalGroup := func(pgid int) {
+		if cur, err := readJournal(paths); err == nil && cur != nil && cur.PlaybookPGID != pgid {
+			cur.PlaybookPGID = pgid
+			if err := writeJournal(paths, cur); err != nil {
+				out.Warn("cannot write %s: %v", paths.Journal(), err)
+			}
+		}
+	}
+	journalGroup(0)
 	out.Plan(1)
 	out.Step("Provisioning with " + playbook)
-	logPath, err := newAnsible(env.Runner).Run(ctx, paths, s, playbook, args, out.Indented("      "), nil)
+	logPath, err := newAnsible(env.Runner).Run(ctx, paths, s, playbook, args, out.Indented("      "), journalGroup)
+	journalGroup(0)
 	switch {
 	case ctx.Err() != nil:
 		out.Fail("interrupted")

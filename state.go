@@ -418,7 +418,7 @@ type lockRecord struct {
 	Command string
 }
 
-var lockCommands = []string{"up", "down", "destroy", "provision"}
+var lockCommands = []string{"up", "down", "destroy", "provision", "reset", "prune"}
 
 // parseLockRecord accepts exactly what tryLock writes; anything else (an
 // older vmup's bare pid, a half-written file) is no record.

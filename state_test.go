@@ -95,7 +95,7 @@ func TestOnlyAProvenUpIsSignalled(t *testing.T) {
 
 	// The signal itself goes to nobody whose start time differs.
 	stale := lockRecord{PID: sleep.Process.Pid, Start: sleepStart + 1, Command: "up"}
-	if err := stale.askToStop(); err != unix.ESRCH {
+	if err := stale.signal(unix.SIGUSR2); err != unix.ESRCH {
 		t.Errorf("a stop request to a reused pid: %v, want ESRCH", err)
 	}
 	select {
@@ -116,7 +116,7 @@ func TestStatusNamesLockHolder(t *testing.T) {
 	defer lock.Unlock()
 	env := h.env
 	env.Out = h.out()
-	s := statusOf(context.Background(), env, "v1")
+	s, _ := statusOf(context.Background(), env, "v1")
 	if s.PID != os.Getpid() || s.Holder != "destroy" || s.Phase != "detached" {
 		t.Errorf("status = %+v; want pid %d, holder destroy, phase detached", s, os.Getpid())
 	}

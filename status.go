@@ -65,7 +65,7 @@ type vmStatus struct {
 	Address  string   `json:"address,omitempty"`
 	Forwards []string `json:"forwards"`
 	PID      int      `json:"pid,omitempty"`
-	// Holder is the vmup command that holds the VM's lock: up, down, destroy, provision.
+	// Holder is the vmup command that holds the VM's lock: up, down, destroy, provision, reset.
 	Holder string `json:"holder,omitempty"`
 	// Created is when the VM was made and AgeSeconds how long ago; both are
 	// absent when its journal does not say (one of an older vmup).
@@ -73,18 +73,27 @@ type vmStatus struct {
 	AgeSeconds *int64    `json:"age_seconds,omitempty"`
 }
 
-// statusOf is one VM's status, its domain asked of libvirt alone.
-func statusOf(ctx context.Context, env Env, name string) vmStatus {
+// statusOf is one VM's status, its domain asked of libvirt alone, and why
+// libvirt could not say (its domain then "unknown").
+func statusOf(ctx context.Context, env Env, name string) (vmStatus, error) {
 	s, connect := journalStatus(env, name, time.Now())
-	state, reason, err := newVirsh(env.Runner, connect).DomStateReason(ctx, name)
+	v := newVirsh(env.Runner, connect)
+	state, reason, err := v.DomStateReason(ctx, name)
 	s.Domain = domainWord(state, reason, err)
-	return s
+	if err != nil && !errors.Is(err, errNotFound) {
+		if cerr := checkLibvirt(ctx, v); cerr != nil {
+			return s, cerr
+		}
+		return s, fmt.Errorf("cannot ask libvirt at %s about domain %s: %w", connect, name, err)
+	}
+	return s, nil
 }
 
 // statusOfAll is the status of every named VM, from one listing of the
 // domains per libvirt URI: one virsh call each VM would cost ~20 ms apiece.
-func statusOfAll(ctx context.Context, env Env, names []string) []vmStatus {
-	list := make([]vmStatus, len(names))
+// A listing that failed leaves its VMs' domains "unknown" and is in errs.
+func statusOfAll(ctx context.Context, env Env, names []string) (list []vmStatus, errs []error) {
+	list = make([]vmStatus, len(names))
 	byURI := map[string][]int{}
 	now := time.Now()
 	for i, name := range names {
@@ -95,7 +104,10 @@ func statusOfAll(ctx context.Context, env Env, names []string) []vmStatus {
 	for _, uri := range slices.Sorted(maps.Keys(byURI)) {
 		states, err := newVirsh(env.Runner, uri).DomStates(ctx)
 		if err != nil {
-			env.Out.Warn("cannot list the domains at %s: %v", uri, err)
+			errs = append(errs, &hintedError{
+				msg:  fmt.Sprintf("cannot list the domains at %s: %v", uri, err),
+				hint: fmt.Sprintf("start libvirtd, and run `virsh -c %s uri` to check that it lets you in", uri),
+			})
 		}
 		for _, i := range byURI[uri] {
 			st, ok := states[list[i].Name]
@@ -109,7 +121,7 @@ func statusOfAll(ctx context.Context, env Env, names []string) []vmStatus {
 			}
 		}
 	}
-	return list
+	return list, errs
 }
 
 // domainWord is what status shows of a domain: virsh's state word, "saved"
@@ -205,10 +217,17 @@ func runStatus(env Env, o *Options) int {
 		if !o.JSON {
 			fmt.Printf(row, "NAME", "PHASE", "DOMAIN", "SSH", "AGE", "FORWARDS")
 		}
-		for _, s := range statusOfAll(ctx, env, names) {
+		list, errs := statusOfAll(ctx, env, names)
+		for _, s := range list {
 			print(s)
 		}
-		return exitOK
+		// What libvirt could not say is an environment error, shown after
+		// what the journals say.
+		code := exitOK
+		for _, err := range errs {
+			code = reportError(env.Out, err)
+		}
+		return code
 	}
 	if err := requireName(o, "status"); err != nil {
 		return reportError(env.Out, err)
@@ -225,8 +244,11 @@ func runStatus(env Env, o *Options) int {
 	if j == nil {
 		return reportError(env.Out, &hintedError{msg: "no VM named " + o.Name, code: statusNoSuchVM})
 	}
-	s := statusOf(ctx, env, o.Name)
+	s, err := statusOf(ctx, env, o.Name)
 	print(s)
+	if err != nil {
+		return reportError(env.Out, err) // exit 1: not "not running", which libvirt could not say
+	}
 	if s.Domain != "running" {
 		return statusNotRunning
 	}

@@ -361,20 +361,3 @@ func TestBinaryStatusListsDomainsInOneCall(t *testing.T) {
 		t.Errorf("v2's row %q; want it saved, of no known age\n%s", f, out)
 	}
 }
-
-// A listing libvirt refuses shows those VMs' domains as unknown, and says why.
-func TestStatusWhenLibvirtCannotListSaysUnknown(t *testing.T) {
-	r := newFakeRunner()
-	home := t.TempDir()
-	fakeVM(t, home, r.world, "v1", "qemu:///system", "running", 0, nil)
-	r.world.Fail["domstats"] = "error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory"
-	var stderr strings.Builder
-	env := Env{Runner: r, Home: home, Out: newOutput(&stderr, nil, "")}
-	code, out := statusLines(t, env, "--json")
-	if got := statusJSON(t, out)["v1"]["domain"]; code != exitOK || got != "unknown" {
-		t.Errorf("status: exit %d, domain %v; want 0, unknown", code, got)
-	}
-	if want := "vmup: warning: cannot list the domains at qemu:///system: "; !strings.Contains(stderr.String(), want) {
-		t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
-	}
-}

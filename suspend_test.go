@@ -64,8 +64,11 @@ func TestSignalEventSuspends(t *testing.T) {
 			t.Errorf("%s under --suspend-on-stop after the first boot = %s, want suspend", sig, got)
 		}
 	}
-	if got := signalEvent(syscall.SIGUSR2, false, true); got != EvTerminate {
-		t.Errorf("SIGUSR2 (down's stop request) under --suspend-on-stop = %s, want terminate", got)
+	if got := signalEvent(syscall.SIGUSR2, false, true); got != EvStop {
+		t.Errorf("SIGUSR2 (down's stop request) under --suspend-on-stop = %s, want stop", got)
+	}
+	if got := signalEvent(sigForceStop, false, true); got != EvForceStop {
+		t.Errorf("sigForceStop (down --force) under --suspend-on-stop = %s, want force_stop", got)
 	}
 	if got := signalEvent(syscall.SIGINT, true, false); got != EvInterruptAgain {
 		t.Errorf("SIGINT in the window without stopSaves = %s", got)
@@ -121,7 +124,7 @@ func TestDownSuspendSavesTheVM(t *testing.T) {
 		t.Errorf("managed save %v, journal phase %s; want a save and phase saved", h.fake.world.ManagedSave["v1"], h.journal().Phase)
 	}
 	// status shows it saved; down of a saved VM keeps it saved.
-	if s := statusOf(t.Context(), h.env, "v1"); s.Domain != "saved" || s.Phase != "saved" {
+	if s, _ := statusOf(t.Context(), h.env, "v1"); s.Domain != "saved" || s.Phase != "saved" {
 		t.Errorf("status = %+v; want domain and phase saved", s)
 	}
 	if code := h.down(); code != 0 || !h.fake.world.ManagedSave["v1"] {

@@ -48,6 +48,12 @@ func runUp(env Env, o *Options) int {
 		// `down` since), or a journal that cannot say: retried, never wiped.
 		u.kind = startResumeFirst
 	}
+	if j != nil && u.recover == nil {
+		// What a killed vmup's playbook left (a provision's; a first boot's
+		// is reaped as it is removed).
+		reapGroup(j.PlaybookPGID, paths)
+		j.PlaybookPGID = 0
+	}
 	if j != nil && !o.Reset {
 		if err := inherit(o, j); err != nil {
 			return reportError(out, err)

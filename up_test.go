@@ -672,7 +672,7 @@ func TestBusyVM(t *testing.T) {
 	if code := h.wait(h.up(h.upArgs()...)); code != exitBusy {
 		t.Fatalf("exit %d, want 5", code)
 	}
-	if !strings.Contains(h.stderr.String(), fmt.Sprintf("vmup: error: VM v1 is busy (pid %d)", os.Getpid())) {
+	if !strings.Contains(h.stderr.String(), fmt.Sprintf("vmup: error: VM v1 is busy: vmup up (pid %d) is working on it", os.Getpid())) {
 		t.Errorf("stderr: %s", h.stderr)
 	}
 }

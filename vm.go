@@ -493,8 +493,11 @@ func (u *upRun) startShutdown() {
 func (u *upRun) forceOff(ctx context.Context) {
 	u.env.Out.Say("force_off", "Forcing VM %s off", u.o.Name)
 	err := u.virsh.Destroy(ctx, u.o.Name)
+	if (err == nil || errors.Is(err, errNotFound)) && ctx.Err() == nil {
+		u.send(EvDomainStopped, nil) // a force from running has no shutdown poll to see it
+	}
 	if err == nil || ctx.Err() != nil || errors.Is(err, errNotFound) {
-		return // the shutdown poll sees the domain stop
+		return
 	}
 	if st, serr := u.virsh.DomState(ctx, u.o.Name); serr == nil && st != "running" {
 		return
