@@ -51,6 +51,7 @@ type upRun struct {
 	controller
 	vmRun
 	workerGroup
+	resetRunning bool // the domain ran when the reset was prepared (prepareReset, for reset)
 }
 
 // controller is the state of the loop in run. Only that loop's goroutine

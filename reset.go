@@ -280,7 +280,7 @@ func runReset(env Env, o *Options) int {
 
 // prepareReset checks that the provisioned state can come back: the domain
 // exists, and on a user network the ports it had are free or its own.
-func (u *vmRun) prepareReset(ctx context.Context) error {
+func (u *upRun) prepareReset(ctx context.Context) error {
 	out, o, j, p := u.env.Out, u.o, u.j, u.j.Provisioned
 	out.Plan(4)
 	out.Step("Checking VM")
@@ -321,6 +321,7 @@ func (u *vmRun) prepareReset(ctx context.Context) error {
 			hint: fmt.Sprintf("run `vmup up %s` to start it as it is, or `vmup destroy %s` and `vmup up %s …` to make it anew", o.Name, o.Name, o.Name)}
 	}
 	running := state == "running" || state == "paused"
+	u.resetRunning = running
 	if p.Network == "user" {
 		ownPort := running && j.Network == "user" && j.SSHPort == p.SSHPort
 		if !ownPort && !portFree(p.SSHPort) {
