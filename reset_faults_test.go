@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 )
 
@@ -338,5 +339,50 @@ func TestCtrlCWhileKeepingTheProvisionedStateShutsDownAfterIt(t *testing.T) {
 	}
 	if j := h.journal(); j.Provisioned == nil {
 		t.Errorf("the provisioned state was not kept")
+	}
+}
+
+// The rows of keeping: the first boot is recorded complete, so no signal
+// wipes; each one shuts the VM down once its provisioned state is kept.
+func TestRowsOfKeeping(t *testing.T) {
+	cases := []struct {
+		p    Phase
+		e    Event
+		want Transition
+	}{
+		{Provisioning, EvCompleted, to(Keeping, keep)},
+		{Keeping, EvInterrupt, to(Stopping, exitOK, ActSayStopOnceKept)},
+		{Keeping, EvTerminate, to(Stopping, exitOK, ActSayStopOnceKept)},
+		{Keeping, EvHangup, to(Stopping, exitOK, ActSayStopOnceKept)},
+		{Keeping, EvProvisioned, to(Running, keep, ActEnterRunning)},
+		{Stopping, EvProvisioned, to(Stopping, keep, ActShutdown)},
+	}
+	for _, c := range cases {
+		got, ok := Step(c.p, c.e)
+		if !ok {
+			t.Errorf("%s/%s: no row", c.p, c.e)
+			continue
+		}
+		if diff := cmp.Diff(c.want, got); diff != "" {
+			t.Errorf("%s/%s (-want +got):\n%s", c.p, c.e, diff)
+		}
+	}
+	// Provisioning gets completed first; in keeping no window is open, and
+	// a VM whose state is being kept is not saved.
+	for _, c := range []struct {
+		p Phase
+		e Event
+	}{{Provisioning, EvProvisioned}, {Keeping, EvInterruptAgain}, {Keeping, EvSuspend}, {Keeping, EvCompleted}} {
+		if _, ok := Step(c.p, c.e); ok {
+			t.Errorf("%s/%s is handled; want ignored", c.p, c.e)
+		}
+	}
+	if Keeping.FirstBoot() || Keeping.AfterFirstBoot() || Keeping.Terminal() {
+		t.Errorf("keeping is a first-boot, after-first-boot or terminal phase")
+	}
+	for e, tr := range table[Keeping] {
+		if tr.Next == Wiping || tr.Next.FirstBoot() {
+			t.Errorf("keeping/%s leads to %s", e, tr.Next)
+		}
 	}
 }
