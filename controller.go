@@ -54,6 +54,7 @@ type upRun struct {
 	controller
 	vmRun
 	workerGroup
+	resetRunning bool // the domain ran when the reset was prepared (prepareReset, for reset)
 }
 
 // controller is the state of the loop in run. Only that loop's goroutine
@@ -202,6 +203,8 @@ func (u *upRun) do(a Action, from Phase, ev Event) {
 		out.Say("already_saving", "saving VM %s, please wait: a save is never cut short", u.o.Name)
 	case ActReset:
 		u.goWork(u.reset)
+	case ActSayStopOnceKept:
+		out.Say("stop_once_kept", "The first boot of VM %s is complete: it shuts down once its provisioned state is kept (Ctrl+C again forces it off now)", u.o.Name)
 	case ActSayBusyResetting:
 		out.Say("already_resetting", "resetting VM %s, please wait: a reset is never cut short", u.o.Name)
 	}

@@ -14,6 +14,7 @@ const (
 	Preparing    Phase = iota // image, volumes, seed, domain defined: nothing running yet
 	Starting                  // first boot: waiting for SSH and cloud-init
 	Provisioning              // first boot: the playbook runs
+	Keeping                   // the first boot is recorded complete; its provisioned state is being kept
 	Booting                   // a VM whose first boot completed is started again
 	Running
 	Stopping
@@ -30,7 +31,7 @@ const (
 )
 
 var phaseNames = [numPhases]string{
-	Preparing: "preparing", Starting: "starting", Provisioning: "provisioning", Booting: "booting",
+	Preparing: "preparing", Starting: "starting", Provisioning: "provisioning", Keeping: "keeping", Booting: "booting",
 	Running: "running", Stopping: "stopping", Suspending: "suspending", Resetting: "resetting",
 	Wiping: "wiping", Stopped: "stopped", Saved: "saved", Detached: "detached", Aborted: "aborted", Failed: "failed", StopFailed: "stop_failed",
 }
@@ -77,7 +78,8 @@ const (
 	EvReady           // SSH login works and cloud-init finished
 	EvBootTimeout
 	EvBootFailed
-	EvProvisioned // the playbook passed and the completed first boot is on disk
+	EvCompleted   // the playbook passed and the completed first boot is on disk
+	EvProvisioned // then the provisioned state was kept (or could not be)
 	EvProvisionFailed
 	EvRecordFailed   // the completed first boot could not be recorded
 	EvConfirmExpired // the first-boot confirmation window closed without a second Ctrl+C
@@ -103,7 +105,7 @@ var eventNames = [numEvents]string{
 	EvInterrupt: "interrupt", EvInterruptAgain: "interrupt_again", EvTerminate: "terminate", EvHangup: "hangup",
 	EvPreparedFirstBoot: "prepared_first_boot", EvPreparedBoot: "prepared_boot", EvPreparedRunning: "prepared_running",
 	EvPrepareFailed: "prepare_failed", EvPrepareRejected: "prepare_rejected", EvReady: "ready", EvBootTimeout: "boot_timeout", EvBootFailed: "boot_failed",
-	EvProvisioned: "provisioned", EvProvisionFailed: "provision_failed", EvRecordFailed: "record_failed",
+	EvCompleted: "completed", EvProvisioned: "provisioned", EvProvisionFailed: "provision_failed", EvRecordFailed: "record_failed",
 	EvConfirmExpired: "abort_not_confirmed",
 	EvDetach:         "detach", EvDomainStopped: "domain_stopped", EvShutdownTimeout: "shutdown_timeout",
 	EvForceOffFailed: "force_off_failed", EvWipeDone: "wipe_done", EvWipeFailed: "wipe_failed",
@@ -142,6 +144,7 @@ const (
 	ActSayBusySaving // a signal while saving changes nothing
 	ActReset         // bring the VM back to its provisioned state; never cut short
 	ActSayBusyResetting
+	ActSayStopOnceKept // a signal while the provisioned state is kept: the VM shuts down after it
 )
 
 var actionNames = []string{
@@ -151,6 +154,7 @@ var actionNames = []string{
 	ActForceOff: "force_off", ActStopWork: "stop_work", ActRemovePartial: "remove_partial", ActWipe: "wipe",
 	ActSayStoppedExternally: "say_stopped_externally", ActReportFailure: "report_failure",
 	ActSave: "save", ActSayBusySaving: "say_busy_saving", ActReset: "reset", ActSayBusyResetting: "say_busy_resetting",
+	ActSayStopOnceKept: "say_stop_once_kept",
 }
 
 func (a Action) String() string { return actionNames[a] }
@@ -227,11 +231,21 @@ var table = [numPhases]map[Event]Transition{
 		EvTerminate:      to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 		EvHangup:         to(Wiping, exitSIGHUP, ActStopWork, ActWipe),
 		// Sent only once the completed first boot is on disk.
-		EvProvisioned:     to(Running, keep, ActEnterRunning),
+		EvCompleted:       to(Keeping, keep),
 		EvProvisionFailed: to(Failed, exitProvision, ActReportFailure),
 		EvRecordFailed:    to(Failed, exitFailed, ActReportFailure),
 		EvStop:            to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 		EvForceStop:       to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
+	},
+	// Nothing can wipe the VM any more. Its provisioned state is being kept,
+	// which is never cut short: a signal shuts the VM down once it is.
+	Keeping: {
+		EvInterrupt:   to(Stopping, exitOK, ActSayStopOnceKept),
+		EvTerminate:   to(Stopping, exitOK, ActSayStopOnceKept),
+		EvHangup:      to(Stopping, exitOK, ActSayStopOnceKept),
+		EvStop:        to(Stopping, exitOK, ActSayStopOnceKept),
+		EvForceStop:   to(Stopping, exitOK, ActSayStopOnceKept),
+		EvProvisioned: to(Running, keep, ActEnterRunning),
 	},
 	// The first boot is over: no interrupt can wipe anything, each one shuts down.
 	Booting: {
@@ -268,6 +282,8 @@ var table = [numPhases]map[Event]Transition{
 		EvDomainStopped:   to(Stopped, keep),
 		EvForceOffFailed:  to(StopFailed, exitStopFailed, ActReportFailure),
 		EvForceStop:       to(Stopping, keep, ActForceOff),
+		// A stop asked while the provisioned state was kept (Keeping).
+		EvProvisioned: to(Stopping, keep, ActShutdown),
 	},
 	// A save is quick and all or nothing: signals are acknowledged and wait for it.
 	// A failed one leaves the VM running.
@@ -318,6 +334,7 @@ var ignored = [numPhases][]Event{
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvSuspend, EvSaved, EvSaveFailed, EvResetDone, EvResetFailed,
+		EvCompleted,
 	},
 	// During the first boot the boot worker and the playbook notice a dead
 	// domain themselves, and a half-made VM is never saved.
@@ -326,33 +343,46 @@ var ignored = [numPhases][]Event{
 		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
+		EvCompleted,
 	},
 	Provisioning: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
-		EvReady, EvBootTimeout, EvBootFailed, EvShutdownTimeout, EvForceOffFailed,
+		EvReady, EvBootTimeout, EvBootFailed, EvShutdownTimeout, EvForceOffFailed, EvProvisioned,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
+	},
+	// The provision worker notices a dead domain; no window is open, and a
+	// VM whose state is being kept is not saved.
+	Keeping: {
+		EvInterruptAgain, EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvReady, EvBootTimeout, EvBootFailed, EvCompleted, EvProvisionFailed, EvRecordFailed,
+		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
+		EvConfirmExpired, EvDetach, EvDomainStopped, EvSuspend, EvSaved, EvSaveFailed,
+		EvPreparedReset, EvResetDone, EvResetFailed,
 	},
 	Booting: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
 		EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
+		EvCompleted,
 	},
 	Running: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
+		EvCompleted,
 	},
 	// A shutdown under way is not turned into a save, and another vmup's
 	// stop (not --force) lets it run its course.
 	Stopping: {
 		EvStop,
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
-		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
+		EvReady, EvBootTimeout, EvBootFailed, EvProvisionFailed, EvRecordFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
+		EvCompleted,
 	},
 	// The save worker alone decides how a save ended, from the domain's state;
 	// `vmup down --suspend` repeats its SIGUSR1 until the save is done.
@@ -361,18 +391,21 @@ var ignored = [numPhases][]Event{
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvPreparedReset, EvResetDone, EvResetFailed,
+		EvCompleted,
 	},
 	Resetting: {
 		EvSuspend, EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvSaved, EvSaveFailed, EvPreparedReset,
+		EvCompleted,
 	},
 	Wiping: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvConfirmExpired, EvDetach, EvDomainStopped,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
+		EvCompleted,
 	},
 }
 

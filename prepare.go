@@ -303,12 +303,14 @@ func (u *vmRun) refuseForeignVolumes(ctx context.Context, old *Journal) error {
 // leaves a name that a later `up` or `destroy` deletes, never a volume
 // nobody knows of. One that appeared meanwhile is someone else's.
 func (u *vmRun) createVolume(ctx context.Context, vol string, bytes int64, format, backing, backingFormat string) error {
-	if err := u.updateJournal(func(j *Journal) {
-		if !slices.Contains(j.Volumes, vol) {
-			j.Volumes = append(j.Volumes, vol)
+	// One already listed needs no write (a reset's overlay, on a full disk).
+	u.jmu.Lock()
+	listed := slices.Contains(u.j.Volumes, vol)
+	u.jmu.Unlock()
+	if !listed {
+		if err := u.updateJournal(func(j *Journal) { j.Volumes = append(j.Volumes, vol) }); err != nil {
+			return err
 		}
-	}); err != nil {
-		return err
 	}
 	// It was not there when checked (or is this VM's own): what is there from now on is this run's.
 	u.created.add(vol)

@@ -30,6 +30,20 @@ func (u *vmRun) prepareResume(ctx context.Context) error {
 	if err := u.claimForwards(state == "running"); err != nil {
 		return err
 	}
+	if o.DiscardSaved {
+		// Saved after its playbook failed: dropped, it boots afresh and the playbook is retried.
+		state, reason, err := u.virsh.DomStateReason(ctx, o.Name)
+		if err != nil {
+			return err
+		}
+		if isSaved(state, reason) {
+			u.releaseJournal()
+			out.Say("discarding", "Discarding the saved state of VM %s: it boots afresh", o.Name)
+			if err := u.virsh.ManagedSaveRemove(context.WithoutCancel(ctx), o.Name); err != nil {
+				return err
+			}
+		}
+	}
 	out.Done("resuming its first boot")
 	return nil
 }

@@ -169,15 +169,6 @@ func waitBlockedOnFIFO(t *testing.T, pid int) {
 	t.Fatalf("pid %d never blocked on the FIFO", pid)
 }
 
-func binJournal(t *testing.T, r *binaryRun) *Journal {
-	t.Helper()
-	j, err := readJournal(pathsFor(r.home, "v1"))
-	if err != nil || j == nil {
-		t.Fatalf("journal: %v", err)
-	}
-	return j
-}
-
 // hangingRunner is a libvirt that does not answer: virsh CMD runs until cancelled.
 type hangingRunner struct {
 	Runner

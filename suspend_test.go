@@ -401,7 +401,7 @@ func TestResetUEFIFrozenDiskAndNVRAM(t *testing.T) {
 	calls := h.calls()
 	for _, want := range []string{"virsh destroy v1", "virsh vol-delete --pool vmup v1-run.qcow2",
 		"virsh vol-create-as vmup v1-run.qcow2 4294967296 --format qcow2 --backing-vol v1.qcow2 --backing-vol-format qcow2",
-		"virsh define $HOME/vms/v1/domain.xml", "virsh start v1"} {
+		"virsh define $HOME/vms/v1/domain-reset.xml", "virsh start v1"} {
 		if !slices.ContainsFunc(calls, func(c []string) bool { return slices.Equal(c, argv(want)) }) {
 			t.Errorf("reset did not run %q: %v", want, calls)
 		}

@@ -91,7 +91,8 @@ func runUp(env Env, o *Options) int {
 			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision, Created: time.Now().UTC()}
 	}
 	u.j = j
-	u.resetCutOff = exists && j.Phase == Resetting
+	// A reset that failed may have left the journal unwritten, `resetting`.
+	u.resetCutOff = exists && (j.Phase == Resetting || j.Phase == Failed && j.FailedIn == Resetting)
 	// An existing journal stays on disk as it is until this run changes the
 	// VM (a wipe, a redefinition) or starts it: a run refused, failed or killed
 	// before that leaves it describing the VM as it was.

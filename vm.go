@@ -360,6 +360,7 @@ func (u *upRun) completeFirstBoot(ctx context.Context) {
 		u.send(EvRecordFailed, err)
 		return
 	}
+	u.send(EvCompleted, nil)
 	// Not cancellable: once recorded, the VM is kept, so this finishes too.
 	seedCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	u.replaceSeed(seedCtx)
