@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"slices"
-	"strings"
 )
 
 // Phase is where one `vmup up` stands. Only the controller loop changes it,
@@ -416,54 +414,6 @@ func Step(p Phase, e Event) (Transition, bool) {
 	}
 	t, ok := table[p][e]
 	return t, ok
-}
-
-// phaseTableMarkdown renders table for README.md: a line per phase, the
-// signals in columns of their own, every other handled event in the last.
-func phaseTableMarkdown() string {
-	signals := []Event{EvInterrupt, EvInterruptAgain, EvTerminate, EvHangup}
-	var b strings.Builder
-	b.WriteString("| phase | Ctrl+C (`interrupt`) | Ctrl+C within the window (`interrupt_again`) | SIGTERM | SIGHUP | other events |\n")
-	b.WriteString("|---|---|---|---|---|---|\n")
-	for p := Phase(0); p < numPhases; p++ {
-		if p.Terminal() {
-			continue
-		}
-		fmt.Fprintf(&b, "| `%s` |", p)
-		for _, e := range signals {
-			cell := "ignored"
-			if t, ok := table[p][e]; ok {
-				cell = t.describe(p)
-			}
-			fmt.Fprintf(&b, " %s |", cell)
-		}
-		var others []string
-		for e := Event(0); e < numEvents; e++ {
-			if t, ok := table[p][e]; ok && !slices.Contains(signals, e) {
-				others = append(others, fmt.Sprintf("`%s`: %s", e, t.describe(p)))
-			}
-		}
-		fmt.Fprintf(&b, " %s |\n", strings.Join(others, "<br>"))
-	}
-	return b.String()
-}
-
-// describe says what a row does, as one table cell.
-func (t Transition) describe(from Phase) string {
-	var parts []string
-	if t.Next != from {
-		parts = append(parts, "→ `"+t.Next.String()+"`")
-	}
-	for _, a := range t.Actions {
-		parts = append(parts, a.String())
-	}
-	if t.Exit != keep {
-		parts = append(parts, fmt.Sprintf("exit %d", t.Exit))
-	}
-	if len(parts) == 0 {
-		return "–"
-	}
-	return strings.Join(parts, ", ")
 }
 
 // noPhase is a journal's phase before any was recorded, and its failed_in
