@@ -1,7 +1,10 @@
 package main
 
 import (
+	"os"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // prune (of another home) deletes the cached base, its mark and its token
@@ -35,5 +38,44 @@ func TestUpMakesTheBaseAgainWhenPruneDeletesItBeforeTheOverlay(t *testing.T) {
 	if code != 0 || !w.Volumes["vmup/"+base] || !w.Volumes["vmup/"+baseMark(base)] || w.Backing["vmup/v1.qcow2"] != "/pool/vmup/"+base {
 		t.Errorf("up: exit %d; base there %v, mark there %v, v1.qcow2 backed by %q\n%s",
 			code, w.Volumes["vmup/"+base], w.Volumes["vmup/"+baseMark(base)], w.Backing["vmup/v1.qcow2"], h.stderr)
+	}
+}
+
+// A Ctrl+C while prune decides on a base under its token, with a libvirt
+// slow to answer (its vol-delete of the token takes longer than the abort
+// guard's 0.5 s): vmup must not exit before the token is gone, or every up
+// of that base of any home waits a minute and fails, for an hour.
+func TestPruneInterruptedWithASlowLibvirtRemovesItsTokenBeforeExit(t *testing.T) {
+	s := newPruneSetup(t)
+	base := "vmup-base-" + hex16("debian") + ".qcow2"
+	s.vol(base, "", longAgo)
+	s.vol(baseMark(base), "", longAgo)
+	sigs := make(chan os.Signal, 1)
+	out := newOutput(s.stderr, s.events, "")
+	env := Env{Runner: s.fake, Clock: realClock{}, Home: s.home, Out: out}
+	env.Abort = newAbortGuard(sigs, out, abortExit)
+	interrupted := false
+	s.fake.onCall = func(args []string) {
+		if len(args) > 4 && args[1] == "vol-delete" && args[4] == basePruning(base) {
+			time.Sleep(time.Second) // libvirtd busy
+		}
+		if !interrupted && s.has(basePruning(base)) && len(args) > 1 && args[1] == "vol-dumpxml" {
+			interrupted = true
+			sigs <- syscall.SIGINT
+			<-env.Abort.ctx.Done()
+		}
+	}
+	o := defaultOptions()
+	o.Connect = "qemu:///system"
+	code := env.Abort.run(func() int { return runPrune(env, o) })
+	// vmup exits here: what prune has not done by now is never done.
+	s.fake.mu.Lock()
+	left := s.fake.world.Volumes["vmup/"+basePruning(base)]
+	s.fake.mu.Unlock()
+	if !interrupted {
+		t.Fatalf("prune never listed the pool under its token")
+	}
+	if code != exitSIGINT || left {
+		t.Errorf("prune interrupted: exit %d, token %s left at exit: %v", code, basePruning(base), left)
 	}
 }
