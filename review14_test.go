@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -77,5 +79,51 @@ func TestPruneInterruptedWithASlowLibvirtRemovesItsTokenBeforeExit(t *testing.T)
 	}
 	if code != exitSIGINT || left {
 		t.Errorf("prune interrupted: exit %d, token %s left at exit: %v", code, basePruning(base), left)
+	}
+}
+
+// A run's resolved download is held (shared flock) until its base volume
+// exists. Another vmup pinning the same URL to the server's new file
+// (`--image URL --image-sha256 NEW`) must not replace the held copy under
+// it: the run built its base's name from the old bytes and would upload the
+// new ones under it (and fail), or refuse its own pin.
+func TestPinnedRefetchDoesNotReplaceACopyARunHolds(t *testing.T) {
+	h := newHarness(t)
+	h.fake.world.Pools["vmup"] = true
+	s := newPinnedURLServer(t, []byte("new image"))
+	u := s.srv.URL + "/img.qcow2"
+	cached := filepath.Join(h.env.Home, "cache", urlKey(u)+"-img.qcow2")
+	ensureDir(filepath.Dir(cached))
+	os.WriteFile(cached, []byte("old image"), 0o600)
+	refetched := make(chan error, 1)
+	fired := false
+	h.fake.onInspect = func() {
+		if fired {
+			return
+		}
+		fired = true
+		// v1 has hashed the old copy; meanwhile another terminal pins the new one.
+		go func() {
+			_, err := fetchURL(context.Background(), nil, h.env.Home, u, cached,
+				checksum{Alg: "sha256", Hex: hexSHA256([]byte("new image")), What: "--image-sha256"})
+			refetched <- err
+		}()
+		select {
+		case err := <-refetched:
+			refetched <- err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	code := h.wait(h.up("v1", "--image", u, "--domain-type", "qemu", "--network", "user", "--no-provision", "-d"))
+	base := "vmup-base-" + hexSHA256([]byte("old image"))[:16] + ".qcow2"
+	if code != 0 || string(h.fake.world.Content["vmup/"+base]) != "old image" {
+		t.Errorf("v1 (which held the old copy): exit %d, base %s holds %q\n%s",
+			code, base, h.fake.world.Content["vmup/"+base], h.stderr)
+	}
+	if err := <-refetched; err != nil {
+		t.Errorf("the pinned refetch: %v", err)
+	}
+	if got, _ := os.ReadFile(cached); string(got) != "new image" {
+		t.Errorf("after v1 let go, the cache holds %q; want the pinned new download", got)
 	}
 }
