@@ -28,6 +28,9 @@ type abortGuard struct {
 	quit      chan struct{} // commit: stop watching
 	gone      chan struct{} // the watcher returned
 	committed bool
+	// holds: a cleanup that must end before vmup exits (prune's token)
+	// read-locks it; a signalled command's exit waits past abortWait for it.
+	holds sync.RWMutex
 }
 
 // newAbortGuard watches sigs from now on.
@@ -95,6 +98,8 @@ func (g *abortGuard) run(f func() int) int {
 		select {
 		case <-done:
 		case <-time.After(abortWait):
+			g.holds.Lock() // a cleanup under way ends first (bounded by its own timeout)
+			g.holds.Unlock()
 		}
 	}
 	g.mu.Lock()
@@ -117,6 +122,16 @@ func (e Env) ctx() context.Context {
 		return context.Background()
 	}
 	return e.Abort.ctx
+}
+
+// hold keeps vmup from exiting on a signal until release is called: for a
+// cleanup that must not be cut off halfway and has a timeout of its own.
+func (e Env) hold() (release func()) {
+	if e.Abort == nil {
+		return func() {}
+	}
+	e.Abort.holds.RLock()
+	return e.Abort.holds.RUnlock
 }
 
 // commit tells the guard that the command begins to change things; false:

@@ -105,7 +105,7 @@ func fetchURL(ctx context.Context, out *Output, home, u, dest string, want check
 	if err != nil {
 		return "", err
 	}
-	if err := os.Rename(part, dest); err != nil {
+	if err := replaceHeld(ctx, out, part, dest); err != nil {
 		return "", err
 	}
 	os.Remove(part + ".json")

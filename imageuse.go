@@ -85,3 +85,34 @@ func removeUnused(path string, dryRun bool) error {
 	}
 	return os.Remove(path)
 }
+
+// replaceHeld renames from over to once no vmup holds to in use: a run that
+// resolved to builds its base from those bytes, under the name their sha256
+// gives, so they are not changed under it. It waits for an exclusive flock
+// on the file to is now (a run lets go once its base exists).
+func replaceHeld(ctx context.Context, out *Output, from, to string) error {
+	f, err := os.Open(to)
+	if errors.Is(err, os.ErrNotExist) {
+		return os.Rename(from, to)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for said := false; ; said = true {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			return err
+		}
+		if !said && out != nil {
+			out.Say("waiting", "Waiting for another vmup to finish with the cached copy of %s before it is replaced", filepath.Base(to))
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return os.Rename(from, to)
+}

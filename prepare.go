@@ -189,15 +189,23 @@ func (u *vmRun) createDisk(ctx context.Context, img BaseImage, base string) erro
 	vol := u.o.Name + ".qcow2"
 	size := max(int64(u.o.DiskGiB)<<30, img.VirtualSize)
 	for tries := 0; ; tries++ {
-		if err := u.createVolume(ctx, vol, size, "qcow2", base, img.Format); err != nil {
+		err := u.createVolume(ctx, vol, size, "qcow2", base, img.Format)
+		if errors.Is(classify(err), errNotFound) {
+			// A prune deleted the base before the overlay was made on it:
+			// nothing was made, and the base is made again as below.
+			if exists, serr := u.virsh.VolExists(ctx, u.o.Pool, base); serr != nil || exists {
+				return err
+			}
+		} else if err != nil {
 			return err
-		}
-		held, err := u.baseHeld(ctx, base)
-		if err != nil || held {
-			return err
-		}
-		if err := u.virsh.VolDelete(ctx, u.o.Pool, vol); err != nil {
-			return err
+		} else {
+			held, err := u.baseHeld(ctx, base)
+			if err != nil || held {
+				return err
+			}
+			if err := u.virsh.VolDelete(ctx, u.o.Pool, vol); err != nil {
+				return err
+			}
 		}
 		u.created.drop(vol)
 		u.updateJournal(func(j *Journal) {

@@ -238,7 +238,16 @@ func (p *pruner) removeBase(vol string, d, mark volDetails, marked bool) (gone b
 		return err == nil, err
 	}
 	token := basePruning(vol)
-	if err := v.VolCreate(p.ctx, pool, token, 0, "raw", "", ""); errors.Is(err, errExists) {
+	// From the token's creation to its deletion, a signal does not make vmup
+	// exit: a token left behind holds up every up of this base for an hour.
+	release := p.env.hold()
+	defer release()
+	// Not cut off by a signal either: a virsh killed mid-way may leave a
+	// token that this prune, not knowing it made it, would never delete.
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), 10*time.Second)
+	err = v.VolCreate(tctx, pool, token, 0, "raw", "", "")
+	cancel()
+	if errors.Is(err, errExists) {
 		out.Say("not_pruned", "Keeping base volume %s: another vmup prune is deciding on it (%s)", vol, token)
 		return false, nil
 	} else if err != nil {
