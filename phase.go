@@ -235,14 +235,16 @@ var table = [numPhases]map[Event]Transition{
 		EvStop:            to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 		EvForceStop:       to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 	},
-	// Nothing can wipe the VM any more. Its provisioned state is being kept,
-	// which is never cut short: a signal shuts the VM down once it is.
+	// Nothing can wipe the VM any more. Its provisioned state is being kept:
+	// a signal shuts the VM down once it is; only a second Ctrl+C (in
+	// stopping) or `down --force` cuts it short, forcing the VM off.
 	Keeping: {
-		EvInterrupt:   to(Stopping, exitOK, ActSayStopOnceKept),
-		EvTerminate:   to(Stopping, exitOK, ActSayStopOnceKept),
-		EvHangup:      to(Stopping, exitOK, ActSayStopOnceKept),
-		EvStop:        to(Stopping, exitOK, ActSayStopOnceKept),
-		EvForceStop:   to(Stopping, exitOK, ActSayStopOnceKept),
+		EvInterrupt: to(Stopping, exitOK, ActSayStopOnceKept),
+		EvTerminate: to(Stopping, exitOK, ActSayStopOnceKept),
+		EvHangup:    to(Stopping, exitOK, ActSayStopOnceKept),
+		EvStop:      to(Stopping, exitOK, ActSayStopOnceKept),
+		// `down --force` means at once, even before the provisioned state is kept.
+		EvForceStop:   to(Stopping, exitOK, ActForceOff),
 		EvProvisioned: to(Running, keep, ActEnterRunning),
 	},
 	// The first boot is over: no interrupt can wipe anything, each one shuts down.

@@ -127,3 +127,33 @@ func TestPinnedRefetchDoesNotReplaceACopyARunHolds(t *testing.T) {
 		t.Errorf("after v1 let go, the cache holds %q; want the pinned new download", got)
 	}
 }
+
+// `down --force` means at once, also while the provisioned state is kept: no
+// ACPI shutdown that a guest may ignore for the whole --shutdown-timeout.
+func TestDownForceWhileKeepingForcesOffAtOnce(t *testing.T) {
+	h := newHarness(t)
+	h.fake.world.ShutdownIgnored = true
+	fired := false
+	h.fake.onCall = func(args []string) {
+		if fired || len(args) < 2 || args[1] != "snapshot-create-as" {
+			return
+		}
+		fired = true
+		h.sigs <- sigForceStop
+		h.events.waitFor(t, "force_off", "")
+	}
+	code := h.wait(h.up(h.upArgs("--shutdown-timeout", "3s")...))
+	if !fired {
+		t.Fatalf("setup: no snapshot was taken")
+	}
+	shutdown := false
+	for _, c := range h.fake.recorded() {
+		if len(c) > 1 && c[0] == "virsh" && c[1] == "shutdown" {
+			shutdown = true
+		}
+	}
+	if shutdown || code != exitOK || h.fake.world.Domains["v1"] != "shut off" {
+		t.Errorf("down --force while keeping: ACPI shutdown asked %v, exit %d, domain %s\n%s",
+			shutdown, code, h.fake.world.Domains["v1"], h.stderr)
+	}
+}
