@@ -56,13 +56,19 @@ func holdShared(ctx context.Context, path string) (*os.File, error) {
 			return nil, err
 		}
 	}
-	fst, err1 := f.Stat()
-	st, err2 := os.Stat(path)
-	if err1 != nil || err2 != nil || !os.SameFile(fst, st) {
+	if !stillNames(f, path) {
 		f.Close()
 		return nil, os.ErrNotExist
 	}
 	return f, nil
+}
+
+// stillNames says whether path still leads to the open file f: a file
+// locked after another vmup renamed a new one over its name is not that name's.
+func stillNames(f *os.File, path string) bool {
+	fst, err1 := f.Stat()
+	st, err2 := os.Stat(path)
+	return err1 == nil && err2 == nil && os.SameFile(fst, st)
 }
 
 // errInUse is a download an `up` holds.
@@ -79,6 +85,9 @@ func removeUnused(path string, dryRun bool) error {
 		return errInUse
 	} else if err != nil {
 		return err
+	}
+	if !stillNames(f, path) {
+		return errInUse // replaced meanwhile by a pinned refetch: a new download
 	}
 	if dryRun {
 		return nil
@@ -101,6 +110,11 @@ func replaceHeld(ctx context.Context, out *Output, from, to string) error {
 	defer f.Close()
 	for said := false; ; said = true {
 		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil && !stillNames(f, to) {
+			// Another refetch replaced it meanwhile: wait for that file instead.
+			f.Close()
+			return replaceHeld(ctx, out, from, to)
+		}
 		if err == nil {
 			break
 		}
