@@ -88,6 +88,12 @@ needs to reach them. logs shows the last playbook log and the console log;
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
 
+Environments: a vmup.json with "vms": {"web": {..., "groups": [...]}, ...}
+makes the directory an environment ("name", default the directory's name).
+Its top-level keys are every VM's defaults; VM web is the VM ENV-web. There,
+down, destroy, status, reset, provision, inventory and ssh-config without
+NAME act on every VM of the file, and NAME is a VM of the file (else exit 2).
+
 Ctrl+C during the first boot warns; a second one within 10s destroys the VM.
 Once the VM ran, Ctrl+C shuts it down (ACPI) and never destroys anything.
 
@@ -200,6 +206,9 @@ func run(args []string) int {
 		"status": runStatus, "ssh-config": runSSHConfig, "provision": runProvision, "reset": runReset,
 		"images": runImages, "inventory": runInventory, "logs": runLogs, "prune": runPrune,
 		"ssh": func(env Env, o *Options) int { return runSSH(env, o, sshArgs) }}
+	if o.Env != nil && envCommands[cmd] {
+		return finishWith(out, env.Abort.run(func() int { return runEnv(cmd, env, o) }))
+	}
 	return finishWith(out, env.Abort.run(func() int { return runs[cmd](env, o) }))
 }
 

@@ -51,6 +51,14 @@ type Output struct {
 	// ansibleCode and ansibleResult are how a playbook ended, for the exit event.
 	ansibleCode   *int
 	ansibleResult string
+
+	// An environment's command speaks for each VM through a child Output
+	// (envout.go): its lines begin with prefix, and its exit is recorded
+	// for the environment's exit event, not sent.
+	prefix  string
+	child   bool
+	outcome *vmOutcome // the child's exit: set by Exit
+	vms     []vmOutcome
 }
 
 type jsonEvent struct {
@@ -90,12 +98,18 @@ type jsonEvent struct {
 	// How ansible-playbook ended a first boot or a provision (event exit).
 	AnsibleExitCode *int   `json:"ansible_exit_code,omitempty"`
 	AnsibleResult   string `json:"ansible_result,omitempty"`
+	// An environment's command (event exit): each VM's outcome. A VM of
+	// status (event vm): its environment, and whether vmup.json still has it.
+	VMs         []vmOutcome `json:"vms,omitempty"`
+	Environment string      `json:"environment,omitempty"`
+	OutsideFile bool        `json:"outside_file,omitempty"`
 }
 
 func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
-	o := &Output{human: human, vm: vm, phase: noPhase, now: time.Now}
+	// Serialized: an environment's VMs speak through Outputs of their own.
+	o := &Output{human: &serialWriter{w: human}, vm: vm, phase: noPhase, now: time.Now}
 	if jsonOut != nil {
-		o.json = json.NewEncoder(jsonOut)
+		o.json = json.NewEncoder(&serialWriter{w: jsonOut})
 	}
 	if f, ok := human.(*os.File); ok {
 		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
@@ -131,7 +145,7 @@ func (o *Output) line(format string, a ...any) {
 	if o.tty && o.spinStop != nil {
 		fmt.Fprint(o.human, "\r\033[K")
 	}
-	fmt.Fprintf(o.human, format+"\n", a...)
+	fmt.Fprint(o.human, o.prefix+fmt.Sprintf(format, a...)+"\n") // one write: whole lines, also among VMs
 }
 
 // SetPhase records a phase change.
@@ -415,6 +429,10 @@ func (o *Output) Exit(code int, message string) {
 		return
 	}
 	o.exited = true
+	if o.child {
+		o.outcome = &vmOutcome{VM: o.vm, Phase: message, ExitCode: code}
+		return
+	}
 	o.emitEvent(jsonEvent{Event: "exit", Message: message, ExitCode: &code,
-		AnsibleExitCode: o.ansibleCode, AnsibleResult: o.ansibleResult})
+		AnsibleExitCode: o.ansibleCode, AnsibleResult: o.ansibleResult, VMs: o.vms})
 }

@@ -89,6 +89,9 @@ func runUp(env Env, o *Options) int {
 		}
 		j = &Journal{Name: o.Name, Phase: Preparing, FailedIn: noPhase, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
 			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision, Created: time.Now().UTC()}
+		if o.Env != nil {
+			j.Env = &JournalEnv{Name: o.Env.Name, Dir: o.Env.Dir, VM: o.EnvVM}
+		}
 	}
 	u.j = j
 	// A reset that failed may have left the journal unwritten, `resetting`.

@@ -1,0 +1,147 @@
+// The commands of an environment's directory that act on each of its VMs.
+package main
+
+import (
+	"fmt"
+	"slices"
+)
+
+// runEnv runs cmd in an environment's directory: on the VMs named, or on
+// every VM of the file. A VM no longer in the file is never touched.
+func runEnv(cmd string, env Env, o *Options) int {
+	switch cmd {
+	case "status":
+		return runEnvStatus(env, o)
+	case "inventory":
+		return runEnvInventory(env, o)
+	case "up":
+		return runEnvUp(env, o)
+	}
+	runs := map[string]func(Env, *Options) int{"down": runDown, "destroy": runDestroy, "reset": runReset,
+		"provision": runProvision, "ssh-config": runSSHConfig}
+	e := o.Env
+	vms := e.acted(o)
+	code := exitOK
+	for _, vm := range vms {
+		vo, err := e.options(vm)
+		if err != nil {
+			return reportError(env.Out, err)
+		}
+		venv := env
+		venv.Out = env.Out.forVM(vo.Name, e.label(vm, vms))
+		paths := pathsFor(env.Home, vo.Name)
+		if len(o.Names) == 0 && !made(paths) {
+			// Every VM of the file: one never made is no error.
+			venv.Out.Say("skipped", "VM %s (%s) was never made: nothing to %s", vm.Name, vo.Name, cmd)
+			continue
+		}
+		c := runs[cmd](venv, vo)
+		env.Out.addOutcome(outcomeOf(venv.Out, paths, c))
+		if code == exitOK {
+			code = c
+		}
+	}
+	return code
+}
+
+// label is what a VM's lines begin with: its name in the file, when the
+// command speaks for more than one VM.
+func (e *Environment) label(vm envVM, acted []envVM) string {
+	if len(acted) < 2 {
+		return ""
+	}
+	return vm.Name
+}
+
+// made says whether a VM has a state dir with a journal (a damaged one too).
+func made(paths Paths) bool {
+	j, err := readJournal(paths)
+	return j != nil || err != nil
+}
+
+// outcomeOf is a VM's line of the environment's exit event: its phase as
+// its journal has it, the command's exit code for it, kept or removed.
+func outcomeOf(out *Output, paths Paths, code int) vmOutcome {
+	oc, _ := out.childOutcome()
+	oc.VM, oc.ExitCode, oc.Outcome = paths.Name(), code, "removed"
+	if made(paths) {
+		oc.Outcome = "kept"
+		if p := journalPhase(paths); p != noPhase {
+			oc.Phase = p.String()
+		}
+	}
+	return oc
+}
+
+// runEnvStatus lists the environment's VMs: those of the file, and those its
+// VMs' journals say were made here that the file no longer has (outside it).
+// With NAMEs, each of those VMs as `status NAME` shows it.
+func runEnvStatus(env Env, o *Options) int {
+	e := o.Env
+	if len(o.Names) > 0 {
+		code := exitOK
+		for _, vm := range e.acted(o) {
+			vo, err := e.options(vm)
+			if err != nil {
+				return reportError(env.Out, err)
+			}
+			if c := runStatus(env, vo); code == exitOK {
+				code = c
+			}
+		}
+		return code
+	}
+	var names []string
+	for _, vm := range e.VMs {
+		names = append(names, e.fullName(vm.Name))
+	}
+	outside, err := e.outside(env.Home)
+	if err != nil {
+		return reportError(env.Out, err)
+	}
+	if !o.JSON {
+		fmt.Printf(statusRow, "NAME", "PHASE", "DOMAIN", "SSH", "AGE", "FORWARDS")
+	}
+	list, errs := statusOfAll(env.ctx(), env, append(names, outside...))
+	for _, s := range list {
+		s.Environment = e.Name
+		s.OutsideFile = slices.Contains(outside, s.Name)
+		if s.OutsideFile && !o.JSON {
+			s.Name += " *"
+		}
+		printStatus(env, o, s)
+	}
+	if len(outside) > 0 && !o.JSON {
+		fmt.Printf("* made in this directory's environment %s, and no longer in %s: `vmup destroy NAME` elsewhere removes it\n", e.Name, configFile)
+	}
+	code := exitOK
+	for _, err := range errs {
+		code = reportError(env.Out, err)
+	}
+	return code
+}
+
+// outside names the VMs made in this environment (its name and directory)
+// that its file no longer has.
+func (e *Environment) outside(home string) ([]string, error) {
+	all, err := listVMs(home)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, name := range all {
+		j, err := readJournal(pathsFor(home, name))
+		if err != nil || j == nil || j.Env == nil || j.Env.Name != e.Name || j.Env.Dir != e.Dir {
+			continue
+		}
+		if _, in := e.lookup(j.Env.VM); !in {
+			names = append(names, name)
+		}
+	}
+	return names, nil
+}
+
+// runEnvUp brings the environment's VMs up: not yet.
+func runEnvUp(env Env, o *Options) int {
+	return reportError(env.Out, usagef("run `vmup up` in a directory whose vmup.json has no \"vms\"", "vmup up of an environment is not built yet"))
+}
