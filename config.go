@@ -59,9 +59,10 @@ type Options struct {
 	DryRun          bool     // prune --dry-run
 	// Env is the environment of vmup.json's "vms" (envfile.go); EnvVM is
 	// the VM's name in it (Name is then the full ENV-NAME), Groups its groups.
-	Env    *Environment
-	EnvVM  string
-	Groups []string
+	Env      *Environment
+	EnvVM    string
+	Groups   []string
+	Parallel int // up of an environment: how many first boots at once (0: as the host takes)
 	// set names the settings given by a flag or vmup.json, so a re-up knows
 	// which of the VM's own settings were left alone.
 	set map[string]bool

@@ -3,7 +3,10 @@ package main
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
+
+	"golang.org/x/sys/unix"
 )
 
 // runEnv runs cmd in an environment's directory: on the VMs named, or on
@@ -141,7 +144,80 @@ func (e *Environment) outside(home string) ([]string, error) {
 	return names, nil
 }
 
-// runEnvUp brings the environment's VMs up: not yet.
+// runEnvUp brings the environment's VMs up (those named, else every VM of
+// the file) as one: each VM set up as `up` does for one (its checks, its
+// lock), nothing changed until every VM passed them; then one loop (env.go).
 func runEnvUp(env Env, o *Options) int {
-	return reportError(env.Out, usagef("run `vmup up` in a directory whose vmup.json has no \"vms\"", "vmup up of an environment is not built yet"))
+	e, out := o.Env, env.Out
+	vms := e.acted(o)
+	var runs []*upRun
+	defer func() {
+		for _, u := range runs {
+			u.lock.Unlock()
+		}
+	}()
+	for _, vm := range vms {
+		vo, err := e.options(vm)
+		if err != nil {
+			return reportError(out, err)
+		}
+		switch {
+		case vo.RestrictNetwork:
+			return reportError(out, usagef("leave out restrict-network: the VMs of an environment reach each other through QEMU's gateway",
+				"VM %s: --restrict-network cuts a VM off from the other VMs of its environment", vm.Name))
+		case vo.SuspendOnStop:
+			return reportError(out, usagef("leave out suspend-on-stop, and save the VMs with `vmup down --suspend`",
+				"VM %s: --suspend-on-stop is not taken by an environment's up", vm.Name))
+		case vo.Parallel < 0:
+			return reportError(out, usagef("", "--parallel %d: want 1 or more", vo.Parallel))
+		}
+		venv := env
+		venv.Out, venv.Signals = out.forVM(vo.Name, e.label(vm, vms)), nil
+		u, lock, code := setupUp(venv, vo)
+		if u == nil {
+			return code
+		}
+		u.lock = lock
+		runs = append(runs, u)
+	}
+	// One playbook for every VM whose first boot is not complete.
+	var pb *Options
+	for _, u := range runs {
+		if u.kind != startFresh && u.kind != startResumeFirst {
+			continue
+		}
+		if pb != nil && (u.o.Playbook != pb.Playbook || !slices.Equal(u.o.PlaybookArgs, pb.PlaybookArgs) || u.o.NoProvision != pb.NoProvision) {
+			return reportError(out, usagef(fmt.Sprintf("give every VM of %s the same \"playbook\" (a play's hosts: pick the VMs)", configFile),
+				"VMs %s and %s would run different playbooks: an environment runs one", pb.EnvVM, u.o.EnvVM))
+		}
+		pb = u.o
+	}
+	first := runs[0].o
+	parallel := first.Parallel
+	if parallel == 0 {
+		parallel = defaultParallel(runs)
+	}
+	if !env.commit() { // from here the loop handles the signals
+		return exitFailed // a signal ended it: the guard has its code
+	}
+	r := &envRun{env: env, o: first, e: e, vms: runs, parallel: parallel, events: make(chan evMsg, 64)}
+	for _, u := range runs {
+		u.envRun = r
+	}
+	return r.run()
+}
+
+// defaultParallel is how many first boots this host takes at once: one per
+// core, as far as its memory holds the VMs.
+func defaultParallel(runs []*upRun) int {
+	n := runtime.NumCPU()
+	most := 0
+	for _, u := range runs {
+		most = max(most, u.o.MemoryMiB)
+	}
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil && most > 0 {
+		n = min(n, int(uint64(si.Totalram)*uint64(si.Unit)>>20/uint64(most)))
+	}
+	return max(1, n)
 }

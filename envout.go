@@ -58,3 +58,11 @@ func (o *Output) childOutcome() (vmOutcome, bool) {
 	}
 	return *o.outcome, true
 }
+
+// SayPhase sends an environment's phase change as a phase event whose
+// phase is the environment's.
+func (o *Output) SayPhase(phase, msg string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.emitEvent(jsonEvent{Event: "phase", Phase: phase, Message: msg})
+}

@@ -59,6 +59,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.StringVar(&o.CloudInitErrors, "cloud-init-errors", o.CloudInitErrors, "")
 		fs.BoolVar(&o.SuspendOnStop, "suspend-on-stop", o.SuspendOnStop, "")
 		fs.BoolVar(&o.DiscardSaved, "discard-saved", o.DiscardSaved, "")
+		fs.IntVar(&o.Parallel, "parallel", o.Parallel, "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "reset":
 		fs.DurationVar(&o.BootTimeout, "boot-timeout", o.BootTimeout, "")

@@ -65,6 +65,8 @@ Flags of up:
                           (as down --suspend) instead of shutting it down
   --discard-saved         a saved VM boots afresh (its memory is lost), so new
                           settings apply
+  --parallel N            an environment: how many VMs prepare and boot at once
+                          (default: as this host's cores and memory take)
   --json                  JSON Lines events on stdout (also of down, destroy,
                           provision, reset, status, ssh-config and images:
                           their data, errors and an exit event last)
@@ -93,6 +95,8 @@ makes the directory an environment ("name", default the directory's name).
 Its top-level keys are every VM's defaults; VM web is the VM ENV-web. There,
 down, destroy, status, reset, provision, inventory and ssh-config without
 NAME act on every VM of the file, and NAME is a VM of the file (else exit 2).
+up brings them up as one: first boots in parallel (--parallel N), then one
+ansible-playbook over all of them, limited to the VMs whose first boot is new.
 
 Ctrl+C during the first boot warns; a second one within 10s destroys the VM.
 Once the VM ran, Ctrl+C shuts it down (ACPI) and never destroys anything.
