@@ -74,7 +74,7 @@ func (r *envRun) run() int {
 		if !isAggregate(m) {
 			r.derive()
 		}
-		if r.phase == EnvFirstBoots {
+		if r.phase == EnvFirstBoots && len(r.queue) == 0 { // once what this message set off is done
 			r.startVMs()
 		}
 	}
@@ -250,6 +250,11 @@ func (r *envRun) do(a EnvAction, ev EnvEvent) {
 			r.tell(u, EvRecordFailed, r.fault)
 		}
 	case EnvActCancelSetup:
+		for _, u := range r.vms {
+			if !r.started[u] {
+				r.ended[u] = true // not begun (--parallel), and never will be: left as it is
+			}
+		}
 		for _, u := range r.waiting() {
 			r.tell(u, EvSetupCancelled, fmt.Errorf("the environment's playbook does not run: %s", r.failedNames()))
 		}

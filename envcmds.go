@@ -12,6 +12,7 @@ import (
 // runEnv runs cmd in an environment's directory: on the VMs named, or on
 // every VM of the file. A VM no longer in the file is never touched.
 func runEnv(cmd string, env Env, o *Options) int {
+	env.Out.SetEnvironment(o.Env.Name)
 	switch cmd {
 	case "status":
 		return runEnvStatus(env, o)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -298,5 +299,17 @@ func TestEnvInventoryPerHost(t *testing.T) {
 	// Only a loopback forward is reached through the gateway.
 	if diff := cmp.Diff(map[string]any{"80": float64(38081)}, ch["vmup"].Hosts["web"]["vmup_forwards"]); diff != "" {
 		t.Errorf("web's vmup_forwards (-want +got):\n%s", diff)
+	}
+}
+
+// In an environment's directory, completion offers the file's VM names.
+func TestEnvCompletionNames(t *testing.T) {
+	d := envDir(t, "shop", `{"vms": {"web": {}, "db": {}}}`)
+	cmd := exec.Command(vmupBinary, "__complete-names")
+	cmd.Dir = d
+	cmd.Env = append(os.Environ(), "VMUP_HOME="+t.TempDir())
+	out, err := cmd.Output()
+	if err != nil || string(out) != "db\nweb\n" {
+		t.Errorf("__complete-names: %q, %v; want db, web", out, err)
 	}
 }

@@ -35,7 +35,7 @@ func (s *serialWriter) Write(p []byte) (int, error) {
 func (o *Output) forVM(vm, label string) *Output {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	c := &Output{human: o.human, json: o.json, vm: vm, phase: noPhase, now: o.now, child: true, muted: o.muted}
+	c := &Output{human: o.human, json: o.json, vm: vm, phase: noPhase, now: o.now, child: true, muted: o.muted, envName: o.envName}
 	if label != "" {
 		c.prefix = label + " | "
 	}
@@ -65,4 +65,11 @@ func (o *Output) SayPhase(phase, msg string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.emitEvent(jsonEvent{Event: "phase", Phase: phase, Message: msg})
+}
+
+// SetEnvironment makes every event from now on name the environment.
+func (o *Output) SetEnvironment(name string) {
+	o.mu.Lock()
+	o.envName = name
+	o.mu.Unlock()
 }

@@ -112,6 +112,12 @@ func TestEnvUpOnePlaybook(t *testing.T) {
 	if got := h.exitEvent().VMs; !slices.Equal(got, want) {
 		t.Errorf("exit event's vms %v, want %v", got, want)
 	}
+	// Every event names the environment; each step is a VM's.
+	for _, ev := range h.events.events {
+		if ev.Environment != "shop" || strings.HasPrefix(ev.Event, "step_") && ev.VM == "" {
+			t.Errorf("event %+v: want environment shop (and a step's vm)", ev)
+		}
+	}
 	// Every human line of a VM names it.
 	for _, line := range strings.Split(strings.TrimSpace(h.stderr.String()), "\n") {
 		if strings.HasPrefix(line, "[") {
@@ -263,5 +269,21 @@ func TestEnvUpChecksEveryVMFirst(t *testing.T) {
 	os.WriteFile(configFile, []byte(strings.Replace(readFile(t, configFile), `"restrict-network": true`, `"playbook": "/etc/hostname"`, 1)), 0o600)
 	if code := h.wait(h.envUp("-d")); code != 2 || !strings.Contains(h.stderr.String(), "different playbooks") {
 		t.Fatalf("two playbooks: exit %d, want 2\n%s", code, h.stderr)
+	}
+}
+
+// A VM that fails while others wait for a slot (--parallel 1): those are
+// left as they are, and the run ends (exit 1).
+func TestEnvUpFailureLeavesWaitingVMsAlone(t *testing.T) {
+	h := envHarness(t, `{"web": {}, "db": {}, "cache": {}}`)
+	h.fake.world.Fail["start shop-cache"] = "error: Failed to start domain 'shop-cache'"
+	if code := h.wait(h.envUp("-d", "--parallel", "1")); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, h.stderr)
+	}
+	if _, ok := h.fake.world.Domains["shop-web"]; ok || made(pathsFor(h.env.Home, "shop-db")) {
+		t.Errorf("a VM waiting for a slot was begun after cache failed: %v", h.fake.world.Domains)
+	}
+	if got := h.exitEvent().VMs; len(got) != 3 || got[0] != (vmOutcome{"shop-cache", "failed", 1, "kept"}) {
+		t.Errorf("exit event's vms %v", got)
 	}
 }

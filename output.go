@@ -56,6 +56,7 @@ type Output struct {
 	// (envout.go): its lines begin with prefix, and its exit is recorded
 	// for the environment's exit event, not sent.
 	prefix  string
+	envName string // an environment's command: every event names the environment
 	child   bool
 	outcome *vmOutcome // the child's exit: set by Exit
 	vms     []vmOutcome
@@ -130,6 +131,9 @@ func (o *Output) emitEvent(ev jsonEvent) {
 	ev.Time = time.Now().UTC().Format(time.RFC3339Nano)
 	if ev.VM == "" { // a vm event names its own VM and phase
 		ev.VM = o.vm
+	}
+	if ev.Environment == "" {
+		ev.Environment = o.envName
 	}
 	if ev.Phase == "" && o.phase != noPhase {
 		ev.Phase = o.phase.String()
