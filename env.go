@@ -361,6 +361,18 @@ func envSignalEvent(sig os.Signal, windowOpen bool) EnvEvent {
 // finish waits for every VM's finish and ends with the exit event, which
 // lists each VM's outcome.
 func (r *envRun) finish() {
+	// A worker's late event must not block it: nobody steps rows any more.
+	drained := make(chan struct{})
+	defer close(drained)
+	go func() {
+		for {
+			select {
+			case <-r.events:
+			case <-drained:
+				return
+			}
+		}
+	}()
 	r.stopWork()
 	r.waitOldWorkers(r.oldWorkers)
 	r.finished.Wait()

@@ -20,9 +20,11 @@ func runEnv(cmd string, env Env, o *Options) int {
 		return runEnvInventory(env, o)
 	case "up":
 		return runEnvUp(env, o)
+	case "provision":
+		return runEnvProvision(env, o)
 	}
 	runs := map[string]func(Env, *Options) int{"down": runDown, "destroy": runDestroy, "reset": runReset,
-		"provision": runProvision, "ssh-config": runSSHConfig}
+		"ssh-config": runSSHConfig}
 	e := o.Env
 	vms := e.acted(o)
 	code := exitOK

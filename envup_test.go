@@ -287,3 +287,25 @@ func TestEnvUpFailureLeavesWaitingVMsAlone(t *testing.T) {
 		t.Errorf("exit event's vms %v", got)
 	}
 }
+
+// provision in the directory: one playbook over the environment's inventory,
+// limited to the VMs it acts on.
+func TestEnvProvisionOnePlaybook(t *testing.T) {
+	h := envHarness(t, `{"web": {"groups": ["web"]}, "db": {}}`)
+	if code := h.wait(h.envUp("-d")); code != 0 {
+		t.Fatalf("up: exit %d\n%s", code, h.stderr)
+	}
+	if code := h.runEnv("provision"); code != 0 {
+		t.Fatalf("provision: exit %d\n%s", code, h.stderr)
+	}
+	pb := h.playbookCalls()
+	if len(pb) != 2 || pb[1][slices.Index(pb[1], "--limit")+1] != "db,web" || !strings.HasSuffix(pb[1][2], "env-inventory.json") {
+		t.Errorf("playbooks %v; want a second one over the environment's inventory, --limit db,web", pb)
+	}
+	if code := h.runEnv("provision", "web"); code != 0 || len(h.playbookCalls()) != 3 {
+		t.Fatalf("provision web: exit %d, playbooks %v", code, h.playbookCalls())
+	}
+	if pb := h.playbookCalls()[2]; pb[slices.Index(pb, "--limit")+1] != "web" {
+		t.Errorf("provision web: %v; want --limit web", pb)
+	}
+}
