@@ -121,6 +121,7 @@ func (r *envRun) end(u *upRun) {
 	go func() {
 		defer r.finished.Done()
 		u.finish()
+		u.lock.Unlock() // its own up is over: `vmup down` of it need not wait for the others
 	}()
 	if u.phase == Failed || u.phase == StopFailed {
 		r.report(EnvEvVMFailed)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"os"
 	"os/exec"
@@ -81,5 +82,38 @@ func TestBinaryEnvUpKilledMidPlaybookRecovers(t *testing.T) {
 	}
 	if n != 2 {
 		t.Errorf("%d playbooks ran, want 2 (the killed one, and one for both VMs)", n)
+	}
+}
+
+// `vmup down` in the directory, against the environment's foreground up:
+// that up shuts every VM down and ends (0), and so does down.
+func TestBinaryEnvDownStopsForegroundUp(t *testing.T) {
+	r := newBinaryRun(t, "ok")
+	dir := filepath.Join(r.dir, "shop")
+	os.Mkdir(dir, 0o700)
+	os.WriteFile(filepath.Join(dir, configFile), []byte(`{"image": "`+filepath.Join(r.dir, "base.qcow2")+`", "playbook": "`+
+		filepath.Join(r.dir, "play.yml")+`", "domain-type": "qemu", "network": "user", "vms": {"web": {}, "db": {}}}`), 0o600)
+	up := r.envVmup(dir, "ok", "up", "--json")
+	stdout, _ := up.StdoutPipe()
+	up.Stderr = &testLogWriter{t: t}
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(-up.Process.Pid, syscall.SIGKILL) })
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() && !strings.Contains(sc.Text(), `"event":"waiting"`) {
+	}
+	down := r.envVmup(dir, "ok", "down")
+	if res, err := down.CombinedOutput(); err != nil {
+		t.Fatalf("down: %v\n%s", err, res)
+	}
+	for sc.Scan() {
+	}
+	if err := up.Wait(); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	w := loadWorld(filepath.Join(r.dir, "world.json"))
+	if w.Domains["shop-web"] != "shut off" || w.Domains["shop-db"] != "shut off" {
+		t.Errorf("domains %v; want both shut off", w.Domains)
 	}
 }

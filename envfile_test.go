@@ -313,3 +313,28 @@ func TestEnvCompletionNames(t *testing.T) {
 		t.Errorf("__complete-names: %q, %v; want db, web", out, err)
 	}
 }
+
+// On a NAT network the other VMs reach a VM by its name (the guest's
+// hostname) at port 22 and its forwarded guest ports themselves.
+func TestEnvHostOnNAT(t *testing.T) {
+	j := &Journal{Name: "shop-db", User: "vmup", Network: "nat", SSHHost: "192.168.122.5", SSHPort: 22, Forwards: []string{"127.0.0.1:15432:5432"}}
+	h := envHostFor(pathsFor("/h", "shop-db"), j, "")
+	if h.Address != "shop-db" || h.SSHPort != 22 || h.Host != "192.168.122.5" || !cmp.Equal(h.Forwards, map[string]int{"5432": 5432}) {
+		t.Errorf("%+v; want vmup_address shop-db, port 22, forwards 5432: 5432", h)
+	}
+}
+
+// ssh-config without NAME prints every VM's.
+func TestEnvSSHConfigEveryVM(t *testing.T) {
+	h := envHarness(t, `{"web": {}, "db": {}}`)
+	h.makeEnvVM("web")
+	h.makeEnvVM("db")
+	out := captureStdout(t, func() {
+		if code := h.runEnv("ssh-config"); code != 0 {
+			t.Errorf("ssh-config: exit %d\n%s", code, h.stderr)
+		}
+	})
+	if !strings.Contains(out, "Host shop-web\n") || !strings.Contains(out, "Host shop-db\n") {
+		t.Errorf("ssh-config:\n%s", out)
+	}
+}

@@ -94,9 +94,10 @@ Environments: a vmup.json with "vms": {"web": {..., "groups": [...]}, ...}
 makes the directory an environment ("name", default the directory's name).
 Its top-level keys are every VM's defaults; VM web is the VM ENV-web. There,
 down, destroy, status, reset, provision, inventory and ssh-config without
-NAME act on every VM of the file, and NAME is a VM of the file (else exit 2).
-up brings them up as one: first boots in parallel (--parallel N), then one
-ansible-playbook over all of them, limited to the VMs whose first boot is new.
+NAME act on every VM of the file (with NAMEs, on those), and a NAME is a VM
+of the file (else exit 2). up brings them up as one: first boots in parallel
+(--parallel N), then one ansible-playbook over all of them, limited to the
+VMs whose first boot is new; provision likewise runs one playbook.
 
 Ctrl+C during the first boot warns; a second one within 10s destroys the VM.
 Once the VM ran, Ctrl+C shuts it down (ACPI) and never destroys anything.
