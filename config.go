@@ -167,6 +167,7 @@ type fileConfig struct {
 	ShutdownTimeout *string  `json:"shutdown-timeout"`
 	CloudInitErrors *string  `json:"cloud-init-errors"`
 	SuspendOnStop   *bool    `json:"suspend-on-stop"`
+	Parallel        *int     `json:"parallel"`
 	// An environment (envfile.go): its VMs by their names in the file, and
 	// a VM's groups in the environment's inventory.
 	VMs    map[string]json.RawMessage `json:"vms"`
@@ -281,6 +282,7 @@ func applyConfig(o *Options, c *fileConfig, raw map[string]json.RawMessage) erro
 	setBool(&o.NoProvision, c.NoProvision)
 	setBool(&o.RestrictNetwork, c.RestrictNetwork)
 	setBool(&o.SuspendOnStop, c.SuspendOnStop)
+	setInt(&o.Parallel, c.Parallel)
 	if c.PlaybookArgs != nil {
 		o.PlaybookArgs = c.PlaybookArgs
 	}

@@ -298,13 +298,19 @@ func (r *envRun) enterRunning() {
 	out.Say("waiting", "Press Ctrl+C to shut the VMs down")
 }
 
-// secondInterrupt says what a second Ctrl+C does to each VM.
+// secondInterrupt says what a second Ctrl+C does to each VM, as its own
+// row will: a first boot is wiped, a VM whose first boot completed shut
+// down, one still preparing loses what this run made, one not begun stays.
 func (r *envRun) secondInterrupt() string {
-	var first, done []string
+	var first, done, preparing, waiting []string
 	for _, u := range r.vms {
 		switch {
 		case r.ended[u]:
-		case !r.started[u] || u.phase == Preparing || u.phase.FirstBoot():
+		case !r.started[u]:
+			waiting = append(waiting, u.o.EnvVM)
+		case u.phase == Preparing:
+			preparing = append(preparing, u.o.EnvVM)
+		case u.phase.FirstBoot():
 			first = append(first, u.o.EnvVM)
 		default:
 			done = append(done, u.o.EnvVM)
@@ -315,7 +321,17 @@ func (r *envRun) secondInterrupt() string {
 		parts = append(parts, "it aborts the first boot of "+strings.Join(first, ", ")+" (destroyed)")
 	}
 	if len(done) > 0 {
-		parts = append(parts, strings.Join(done, ", ")+", whose first boot completed, "+map[bool]string{true: "is", false: "are"}[len(done) == 1]+" shut down")
+		verb := " are"
+		if len(done) == 1 {
+			verb = " is"
+		}
+		parts = append(parts, strings.Join(done, ", ")+", whose first boot completed,"+verb+" shut down")
+	}
+	if len(preparing) > 0 {
+		parts = append(parts, "what this run made for "+strings.Join(preparing, ", ")+" is removed")
+	}
+	if len(waiting) > 0 {
+		parts = append(parts, strings.Join(waiting, ", ")+" (not begun) stay as they are")
 	}
 	return strings.Join(parts, "; ")
 }

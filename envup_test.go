@@ -134,6 +134,20 @@ func TestEnvUpOnePlaybook(t *testing.T) {
 	if len(pb) != 2 || pb[1][slices.Index(pb[1], "--limit")+1] != "cache" {
 		t.Errorf("second up's playbook: %v; want one more, --limit cache", pb)
 	}
+	// destroy: nothing of the environment is left.
+	if code := h.runEnv("destroy"); code != 0 {
+		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
+	}
+	names, _ := listVMs(h.env.Home)
+	var vols []string
+	for v := range h.fake.world.Volumes {
+		if !strings.HasPrefix(v, "vmup/vmup-base-") {
+			vols = append(vols, v)
+		}
+	}
+	if len(h.fake.world.Domains) != 0 || len(names) != 0 || len(vols) != 0 {
+		t.Errorf("after destroy: domains %v, state dirs %v, volumes %v; want none", h.fake.world.Domains, names, vols)
+	}
 }
 
 func readFile(t *testing.T, path string) string {
