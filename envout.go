@@ -35,7 +35,7 @@ func (s *serialWriter) Write(p []byte) (int, error) {
 func (o *Output) forVM(vm, label string) *Output {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	c := &Output{human: o.human, json: o.json, vm: vm, phase: noPhase, now: o.now, child: true, muted: o.muted, envName: o.envName}
+	c := &Output{human: o.human, json: o.json, vm: vm, phase: noPhase, now: o.now, child: true, parent: o, envName: o.envName}
 	if label != "" {
 		c.prefix = label + " | "
 	}
@@ -72,4 +72,15 @@ func (o *Output) SetEnvironment(name string) {
 	o.mu.Lock()
 	o.envName = name
 	o.mu.Unlock()
+}
+
+// silenced: o, or the environment's Output it speaks for, was muted (o.mu
+// is held; a child locks its parent's, never the other way round).
+func (o *Output) silenced() bool {
+	if o.muted || o.parent == nil {
+		return o.muted
+	}
+	o.parent.mu.Lock()
+	defer o.parent.mu.Unlock()
+	return o.parent.muted
 }

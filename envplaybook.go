@@ -4,6 +4,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -59,6 +60,11 @@ func (r *envRun) runPlaybook(ctx context.Context, vms []*upRun) {
 		}
 		for _, u := range vms {
 			u.logPath = logPath
+			if u != first && ensureDir(u.paths.Logs()) == nil { // `vmup logs` of each VM shows it
+				if os.Link(logPath, filepath.Join(u.paths.Logs(), filepath.Base(logPath))) == nil {
+					u.logPath = filepath.Join(u.paths.Logs(), filepath.Base(logPath))
+				}
+			}
 		}
 		if err != nil {
 			noteAnsibleExit(out, err, logPath)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -102,6 +103,11 @@ func TestEnvUpOnePlaybook(t *testing.T) {
 	for _, n := range []string{"shop-db", "shop-web1", "shop-web2"} {
 		if j := h.envJournal(n); j == nil || !j.FirstBootDone || j.Phase != Detached || j.PlaybookPGID != 0 {
 			t.Errorf("%s: journal %+v; want first boot done, detached, no playbook group", n, j)
+		}
+	}
+	for _, n := range []string{"shop-db", "shop-web1", "shop-web2"} {
+		if logs, _ := filepath.Glob(filepath.Join(pathsFor(h.env.Home, n).Logs(), "playbook-*.log")); len(logs) != 1 {
+			t.Errorf("%s: playbook logs %v; want the environment's one", n, logs)
 		}
 	}
 	inv, err := os.ReadFile(pathsFor(h.env.Home, "shop-db").File("env-inventory.json"))

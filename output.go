@@ -58,6 +58,7 @@ type Output struct {
 	prefix  string
 	envName string // an environment's command: every event names the environment
 	child   bool
+	parent  *Output    // a child's: muted with it
 	outcome *vmOutcome // the child's exit: set by Exit
 	vms     []vmOutcome
 }
@@ -125,7 +126,7 @@ func (o *Output) emit(event, message, step string, exit *int) {
 
 // emitEvent adds the time, the VM and the phase to ev and writes it.
 func (o *Output) emitEvent(ev jsonEvent) {
-	if o.json == nil || o.muted && ev.Event != "exit" {
+	if o.json == nil || o.silenced() && ev.Event != "exit" {
 		return
 	}
 	ev.Time = time.Now().UTC().Format(time.RFC3339Nano)
@@ -143,7 +144,7 @@ func (o *Output) emitEvent(ev jsonEvent) {
 
 // line prints one human line, clearing a spinner's line first.
 func (o *Output) line(format string, a ...any) {
-	if o.muted {
+	if o.silenced() {
 		return
 	}
 	if o.tty && o.spinStop != nil {
@@ -184,7 +185,7 @@ func (o *Output) Step(title string) {
 	o.stepTitle, o.stepDetail, o.stepStart = title, "", o.now()
 	o.emit("step_started", title, o.stepLabel(), nil)
 	switch {
-	case o.muted:
+	case o.silenced():
 	case o.tty:
 		o.spinStop, o.spinDone = make(chan struct{}), make(chan struct{})
 		go o.spin(o.spinStop, o.spinDone, fmt.Sprintf("[%s]", o.stepLabel()), title)
