@@ -117,3 +117,52 @@ func TestBinaryEnvDownStopsForegroundUp(t *testing.T) {
 		t.Errorf("domains %v; want both shut off", w.Domains)
 	}
 }
+
+// Two Ctrl+C (SIGINT to the foreground group) during the playbook of a new
+// VM: the playbook's process group is stopped, the new VM wiped, the VM
+// whose first boot completed shut down and kept, exit 130.
+func TestBinaryEnvDoubleCtrlCDuringPlaybook(t *testing.T) {
+	r := newBinaryRun(t, "ok")
+	dir := filepath.Join(r.dir, "shop")
+	os.Mkdir(dir, 0o700)
+	os.WriteFile(filepath.Join(dir, configFile), []byte(`{"image": "`+filepath.Join(r.dir, "base.qcow2")+`", "playbook": "`+
+		filepath.Join(r.dir, "play.yml")+`", "domain-type": "qemu", "network": "user", "vms": {"web": {}, "db": {}}}`), 0o600)
+	if res, err := r.envVmup(dir, "ok", "up", "web", "-d").CombinedOutput(); err != nil {
+		t.Fatalf("up web -d: %v\n%s", err, res)
+	}
+	up := r.envVmup(dir, "block", "up", "--json")
+	stdout, _ := up.StdoutPipe()
+	up.Stderr = &testLogWriter{t: t}
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(-up.Process.Pid, syscall.SIGKILL) })
+	_, pgid, _ := r.waitPlaybook()
+	unix.Kill(-up.Process.Pid, syscall.SIGINT)
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() && !strings.Contains(sc.Text(), `"event":"confirm_abort"`) {
+	}
+	if !strings.Contains(sc.Text(), "aborts the first boot of db") || !strings.Contains(sc.Text(), "web, whose first boot completed, is shut down") {
+		t.Errorf("the first Ctrl+C says %s", sc.Text())
+	}
+	unix.Kill(-up.Process.Pid, syscall.SIGINT)
+	for sc.Scan() {
+	}
+	up.Wait()
+	if code := up.ProcessState.ExitCode(); code != exitSIGINT {
+		t.Fatalf("exit %d, want 130", code)
+	}
+	if err := unix.Kill(-pgid, 0); err != unix.ESRCH {
+		t.Errorf("the playbook's process group %d is still there (kill: %v)", pgid, err)
+	}
+	if s := r.playbookSignals(); !strings.Contains(s, "interrupt") {
+		t.Errorf("the playbook was not sent SIGINT (got %q)", s)
+	}
+	w := loadWorld(filepath.Join(r.dir, "world.json"))
+	if _, ok := w.Domains["shop-db"]; ok || w.Domains["shop-web"] != "shut off" {
+		t.Errorf("domains %v; want shop-db gone, shop-web shut off", w.Domains)
+	}
+	if _, err := os.Stat(filepath.Join(r.home, "vms", "shop-db")); !os.IsNotExist(err) {
+		t.Errorf("db's state dir is still there: %v", err)
+	}
+}
