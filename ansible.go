@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -109,9 +110,25 @@ func recapUnreachable(logPath string) bool {
 	return false
 }
 
-// Run runs the playbook; output goes to out and to a log file in logs/.
-// started learns the playbook's process group.
+// Run runs the playbook against one VM, through vmup's ControlMaster;
+// output goes to out and to a log file in logs/. started learns the
+// playbook's process group.
 func (a *Ansible) Run(ctx context.Context, p Paths, s *SSH, playbook string, extra []string, out io.Writer, started func(int)) (logPath string, err error) {
+	// ansible's default ssh_args start a ControlPersist master that would outlive
+	// vmup; these replace them, so ansible rides vmup's own master.
+	return a.run(ctx, p, p.Inventory(), append(s.Options(), "-o", "ControlMaster=no"), append(slices.Clone(extra), playbook), out, started)
+}
+
+// RunHosts runs the playbook over an inventory whose hosts carry their own
+// keys, pinned host keys and ControlPaths (an environment's): the ssh
+// options every host shares are the only process-wide ones.
+func (a *Ansible) RunHosts(ctx context.Context, logs Paths, inventory string, args []string, out io.Writer, started func(int)) (string, error) {
+	shared := []string{"-o", "ControlMaster=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+		"-o", "ServerAliveInterval=5", "-o", "LogLevel=ERROR"}
+	return a.run(ctx, logs, inventory, shared, args, out, started)
+}
+
+func (a *Ansible) run(ctx context.Context, p Paths, inventory string, sshOpts, args []string, out io.Writer, started func(int)) (logPath string, err error) {
 	if err := ensureDir(p.Logs()); err != nil {
 		return "", err
 	}
@@ -124,16 +141,12 @@ func (a *Ansible) Run(ctx context.Context, p Paths, s *SSH, playbook string, ext
 	// A full disk must not turn a playbook that succeeded into a failure.
 	w := io.MultiWriter(out, bestEffort{logFile})
 
-	// ansible's default ssh_args start a ControlPersist master that would outlive
-	// vmup; these replace them, so ansible rides vmup's own master.
 	var sshArgs []string
-	for _, o := range append(s.Options(), "-o", "ControlMaster=no") {
+	for _, o := range sshOpts {
 		sshArgs = append(sshArgs, shellQuote(o))
 	}
-	args := append([]string{a.prog, "-i", p.Inventory()}, extra...)
-	args = append(args, playbook)
 	_, err = a.r.Run(ctx, Cmd{
-		Args: args,
+		Args: append([]string{a.prog, "-i", inventory}, args...),
 		Env: []string{
 			"ANSIBLE_SSH_ARGS=" + strings.Join(sshArgs, " "),
 			"ANSIBLE_HOST_KEY_CHECKING=True",

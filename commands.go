@@ -461,5 +461,6 @@ var domainFileRE = regexp.MustCompile(`(?:file=['"]|<kernel>|<initrd>)(/[^'"<]+)
 // event is s as the vm event of `status --json`.
 func (s vmStatus) event() jsonEvent {
 	return jsonEvent{Event: "vm", VM: s.Name, Phase: s.Phase, Domain: s.Domain, SSH: s.SSH, Address: s.Address,
-		Forwards: &s.Forwards, PID: s.PID, Holder: s.Holder, Created: s.Created, AgeSeconds: s.AgeSeconds}
+		Forwards: &s.Forwards, PID: s.PID, Holder: s.Holder, Created: s.Created, AgeSeconds: s.AgeSeconds,
+		Environment: s.Environment, OutsideFile: s.OutsideFile}
 }

@@ -57,6 +57,12 @@ type Options struct {
 	Format          string   // inventory: yaml or json
 	Follow          bool     // logs -f
 	DryRun          bool     // prune --dry-run
+	// Env is the environment of vmup.json's "vms" (envfile.go); EnvVM is
+	// the VM's name in it (Name is then the full ENV-NAME), Groups its groups.
+	Env      *Environment
+	EnvVM    string
+	Groups   []string
+	Parallel int // up of an environment: how many first boots at once (0: as the host takes)
 	// set names the settings given by a flag or vmup.json, so a re-up knows
 	// which of the VM's own settings were left alone.
 	set map[string]bool
@@ -161,6 +167,11 @@ type fileConfig struct {
 	ShutdownTimeout *string  `json:"shutdown-timeout"`
 	CloudInitErrors *string  `json:"cloud-init-errors"`
 	SuspendOnStop   *bool    `json:"suspend-on-stop"`
+	Parallel        *int     `json:"parallel"`
+	// An environment (envfile.go): its VMs by their names in the file, and
+	// a VM's groups in the environment's inventory.
+	VMs    map[string]json.RawMessage `json:"vms"`
+	Groups []string                   `json:"groups"`
 }
 
 const configFile = "vmup.json"
@@ -204,21 +215,34 @@ func defaultOptions() *Options {
 }
 
 // loadConfig applies vmup.json from the working directory, if there is one.
-func loadConfig(o *Options) error {
+// One with "vms" is an environment: it is returned, and o gets none of it
+// (each VM's Options are made by Environment.options).
+func loadConfig(o *Options) (*Environment, error) {
 	data, err := os.ReadFile(configFile)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return usagef("", "cannot read %s: %v", configFile, err)
+		return nil, usagef("", "cannot read %s: %v", configFile, err)
 	}
 	var c fileConfig
 	if err := decodeStrict(data, &c); err != nil {
-		return usagef("name the fields as the long flags, e.g. `{\"image\": \"debian.qcow2\", \"memory\": 4096}`",
+		return nil, usagef("name the fields as the long flags, e.g. `{\"image\": \"debian.qcow2\", \"memory\": 4096}`",
 			"%s: %v", configFile, err)
 	}
 	raw := map[string]json.RawMessage{}
 	json.Unmarshal(data, &raw)
+	if c.VMs != nil {
+		return parseEnvironment(&c, raw)
+	}
+	if c.Groups != nil {
+		return nil, usagef("put \"groups\" in a VM's entry of \"vms\"", "%s: \"groups\" belongs to a VM of an environment", configFile)
+	}
+	return nil, applyConfig(o, &c, raw)
+}
+
+// applyConfig sets o from one layer of vmup.json: its top level, or a VM's entry.
+func applyConfig(o *Options, c *fileConfig, raw map[string]json.RawMessage) error {
 	for k := range raw {
 		o.set[k] = true
 	}
@@ -258,8 +282,12 @@ func loadConfig(o *Options) error {
 	setBool(&o.NoProvision, c.NoProvision)
 	setBool(&o.RestrictNetwork, c.RestrictNetwork)
 	setBool(&o.SuspendOnStop, c.SuspendOnStop)
+	setInt(&o.Parallel, c.Parallel)
 	if c.PlaybookArgs != nil {
 		o.PlaybookArgs = c.PlaybookArgs
+	}
+	if c.Forward != nil {
+		o.Forwards = nil // a VM's own list replaces the defaults'
 	}
 	for _, s := range c.Forward {
 		f, err := parseForward(s)

@@ -35,6 +35,11 @@ type evMsg struct {
 	ev  Event
 	gen int // for timer events: which window armed them
 	err error
+	// vm is the VM whose event it is: an environment's loop (env.go) steps
+	// that VM's row. With isEnv, the message is the environment's own envEv.
+	vm    *upRun
+	isEnv bool
+	envEv EnvEvent
 }
 
 // How an `up` begins, decided from the journal before anything runs.
@@ -55,6 +60,10 @@ type upRun struct {
 	vmRun
 	workerGroup
 	resetRunning bool // the domain ran when the reset was prepared (prepareReset, for reset)
+	// envRun is the environment this VM is brought up in (env.go), nil for
+	// a single VM: its loop steps this VM's rows, and some actions report to it.
+	envRun *envRun
+	lock   *Lock // the VM's lock, while an environment's up holds it
 }
 
 // controller is the state of the loop in run. Only that loop's goroutine
@@ -72,51 +81,61 @@ type controller struct {
 	failHint string // what to do about it, when that error says more than the generic hint
 }
 
-func (u *upRun) send(ev Event, err error) { u.events <- evMsg{ev: ev, err: err} }
+func (u *upRun) send(ev Event, err error) { u.events <- evMsg{ev: ev, err: err, vm: u} }
 
-// run is the controller loop: the only place the phase changes.
+// run is the controller loop of a single VM: the only place the phase
+// changes. An environment's loop (env.go) steps each of its VMs the same
+// way, by apply.
 func (u *upRun) run() int {
-	u.events = make(chan evMsg, 16)
-	u.startGroup()
-	u.masterCtx, u.masterCancel = context.WithCancel(context.Background())
+	u.begin(make(chan evMsg, 16))
 	defer u.masterCancel()
-	u.setPhase(Preparing, Preparing)
-	u.goWork(u.prepare)
-
 	for !u.phase.Terminal() {
-		var m evMsg
 		select {
 		case sig := <-u.env.Signals:
-			m = evMsg{ev: signalEvent(sig, u.windowOpen, u.o.SuspendOnStop && u.phase.AfterFirstBoot())}
-		case m = <-u.events:
-			if m.ev == EvConfirmExpired && (!u.windowOpen || m.gen != u.windowGen) {
-				continue // a window that already closed
-			}
-		}
-		t, ok := Step(u.phase, m.ev)
-		if !ok {
-			continue
-		}
-		if m.err != nil {
-			u.failure = m.err.Error()
-			var h interface{ Hint() string }
-			if errors.As(m.err, &h) {
-				u.failHint = h.Hint()
-			}
-		}
-		if t.Exit != keep {
-			u.exit = t.Exit
-		}
-		from := u.phase
-		if t.Next != from {
-			u.setPhase(from, t.Next)
-		}
-		for _, a := range t.Actions {
-			u.do(a, from, m.ev)
+			u.apply(evMsg{ev: signalEvent(sig, u.windowOpen, u.o.SuspendOnStop && u.phase.AfterFirstBoot())})
+		case m := <-u.events:
+			u.apply(m)
 		}
 	}
 	u.finish()
 	return u.exit
+}
+
+// begin starts the run: Preparing, its worker sending on events.
+func (u *upRun) begin(events chan evMsg) {
+	u.events = events
+	u.startGroup()
+	u.masterCtx, u.masterCancel = context.WithCancel(context.Background())
+	u.setPhase(Preparing, Preparing)
+	u.goWork(u.prepare)
+}
+
+// apply steps the VM's row for one event and does its actions.
+func (u *upRun) apply(m evMsg) {
+	if m.ev == EvConfirmExpired && (!u.windowOpen || m.gen != u.windowGen) {
+		return // a window that already closed
+	}
+	t, ok := Step(u.phase, m.ev)
+	if !ok {
+		return
+	}
+	if m.err != nil {
+		u.failure = m.err.Error()
+		var h interface{ Hint() string }
+		if errors.As(m.err, &h) {
+			u.failHint = h.Hint()
+		}
+	}
+	if t.Exit != keep {
+		u.exit = t.Exit
+	}
+	from := u.phase
+	if t.Next != from {
+		u.setPhase(from, t.Next)
+	}
+	for _, a := range t.Actions {
+		u.do(a, from, m.ev)
+	}
 }
 
 func (u *upRun) setPhase(from, to Phase) {
@@ -159,7 +178,7 @@ func (u *upRun) do(a Action, from Phase, ev Event) {
 		u.windowOpen = true
 		secs := int(u.env.ConfirmWindow.Round(time.Second) / time.Second)
 		u.stopWindow = u.env.Clock.AfterFunc(u.env.ConfirmWindow, func() {
-			u.events <- evMsg{ev: EvConfirmExpired, gen: gen}
+			u.events <- evMsg{ev: EvConfirmExpired, gen: gen, vm: u}
 		})
 		out.Say("confirm_abort", "Press Ctrl+C again within %ds to abort the first boot; the VM will be destroyed", secs)
 	case ActSayNotConfirmed:
@@ -172,6 +191,10 @@ func (u *upRun) do(a Action, from Phase, ev Event) {
 	case ActStartBoot:
 		u.goWork(func(ctx context.Context) { u.boot(ctx, false) })
 	case ActRunPlaybook:
+		if u.envRun != nil {
+			u.envRun.report(EnvEvVMReady) // its environment's one playbook provisions it
+			return
+		}
 		u.goWork(u.provision)
 	case ActEnterRunning:
 		u.enterRunning()

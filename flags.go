@@ -59,6 +59,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.StringVar(&o.CloudInitErrors, "cloud-init-errors", o.CloudInitErrors, "")
 		fs.BoolVar(&o.SuspendOnStop, "suspend-on-stop", o.SuspendOnStop, "")
 		fs.BoolVar(&o.DiscardSaved, "discard-saved", o.DiscardSaved, "")
+		fs.IntVar(&o.Parallel, "parallel", o.Parallel, "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "reset":
 		fs.DurationVar(&o.BootTimeout, "boot-timeout", o.BootTimeout, "")
@@ -93,12 +94,43 @@ var takesRest = map[string]bool{"up": true, "provision": true, "ssh": true}
 
 // parseCommand reads vmup.json and then cmd's arguments, where NAME and flags
 // may come in any order and everything after `--` is passed on verbatim.
+// In an environment's directory o.Env is set, o.Names are the NAMEs given
+// (each a VM of the file), and each VM's own Options come from Env.options.
 func parseCommand(cmd string, args []string) (*Options, []string, error) {
 	o := defaultOptions()
-	if err := loadConfig(o); err != nil {
+	env, err := loadConfig(o)
+	if err != nil {
 		return nil, nil, err
 	}
-	var rest []string
+	positional, rest, err := parseArgs(cmd, o, args)
+	if err != nil {
+		return nil, nil, err
+	}
+	if env != nil {
+		return env.command(cmd, o, positional, rest, args)
+	}
+	if cmd == "inventory" {
+		o.Names = positional
+		positional = nil
+	}
+	if len(positional) > 1 {
+		return nil, nil, usagef(fmt.Sprintf("run `vmup %s --help` to see its arguments", cmd), "too many arguments: %s", strings.Join(positional, " "))
+	}
+	if len(positional) == 1 {
+		o.Name = positional[0]
+	}
+	if cmd == "up" || cmd == "provision" {
+		if len(rest) > 0 {
+			o.PlaybookArgs = rest
+		}
+		rest = nil
+	}
+	return o, rest, nil
+}
+
+// parseArgs parses cmd's flags in args onto o: the positional words, and
+// what follows `--`.
+func parseArgs(cmd string, o *Options, args []string) (positional, rest []string, err error) {
 	for i, a := range args {
 		if a == "--" {
 			if !takesRest[cmd] {
@@ -110,7 +142,6 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 		}
 	}
 	fs := flagsFor(cmd, o)
-	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
@@ -130,23 +161,7 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 		}
 		o.set[f.Name] = true
 	})
-	if cmd == "inventory" {
-		o.Names = positional
-		positional = nil
-	}
-	if len(positional) > 1 {
-		return nil, nil, usagef(fmt.Sprintf("run `vmup %s --help` to see its arguments", cmd), "too many arguments: %s", strings.Join(positional, " "))
-	}
-	if len(positional) == 1 {
-		o.Name = positional[0]
-	}
-	if cmd == "up" || cmd == "provision" {
-		if len(rest) > 0 {
-			o.PlaybookArgs = rest
-		}
-		rest = nil
-	}
-	return o, rest, nil
+	return positional, rest, nil
 }
 
 // requireName checks the VM name that a command acts on.

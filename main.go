@@ -65,6 +65,8 @@ Flags of up:
                           (as down --suspend) instead of shutting it down
   --discard-saved         a saved VM boots afresh (its memory is lost), so new
                           settings apply
+  --parallel N            an environment: how many VMs prepare and boot at once
+                          (default: as this host's cores and memory take)
   --json                  JSON Lines events on stdout (also of down, destroy,
                           provision, reset, status, ssh-config and images:
                           their data, errors and an exit event last)
@@ -87,6 +89,15 @@ needs to reach them. logs shows the last playbook log and the console log;
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
+
+Environments: a vmup.json with "vms": {"web": {..., "groups": [...]}, ...}
+makes the directory an environment ("name", default the directory's name).
+Its top-level keys are every VM's defaults; VM web is the VM ENV-web. There,
+down, destroy, status, reset, provision, inventory and ssh-config without
+NAME act on every VM of the file (with NAMEs, on those), and a NAME is a VM
+of the file (else exit 2). up brings them up as one: first boots in parallel
+(--parallel N), then one ansible-playbook over all of them, limited to the
+VMs whose first boot is new; provision likewise runs one playbook.
 
 Ctrl+C during the first boot warns; a second one within 10s destroys the VM.
 Once the VM ran, Ctrl+C shuts it down (ACPI) and never destroys anything.
@@ -200,6 +211,9 @@ func run(args []string) int {
 		"status": runStatus, "ssh-config": runSSHConfig, "provision": runProvision, "reset": runReset,
 		"images": runImages, "inventory": runInventory, "logs": runLogs, "prune": runPrune,
 		"ssh": func(env Env, o *Options) int { return runSSH(env, o, sshArgs) }}
+	if o.Env != nil && envCommands[cmd] {
+		return finishWith(out, env.Abort.run(func() int { return runEnv(cmd, env, o) }))
+	}
 	return finishWith(out, env.Abort.run(func() int { return runs[cmd](env, o) }))
 }
 

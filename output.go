@@ -51,6 +51,16 @@ type Output struct {
 	// ansibleCode and ansibleResult are how a playbook ended, for the exit event.
 	ansibleCode   *int
 	ansibleResult string
+
+	// An environment's command speaks for each VM through a child Output
+	// (envout.go): its lines begin with prefix, and its exit is recorded
+	// for the environment's exit event, not sent.
+	prefix  string
+	envName string // an environment's command: every event names the environment
+	child   bool
+	parent  *Output    // a child's: muted with it
+	outcome *vmOutcome // the child's exit: set by Exit
+	vms     []vmOutcome
 }
 
 type jsonEvent struct {
@@ -90,12 +100,18 @@ type jsonEvent struct {
 	// How ansible-playbook ended a first boot or a provision (event exit).
 	AnsibleExitCode *int   `json:"ansible_exit_code,omitempty"`
 	AnsibleResult   string `json:"ansible_result,omitempty"`
+	// An environment's command (event exit): each VM's outcome. A VM of
+	// status (event vm): its environment, and whether vmup.json still has it.
+	VMs         []vmOutcome `json:"vms,omitempty"`
+	Environment string      `json:"environment,omitempty"`
+	OutsideFile bool        `json:"outside_file,omitempty"`
 }
 
 func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
-	o := &Output{human: human, vm: vm, phase: noPhase, now: time.Now}
+	// Serialized: an environment's VMs speak through Outputs of their own.
+	o := &Output{human: &serialWriter{w: human}, vm: vm, phase: noPhase, now: time.Now}
 	if jsonOut != nil {
-		o.json = json.NewEncoder(jsonOut)
+		o.json = json.NewEncoder(&serialWriter{w: jsonOut})
 	}
 	if f, ok := human.(*os.File); ok {
 		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
@@ -110,12 +126,15 @@ func (o *Output) emit(event, message, step string, exit *int) {
 
 // emitEvent adds the time, the VM and the phase to ev and writes it.
 func (o *Output) emitEvent(ev jsonEvent) {
-	if o.json == nil || o.muted && ev.Event != "exit" {
+	if o.json == nil || o.silenced() && ev.Event != "exit" {
 		return
 	}
 	ev.Time = time.Now().UTC().Format(time.RFC3339Nano)
 	if ev.VM == "" { // a vm event names its own VM and phase
 		ev.VM = o.vm
+	}
+	if ev.Environment == "" {
+		ev.Environment = o.envName
 	}
 	if ev.Phase == "" && o.phase != noPhase {
 		ev.Phase = o.phase.String()
@@ -125,13 +144,13 @@ func (o *Output) emitEvent(ev jsonEvent) {
 
 // line prints one human line, clearing a spinner's line first.
 func (o *Output) line(format string, a ...any) {
-	if o.muted {
+	if o.silenced() {
 		return
 	}
 	if o.tty && o.spinStop != nil {
 		fmt.Fprint(o.human, "\r\033[K")
 	}
-	fmt.Fprintf(o.human, format+"\n", a...)
+	fmt.Fprint(o.human, o.prefix+fmt.Sprintf(format, a...)+"\n") // one write: whole lines, also among VMs
 }
 
 // SetPhase records a phase change.
@@ -166,7 +185,7 @@ func (o *Output) Step(title string) {
 	o.stepTitle, o.stepDetail, o.stepStart = title, "", o.now()
 	o.emit("step_started", title, o.stepLabel(), nil)
 	switch {
-	case o.muted:
+	case o.silenced():
 	case o.tty:
 		o.spinStop, o.spinDone = make(chan struct{}), make(chan struct{})
 		go o.spin(o.spinStop, o.spinDone, fmt.Sprintf("[%s]", o.stepLabel()), title)
@@ -415,6 +434,10 @@ func (o *Output) Exit(code int, message string) {
 		return
 	}
 	o.exited = true
+	if o.child {
+		o.outcome = &vmOutcome{VM: o.vm, Phase: message, ExitCode: code}
+		return
+	}
 	o.emitEvent(jsonEvent{Event: "exit", Message: message, ExitCode: &code,
-		AnsibleExitCode: o.ansibleCode, AnsibleResult: o.ansibleResult})
+		AnsibleExitCode: o.ansibleCode, AnsibleResult: o.ansibleResult, VMs: o.vms})
 }

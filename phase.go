@@ -96,6 +96,9 @@ const (
 	EvResetFailed
 	EvStop      // SIGUSR2: `vmup down` or `destroy` asks a foreground up to stop; never saves
 	EvForceStop // sigForceStop: `vmup down --force` asks it to power the VM off at once
+	// EvSetupCancelled: the environment's playbook will not run (another VM
+	// of it failed); the VM, waiting for it, fails and is kept.
+	EvSetupCancelled
 	numEvents
 )
 
@@ -110,7 +113,7 @@ var eventNames = [numEvents]string{
 	EvCompletedMeanwhile: "completed_meanwhile",
 	EvSuspend:            "suspend", EvSaved: "saved", EvSaveFailed: "save_failed",
 	EvPreparedReset: "prepared_reset", EvResetDone: "reset_done", EvResetFailed: "reset_failed",
-	EvStop: "stop", EvForceStop: "force_stop",
+	EvStop: "stop", EvForceStop: "force_stop", EvSetupCancelled: "setup_cancelled",
 }
 
 func (e Event) String() string {
@@ -232,6 +235,7 @@ var table = [numPhases]map[Event]Transition{
 		EvCompleted:       to(Keeping, keep),
 		EvProvisionFailed: to(Failed, exitProvision, ActReportFailure),
 		EvRecordFailed:    to(Failed, exitFailed, ActReportFailure),
+		EvSetupCancelled:  to(Failed, exitFailed, ActReportFailure),
 		EvStop:            to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 		EvForceStop:       to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 	},
@@ -334,7 +338,7 @@ var ignored = [numPhases][]Event{
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvSuspend, EvSaved, EvSaveFailed, EvResetDone, EvResetFailed,
-		EvCompleted,
+		EvCompleted, EvSetupCancelled,
 	},
 	// During the first boot the boot worker and the playbook notice a dead
 	// domain themselves, and a half-made VM is never saved.
@@ -343,7 +347,7 @@ var ignored = [numPhases][]Event{
 		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted,
+		EvCompleted, EvSetupCancelled,
 	},
 	Provisioning: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
@@ -358,21 +362,21 @@ var ignored = [numPhases][]Event{
 		EvReady, EvBootTimeout, EvBootFailed, EvCompleted, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvSuspend, EvSaved, EvSaveFailed,
-		EvPreparedReset, EvResetDone, EvResetFailed,
+		EvPreparedReset, EvResetDone, EvResetFailed, EvSetupCancelled,
 	},
 	Booting: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
 		EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted,
+		EvCompleted, EvSetupCancelled,
 	},
 	Running: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted,
+		EvCompleted, EvSetupCancelled,
 	},
 	// A shutdown under way is not turned into a save, and another vmup's
 	// stop (not --force) lets it run its course.
@@ -382,7 +386,7 @@ var ignored = [numPhases][]Event{
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisionFailed, EvRecordFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted,
+		EvCompleted, EvSetupCancelled,
 	},
 	// The save worker alone decides how a save ended, from the domain's state;
 	// `vmup down --suspend` repeats its SIGUSR1 until the save is done.
@@ -391,21 +395,21 @@ var ignored = [numPhases][]Event{
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted,
+		EvCompleted, EvSetupCancelled,
 	},
 	Resetting: {
 		EvSuspend, EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvSaved, EvSaveFailed, EvPreparedReset,
-		EvCompleted,
+		EvCompleted, EvSetupCancelled,
 	},
 	Wiping: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvConfirmExpired, EvDetach, EvDomainStopped,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted,
+		EvCompleted, EvSetupCancelled,
 	},
 }
 

@@ -123,6 +123,13 @@ func mustBeSafe(w string) {
 func runCompletion(cmd string, args []string) int {
 	switch cmd {
 	case "__complete-names":
+		// In an environment's directory, NAMEs are its file's VMs.
+		if e, err := loadConfig(defaultOptions()); err == nil && e != nil {
+			for _, n := range e.names() {
+				fmt.Println(n)
+			}
+			return exitOK
+		}
 		if home, err := vmupHome(); err == nil {
 			for _, n := range completionVMNames(home) {
 				fmt.Println(n)

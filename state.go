@@ -74,6 +74,17 @@ type Journal struct {
 	// of a vmup before it, whose VMs have no known age.
 	Created time.Time `json:"created,omitzero"`
 	Updated time.Time `json:"updated"`
+	// Env names the environment the VM was made in (envfile.go), so that
+	// `status` there shows a VM the file no longer has.
+	Env *JournalEnv `json:"env,omitempty"`
+}
+
+// JournalEnv is a VM's environment: its name, the directory of its
+// vmup.json (absolute), and the VM's name in that file.
+type JournalEnv struct {
+	Name string `json:"name"`
+	Dir  string `json:"dir"`
+	VM   string `json:"vm"`
 }
 
 // Provisioned is a VM's state as its first boot completed, and the settings
@@ -257,6 +268,10 @@ func validateJournal(j *Journal, name string) error {
 	check(j.Created.IsZero() || j.Created.Year() >= 2000, "created %s is no time a vmup made a VM", j.Created.Format(time.RFC3339))
 	check(j.ControlDir == "" || filepath.IsAbs(j.ControlDir) && filepath.Clean(j.ControlDir) == j.ControlDir &&
 		strings.HasPrefix(filepath.Base(j.ControlDir), "vmup-"), "control_dir %q is not one vmup makes", j.ControlDir)
+	if e := j.Env; e != nil {
+		check(validName(e.Name) && validName(e.VM) && e.Name+"-"+e.VM == name, "env: %q and vm %q do not make the VM's name %q", e.Name, e.VM, name)
+		check(filepath.IsAbs(e.Dir) && !hasNUL(e.Dir), "env: dir %q is not an absolute path", e.Dir)
+	}
 	return bad
 }
 

@@ -71,6 +71,10 @@ type vmStatus struct {
 	// absent when its journal does not say (one of an older vmup).
 	Created    time.Time `json:"created,omitzero"`
 	AgeSeconds *int64    `json:"age_seconds,omitempty"`
+	// Environment is the VM's environment (its journal's), and OutsideFile
+	// says that the vmup.json of status's directory no longer has it.
+	Environment string `json:"-"`
+	OutsideFile bool   `json:"-"`
 }
 
 // statusOf is one VM's status, its domain asked of libvirt alone, and why
@@ -152,6 +156,9 @@ func journalStatus(env Env, name string, now time.Time) (vmStatus, string) {
 		return s, defaultOptions().Connect // read only here: it reads libvirt's config files
 	}
 	s.Phase = j.Phase.String()
+	if j.Env != nil {
+		s.Environment = j.Env.Name
+	}
 	rec, held := lockHolder(paths.Lock)
 	if held && rec.alive() {
 		s.PID, s.Holder = rec.PID, rec.Command
@@ -187,28 +194,34 @@ func ageWords(d time.Duration) string {
 	return fmt.Sprintf("%dd", d/(24*time.Hour))
 }
 
+// statusRow is the human status table's row format.
+const statusRow = "%-20s %-13s %-11s %-21s %-5s %s\n"
+
+// printStatus shows one VM: a row of the table, or with --json its vm event.
+func printStatus(env Env, o *Options, s vmStatus) {
+	if o.JSON {
+		env.Out.Data(s.event())
+		return
+	}
+	fw := strings.Join(s.Forwards, ",")
+	if fw == "" {
+		fw = "-"
+	}
+	ssh := s.SSH
+	if ssh == "" {
+		ssh = "-"
+	}
+	age := "-"
+	if s.AgeSeconds != nil {
+		age = ageWords(time.Duration(*s.AgeSeconds) * time.Second)
+	}
+	fmt.Printf(statusRow, s.Name, s.Phase, s.Domain, ssh, age, fw)
+}
+
 func runStatus(env Env, o *Options) int {
 	ctx := env.ctx()
-	row := "%-20s %-13s %-11s %-21s %-5s %s\n"
-	print := func(s vmStatus) {
-		if o.JSON {
-			env.Out.Data(s.event())
-			return
-		}
-		fw := strings.Join(s.Forwards, ",")
-		if fw == "" {
-			fw = "-"
-		}
-		ssh := s.SSH
-		if ssh == "" {
-			ssh = "-"
-		}
-		age := "-"
-		if s.AgeSeconds != nil {
-			age = ageWords(time.Duration(*s.AgeSeconds) * time.Second)
-		}
-		fmt.Printf(row, s.Name, s.Phase, s.Domain, ssh, age, fw)
-	}
+	row := statusRow
+	print := func(s vmStatus) { printStatus(env, o, s) }
 	if o.Name == "" {
 		names, err := listVMs(env.Home)
 		if err != nil {

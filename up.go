@@ -10,29 +10,50 @@ import (
 	"time"
 )
 
-// runUp does everything `up` can decide before its controller loop starts:
-// checks that need no VM, the lock, and which path the journal calls for.
+// runUp brings one VM up: setupUp, then its controller loop.
 func runUp(env Env, o *Options) int {
+	u, lock, code := setupUp(env, o)
+	if u == nil {
+		return code
+	}
+	defer lock.Unlock()
+	if !env.commit() { // from here the controller handles the signals
+		return exitFailed // a signal ended it: the guard has its code
+	}
+	return u.run()
+}
+
+// setupUp does everything `up` can decide before its controller loop
+// starts: checks that need no VM, the lock, and which path the journal
+// calls for. It returns the run and the VM's lock, or nil and the exit code.
+func setupUp(env Env, o *Options) (run *upRun, held *Lock, code int) {
 	out := env.Out
 	if err := validateUp(o); err != nil {
-		return reportError(out, err)
+		return nil, nil, reportError(out, err)
 	}
 	for _, w := range hostWarnings(o) {
 		out.Warn("%s", w)
 	}
 	paths := pathsFor(env.Home, o.Name)
 	if err := checkStateDirs(paths); err != nil {
-		return reportError(out, err)
+		return nil, nil, reportError(out, err)
 	}
 	lock, code := lockVM(out, paths, "up")
 	if lock == nil {
-		return code
+		return nil, nil, code
 	}
-	defer lock.Unlock()
+	defer func() {
+		if run == nil {
+			lock.Unlock()
+		}
+	}()
 
 	j, err := readJournal(paths)
 	if err != nil {
-		return reportError(out, err)
+		return nil, nil, reportError(out, err)
+	}
+	if err := checkEnvOf(o, j); err != nil {
+		return nil, nil, reportError(out, err)
 	}
 	exists := j != nil
 	u := &upRun{vmRun: vmRun{env: env, o: o, paths: paths}}
@@ -56,17 +77,17 @@ func runUp(env Env, o *Options) int {
 	}
 	if j != nil && !o.Reset {
 		if err := inherit(o, j); err != nil {
-			return reportError(out, err)
+			return nil, nil, reportError(out, err)
 		}
 	}
 	u.virsh = newVirsh(env.Runner, o.Connect)
 	ctx := env.ctx()
 	if err := checkLibvirt(ctx, u.virsh); err != nil {
-		return reportError(out, err)
+		return nil, nil, reportError(out, err)
 	}
 	if u.kind == startFresh {
 		if o.Image == "" {
-			return reportError(out, usagef("give `--image PATH|URL`, or put \"image\" in "+configFile,
+			return nil, nil, reportError(out, usagef("give `--image PATH|URL`, or put \"image\" in "+configFile,
 				"--image is needed to create VM %s", o.Name))
 		}
 		if j == nil {
@@ -74,13 +95,13 @@ func runUp(env Env, o *Options) int {
 			if _, err := u.virsh.DomState(ctx, o.Name); err == nil {
 				owned, _ := u.virsh.Owned(ctx, o.Name)
 				if !owned {
-					return reportError(out, &hintedError{
+					return nil, nil, reportError(out, &hintedError{
 						msg:  fmt.Sprintf("a domain named %s exists that vmup did not create", o.Name),
 						hint: "choose another VM name",
 					})
 				}
 				if !o.Reset {
-					return reportError(out, &hintedError{
+					return nil, nil, reportError(out, &hintedError{
 						msg:  fmt.Sprintf("domain %s exists but vmup has no state for it in %s", o.Name, paths.Dir),
 						hint: fmt.Sprintf("run `vmup destroy %s` to remove it, or `vmup up %s --reset …` to replace it", o.Name, o.Name),
 					})
@@ -89,6 +110,9 @@ func runUp(env Env, o *Options) int {
 		}
 		j = &Journal{Name: o.Name, Phase: Preparing, FailedIn: noPhase, User: o.User, Network: o.Network, Connect: o.Connect, Pool: o.Pool,
 			Playbook: o.Playbook, PlaybookArgs: o.PlaybookArgs, NoProvision: o.NoProvision, Created: time.Now().UTC()}
+		if o.Env != nil {
+			j.Env = &JournalEnv{Name: o.Env.Name, Dir: o.Env.Dir, VM: o.EnvVM}
+		}
 	}
 	u.j = j
 	// A reset that failed may have left the journal unwritten, `resetting`.
@@ -97,10 +121,7 @@ func runUp(env Env, o *Options) int {
 	// VM (a wipe, a redefinition) or starts it: a run refused, failed or killed
 	// before that leaves it describing the VM as it was.
 	u.holdJournal = exists
-	if !env.commit() { // from here the controller handles the signals
-		return exitFailed // a signal ended it: the guard has its code
-	}
-	return u.run()
+	return u, lock, 0
 }
 
 // diedMidFirstBoot says whether the journal is that of a first boot whose vmup
@@ -230,4 +251,18 @@ func absPath(p string) string {
 		return a
 	}
 	return p
+}
+
+// checkEnvOf refuses to bring up, as a VM of an environment, a VM that was
+// made otherwise: alone, or in another directory's environment of that name.
+func checkEnvOf(o *Options, j *Journal) error {
+	if o.Env == nil || j == nil || j.Env != nil && *j.Env == (JournalEnv{Name: o.Env.Name, Dir: o.Env.Dir, VM: o.EnvVM}) {
+		return nil
+	}
+	where := "alone, not in an environment"
+	if j.Env != nil {
+		where = fmt.Sprintf("by environment %s in %s", j.Env.Name, j.Env.Dir)
+	}
+	return usagef(fmt.Sprintf("give this environment another \"name\" in %s, or run `vmup destroy %s` elsewhere to remove that VM", configFile, o.Name),
+		"VM %s exists and was made %s", o.Name, where)
 }

@@ -158,28 +158,44 @@ func (u *vmRun) prepareCompletion() error {
 // interrupt may ever wipe this VM again, unless an abort took hold first.
 // Then the seed that holds the guest's private host key goes.
 func (u *upRun) completeFirstBoot(ctx context.Context) {
-	u.jmu.Lock()
-	if ctx.Err() != nil {
-		u.jmu.Unlock()
+	done, err := u.commitFirstBoot(ctx)
+	if !done {
 		return // a confirmed abort came first: the VM is being removed
 	}
-	err := commitCompletion(u.paths)
-	if err != nil {
-		// No prepared record (no playbook ran): write the journal itself.
-		done := *u.j
-		done.FirstBootDone, done.PlaybookPGID = true, 0
-		err = writeJournal(u.paths, &done)
-	}
-	if err == nil {
-		u.j.FirstBootDone, u.j.PlaybookPGID = true, 0
-	}
-	u.jmu.Unlock()
 	if err != nil {
 		u.send(EvRecordFailed, err)
 		return
 	}
 	u.send(EvCompleted, nil)
-	// Not cancellable: once recorded, the VM is kept, so this finishes too.
+	u.keepFirstBoot(ctx)
+}
+
+// commitFirstBoot records the completed first boot on disk; done is false
+// when ctx ended first (a confirmed abort took hold), and nothing is written.
+func (u *vmRun) commitFirstBoot(ctx context.Context) (done bool, err error) {
+	u.jmu.Lock()
+	defer u.jmu.Unlock()
+	if ctx.Err() != nil {
+		return false, nil
+	}
+	err = commitCompletion(u.paths)
+	if err != nil {
+		// No prepared record (no playbook ran): write the journal itself.
+		rec := *u.j
+		rec.FirstBootDone, rec.PlaybookPGID = true, 0
+		err = writeJournal(u.paths, &rec)
+	}
+	if err == nil {
+		u.j.FirstBootDone, u.j.PlaybookPGID = true, 0
+	}
+	return true, err
+}
+
+// keepFirstBoot follows the record of a completed first boot: the seed of
+// later boots replaces the first, the provisioned state is kept, and then
+// the VM runs (EvProvisioned). Not cancellable: once recorded, the VM is
+// kept, so this finishes too.
+func (u *upRun) keepFirstBoot(context.Context) {
 	seedCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	u.replaceSeed(seedCtx)
 	cancel()
@@ -245,6 +261,10 @@ func (u *upRun) enterRunning() {
 		msg += fmt.Sprintf(", %s:%d -> %d", f.Addr, f.Host, f.Guest)
 	}
 	out.Say("ready", "%s", msg)
+	if u.envRun != nil {
+		u.envRun.report(EnvEvVMRunning) // its environment detaches or watches it
+		return
+	}
 	if u.o.Detach {
 		u.send(EvDetach, nil)
 		return

@@ -48,3 +48,9 @@ func (w *workerGroup) stopWork() {
 func (w *workerGroup) oldWorkersSnapshot() []*sync.WaitGroup {
 	return append([]*sync.WaitGroup(nil), w.oldWorkers...)
 }
+
+// waitAlso makes this group's later workers wait for other groups too: a
+// VM's wipe waits for its environment's stopped playbook.
+func (w *workerGroup) waitAlso(groups []*sync.WaitGroup) {
+	w.oldWorkers = append(w.oldWorkers, groups...)
+}
