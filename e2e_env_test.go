@@ -121,21 +121,27 @@ func (e *envE2E) reachEachOther(vms []string) {
 		t.Fatalf("inventory: exit %d", code)
 	}
 	var inv struct {
-		Meta struct {
-			Hostvars map[string]map[string]any `json:"hostvars"`
-		} `json:"_meta"`
+		All struct {
+			Children struct {
+				Vmup struct {
+					Hosts map[string]map[string]any `json:"hosts"`
+				} `json:"vmup"`
+			} `json:"children"`
+		} `json:"all"`
 	}
 	if err := json.Unmarshal([]byte(out), &inv); err != nil {
 		t.Fatalf("inventory: %v\n%s", err, out)
 	}
+	hostvars := inv.All.Children.Vmup.Hosts
 	for _, from := range vms {
 		for _, to := range vms {
 			if from == to {
 				continue
 			}
-			hv := inv.Meta.Hostvars[to]
+			hv := hostvars[to]
 			addr, port := fmt.Sprint(hv["vmup_address"]), fmt.Sprint(hv["vmup_ssh_port"])
-			banner := e.ssh(from, "timeout", "10", "bash", "-c", `exec 3<>/dev/tcp/$0/$1 && head -c 7 <&3`, addr, port)
+			// ssh joins its words into one remote command line: one word here.
+			banner := e.ssh(from, fmt.Sprintf("timeout 10 bash -c 'exec 3<>/dev/tcp/%s/%s && head -c 7 <&3'", addr, port))
 			if !strings.HasPrefix(banner, "SSH-2.0") {
 				t.Errorf("%s does not reach %s's sshd at %s:%s (inventory): %q", from, to, addr, port, banner)
 			}
@@ -164,7 +170,7 @@ func (e *envE2E) checkNothingLeft() {
 // its first boot aborted by two Ctrl+C; all four up; destroy leaves nothing.
 func TestE2EEnvironment(t *testing.T) {
 	e := newEnvE2E(t, "e2eenv")
-	three := map[string][]string{"web1": {"web"}, "web2": {"web"}, "db": {"db"}}
+	three := map[string][]string{"web1": {"web"}, "web2": {"web"}, "db1": {"db"}}
 	e.writeFile(three)
 	start := time.Now()
 	_, stderr, code := e.vmup(25*time.Minute, "up", "-d")
@@ -172,10 +178,10 @@ func TestE2EEnvironment(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("up -d of the environment: exit %d", code)
 	}
-	if hosts := ansibleRecapHosts(stderr); !slices.Equal(hosts, []string{"db", "web1", "web2"}) {
+	if hosts := ansibleRecapHosts(stderr); !slices.Equal(hosts, []string{"db1", "web1", "web2"}) {
 		t.Errorf("one playbook over the three: PLAY RECAP hosts %v", hosts)
 	}
-	for _, vm := range []string{"web1", "web2", "db"} {
+	for _, vm := range []string{"web1", "web2", "db1"} {
 		if n := e.runs(vm); n != 1 {
 			t.Errorf("%s provisioned %d times, want 1", vm, n)
 		}
@@ -183,11 +189,11 @@ func TestE2EEnvironment(t *testing.T) {
 			t.Errorf("domain %s: %s", e.full(vm), st)
 		}
 	}
-	e.reachEachOther([]string{"web1", "web2", "db"})
+	e.reachEachOther([]string{"web1", "web2", "db1"})
 
 	// A fourth VM; the foreground up runs the playbook for it alone, paused
 	// so that two Ctrl+C land in it.
-	four := map[string][]string{"web1": {"web"}, "web2": {"web"}, "db": {"db"}, "cache": {"db"}}
+	four := map[string][]string{"web1": {"web"}, "web2": {"web"}, "db1": {"db"}, "cache": {"db"}}
 	e.writeFile(four)
 	up := e.command(context.Background(), "up", "--json", "--", "-e", "pause=300")
 	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -261,7 +267,7 @@ func TestE2EEnvironment(t *testing.T) {
 	if st, err := virsh("domstate", e.full("cache")); err == nil {
 		t.Errorf("the aborted first boot of cache left its domain (%s)", st)
 	}
-	for _, vm := range []string{"web1", "web2", "db"} {
+	for _, vm := range []string{"web1", "web2", "db1"} {
 		if st, _ := virsh("domstate", e.full(vm)); st != "shut off" {
 			t.Errorf("%s after the abort: %s, want shut off (kept)", e.full(vm), st)
 		}
@@ -272,7 +278,7 @@ func TestE2EEnvironment(t *testing.T) {
 		t.Fatalf("up -d of the four: exit %d", code)
 	}
 	t.Logf("TIMING environment of 4 up -d after the abort: %.1fs", time.Since(start).Seconds())
-	for _, vm := range []string{"web1", "web2", "db", "cache"} {
+	for _, vm := range []string{"web1", "web2", "db1", "cache"} {
 		if n := e.runs(vm); n != 1 {
 			t.Errorf("%s provisioned %d times, want 1", vm, n)
 		}
