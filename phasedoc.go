@@ -7,29 +7,54 @@ import (
 	"strings"
 )
 
-// phaseTableMarkdown renders table for README.md: a line per phase, the
-// signals in columns of their own, every other handled event in the last.
+// phaseTableMarkdown renders table for README.md.
 func phaseTableMarkdown() string {
-	signals := []Event{EvInterrupt, EvInterruptAgain, EvTerminate, EvHangup}
+	return tableMarkdown(numPhases, numEvents, []Event{EvInterrupt, EvInterruptAgain, EvTerminate, EvHangup},
+		func(p Phase, e Event) (string, bool) {
+			t, ok := table[p][e]
+			return t.describe(p), ok
+		})
+}
+
+// envPhaseTableMarkdown renders envTable for README.md.
+func envPhaseTableMarkdown() string {
+	return tableMarkdown(numEnvPhases, numEnvEvents, []EnvEvent{EnvEvInterrupt, EnvEvInterruptAgain, EnvEvTerminate, EnvEvHangup},
+		func(p EnvPhase, e EnvEvent) (string, bool) {
+			t, ok := envTable[p][e]
+			return t.describe(p), ok
+		})
+}
+
+// tableMarkdown renders a lifecycle table: a line per phase that is not
+// terminal, the signals in columns of their own, every other handled event
+// in the last; cell says what event e does in phase p, if it is handled.
+func tableMarkdown[P interface {
+	~int
+	fmt.Stringer
+	Terminal() bool
+}, E interface {
+	~int
+	fmt.Stringer
+}](numP P, numE E, signals []E, cell func(P, E) (string, bool)) string {
 	var b strings.Builder
 	b.WriteString("| phase | Ctrl+C (`interrupt`) | Ctrl+C within the window (`interrupt_again`) | SIGTERM | SIGHUP | other events |\n")
 	b.WriteString("|---|---|---|---|---|---|\n")
-	for p := Phase(0); p < numPhases; p++ {
+	for p := P(0); p < numP; p++ {
 		if p.Terminal() {
 			continue
 		}
 		fmt.Fprintf(&b, "| `%s` |", p)
 		for _, e := range signals {
-			cell := "ignored"
-			if t, ok := table[p][e]; ok {
-				cell = t.describe(p)
+			c, ok := cell(p, e)
+			if !ok {
+				c = "ignored"
 			}
-			fmt.Fprintf(&b, " %s |", cell)
+			fmt.Fprintf(&b, " %s |", c)
 		}
 		var others []string
-		for e := Event(0); e < numEvents; e++ {
-			if t, ok := table[p][e]; ok && !slices.Contains(signals, e) {
-				others = append(others, fmt.Sprintf("`%s`: %s", e, t.describe(p)))
+		for e := E(0); e < numE; e++ {
+			if c, ok := cell(p, e); ok && !slices.Contains(signals, e) {
+				others = append(others, fmt.Sprintf("`%s`: %s", e, c))
 			}
 		}
 		fmt.Fprintf(&b, " %s |\n", strings.Join(others, "<br>"))
@@ -70,33 +95,4 @@ func rowCell(moves bool, next string, acts []string, exit int) string {
 		return "–"
 	}
 	return strings.Join(parts, ", ")
-}
-
-// envPhaseTableMarkdown renders envTable for README.md, as phaseTableMarkdown does table.
-func envPhaseTableMarkdown() string {
-	signals := []EnvEvent{EnvEvInterrupt, EnvEvInterruptAgain, EnvEvTerminate, EnvEvHangup}
-	var b strings.Builder
-	b.WriteString("| phase | Ctrl+C (`interrupt`) | Ctrl+C within the window (`interrupt_again`) | SIGTERM | SIGHUP | other events |\n")
-	b.WriteString("|---|---|---|---|---|---|\n")
-	for p := EnvPhase(0); p < numEnvPhases; p++ {
-		if p.Terminal() {
-			continue
-		}
-		fmt.Fprintf(&b, "| `%s` |", p)
-		for _, e := range signals {
-			cell := "ignored"
-			if t, ok := envTable[p][e]; ok {
-				cell = t.describe(p)
-			}
-			fmt.Fprintf(&b, " %s |", cell)
-		}
-		var others []string
-		for e := EnvEvent(0); e < numEnvEvents; e++ {
-			if t, ok := envTable[p][e]; ok && !slices.Contains(signals, e) {
-				others = append(others, fmt.Sprintf("`%s`: %s", e, t.describe(p)))
-			}
-		}
-		fmt.Fprintf(&b, " %s |\n", strings.Join(others, "<br>"))
-	}
-	return b.String()
 }
