@@ -114,9 +114,11 @@ func ansibleRecapHosts(stderr string) []string {
 
 // reachEachOther: from every VM, every other VM's sshd answers where the
 // inventory says it is.
-func (e *envE2E) reachEachOther(vms []string) {
-	t := e.t
-	out, _, code := e.vmup(time.Minute, "inventory", "--format", "json")
+func (e *envE2E) reachEachOther(vms []string) { checkReachEachOther(e.t, e.vmup, vms) }
+
+// checkReachEachOther is reachEachOther for whoever runs vmup (run).
+func checkReachEachOther(t *testing.T, run func(time.Duration, ...string) (string, string, int), vms []string) {
+	out, _, code := run(time.Minute, "inventory", "--format", "json")
 	if code != 0 {
 		t.Fatalf("inventory: exit %d", code)
 	}
@@ -141,9 +143,12 @@ func (e *envE2E) reachEachOther(vms []string) {
 			hv := hostvars[to]
 			addr, port := fmt.Sprint(hv["vmup_address"]), fmt.Sprint(hv["vmup_ssh_port"])
 			// ssh joins its words into one remote command line: one word here.
-			banner := e.ssh(from, fmt.Sprintf("timeout 10 bash -c 'exec 3<>/dev/tcp/%s/%s && head -c 7 <&3'", addr, port))
-			if !strings.HasPrefix(banner, "SSH-2.0") {
-				t.Errorf("%s does not reach %s's sshd at %s:%s (inventory): %q", from, to, addr, port, banner)
+			banner, _, code := run(time.Minute, "ssh", from, "--",
+				fmt.Sprintf("timeout 10 bash -c 'exec 3<>/dev/tcp/%s/%s && head -c 7 <&3'", addr, port))
+			if code != 0 || !strings.HasPrefix(banner, "SSH-2.0") {
+				t.Errorf("%s does not reach %s's sshd at %s:%s (inventory): exit %d, %q", from, to, addr, port, code, banner)
+			} else {
+				t.Logf("%s reaches %s's sshd at %s:%s", from, to, addr, port)
 			}
 		}
 	}
