@@ -31,7 +31,7 @@ func TestE2EEnvironmentSession(t *testing.T) {
 		"initrd": filepath.Join(img, "initrd.img"), "cmdline": "root=LABEL=vmuproot rw console=ttyS0",
 		"domain-type": "qemu", "memory": 768, "cpus": 1, "disk": 4, "boot-timeout": "10m",
 		"playbook": filepath.Join(dir, "env.yml"),
-		"vms": map[string]any{"a1": map[string]any{}, "a2": map[string]any{}},
+		"vms":      map[string]any{"a1": map[string]any{}, "a2": map[string]any{}},
 	})
 	s.write(filepath.Join(dir, "vmup.json"), cfg, 0o644)
 	run := func(timeout time.Duration, args ...string) (string, string, int) {
