@@ -121,26 +121,8 @@ const (
 
 // The README's environment table is the code's (-update rewrites it).
 func TestReadmeEnvTable(t *testing.T) {
-	data, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme := string(data)
-	begin, end := strings.Index(readme, envTableBegin), strings.Index(readme, envTableEnd)
-	if begin < 0 || end < begin {
-		t.Fatalf("README.md lacks the markers %q … %q", envTableBegin, envTableEnd)
-	}
-	want := readme[:begin+len(envTableBegin)] + envPhaseTableMarkdown() + readme[end:]
-	if want == readme {
-		return
-	}
-	if *update {
-		if err := os.WriteFile("README.md", []byte(want), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	t.Errorf("README.md's environment table differs from envphase.go; run `go test -run TestReadmeEnvTable -update`")
+	checkReadmeGenerated(t, envTableBegin, envTableEnd, envPhaseTableMarkdown(),
+		"README.md's environment table differs from envphase.go; run `go test -run TestReadmeEnvTable -update`")
 }
 
 // Every action of the environment's table is explained in the README.

@@ -51,16 +51,24 @@ const (
 // The README's phase table is the code's, so it never drifts; -update
 // rewrites it, the way cmd/go keeps its documentation current.
 func TestReadmePhaseTable(t *testing.T) {
+	checkReadmeGenerated(t, tableBegin, tableEnd, phaseTableMarkdown(),
+		"README.md's phase table differs from phase.go; run `go test -run TestReadmePhaseTable -update`")
+}
+
+// checkReadmeGenerated checks that README.md holds generated between the
+// markers begin and end; -update writes it there.
+func checkReadmeGenerated(t *testing.T, begin, end, generated, differs string) {
+	t.Helper()
 	data, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	readme := string(data)
-	begin, end := strings.Index(readme, tableBegin), strings.Index(readme, tableEnd)
-	if begin < 0 || end < begin {
-		t.Fatalf("README.md lacks the markers %q … %q", tableBegin, tableEnd)
+	b, e := strings.Index(readme, begin), strings.Index(readme, end)
+	if b < 0 || e < b {
+		t.Fatalf("README.md lacks the markers %q … %q", begin, end)
 	}
-	want := readme[:begin+len(tableBegin)] + phaseTableMarkdown() + readme[end:]
+	want := readme[:b+len(begin)] + generated + readme[e:]
 	if want == readme {
 		return
 	}
@@ -70,7 +78,7 @@ func TestReadmePhaseTable(t *testing.T) {
 		}
 		return
 	}
-	t.Errorf("README.md's phase table differs from phase.go; run `go test -run TestReadmePhaseTable -update`")
+	t.Error(differs)
 }
 
 // Every action the table names is explained in the README.
