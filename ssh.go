@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -158,6 +159,12 @@ func (s *SSH) Exit(ctx context.Context) {
 // Exec runs a command in the guest (argv joined by ssh, as ssh always does).
 func (s *SSH) Exec(ctx context.Context, command ...string) (Result, error) {
 	return s.r.Run(ctx, Cmd{Args: append(s.argv(), append([]string{"--"}, command...)...)})
+}
+
+// ExecWith runs a command in the guest with the caller's stdin and stdout
+// (a copy's tar stream, a runner's script); stderr is captured.
+func (s *SSH) ExecWith(ctx context.Context, stdin io.Reader, stdout io.Writer, command ...string) (Result, error) {
+	return s.r.Run(ctx, Cmd{Args: append(s.argv(), append([]string{"--"}, command...)...), Stdin: stdin, Stdout: stdout})
 }
 
 // WaitMaster keeps starting the ControlMaster until it holds a connection or
