@@ -63,6 +63,13 @@ type Options struct {
 	EnvVM    string
 	Groups   []string
 	Parallel int // up of an environment: how many first boots at once (0: as the host takes)
+	// vmup run: --sync HOST_DIR[:GUEST_DIR], --collect GUEST_PATH, --results
+	// DIR, --teardown PLAYBOOK, --destroy passing|always|never, --stop-timeout.
+	Sync, Collect []string
+	Results       string
+	Teardown      string
+	DestroyWhen   string
+	StopTimeout   time.Duration
 	// set names the settings given by a flag or vmup.json, so a re-up knows
 	// which of the VM's own settings were left alone.
 	set map[string]bool
@@ -210,7 +217,8 @@ func defaultOptions() *Options {
 	return &Options{
 		CPUs: 2, MemoryMiB: 2048, DiskGiB: 20, Connect: connect, Pool: "vmup",
 		DomainType: "auto", Firmware: "bios", User: "vmup", BootTimeout: 5 * time.Minute, ShutdownTimeout: 60 * time.Second,
-		CloudInitErrors: "warn", set: map[string]bool{},
+		CloudInitErrors: "warn", Results: "vmup-results", DestroyWhen: "passing", StopTimeout: 30 * time.Second,
+		set: map[string]bool{},
 	}
 }
 

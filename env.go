@@ -23,6 +23,9 @@ type envRun struct {
 	e           *Environment
 	vms         []*upRun // the VMs of this run, in the file's order
 	parallel    int
+	// holdLocks: the VMs' locks stay held once each VM's up ended (`vmup run`
+	// goes on working on them and lets go at its end).
+	holdLocks bool
 
 	phase  EnvPhase
 	exit   int
@@ -53,23 +56,38 @@ func (r *envRun) tell(u *upRun, ev Event, err error) {
 
 func (r *envRun) sendEnv(ev EnvEvent) { r.events <- evMsg{isEnv: true, envEv: ev} }
 
-// run is the environment's loop.
+// run is the environment's loop. `vmup run` steps the same pieces
+// (start, signal, handle, finish) from its own loop (runsetup.go).
 func (r *envRun) run() int {
+	r.start()
+	for !r.phase.Terminal() {
+		select {
+		case sig := <-r.env.Signals:
+			r.signal(sig)
+		case m := <-r.events:
+			r.handle(m)
+		}
+	}
+	r.finish()
+	return r.exit
+}
+
+// start enters first_boots and begins the first VMs.
+func (r *envRun) start() {
 	r.startGroup()
 	r.started, r.ended = map[*upRun]bool{}, map[*upRun]bool{}
 	r.setPhase(EnvFirstBoots)
 	r.startVMs()
-	for !r.phase.Terminal() {
-		var m evMsg
-		if len(r.queue) > 0 {
-			m, r.queue = r.queue[0], r.queue[1:]
-		} else {
-			select {
-			case sig := <-r.env.Signals:
-				m = evMsg{isEnv: true, envEv: envSignalEvent(sig, r.windowOpen)}
-			case m = <-r.events:
-			}
-		}
+}
+
+// signal steps the environment's row for a signal.
+func (r *envRun) signal(sig os.Signal) {
+	r.handle(evMsg{isEnv: true, envEv: envSignalEvent(sig, r.windowOpen)})
+}
+
+// handle applies one message, then what it set off, in order.
+func (r *envRun) handle(m evMsg) {
+	for {
 		r.step(m)
 		if !isAggregate(m) {
 			r.derive()
@@ -77,9 +95,11 @@ func (r *envRun) run() int {
 		if r.phase == EnvFirstBoots && len(r.queue) == 0 { // once what this message set off is done
 			r.startVMs()
 		}
+		if len(r.queue) == 0 || r.phase.Terminal() {
+			return
+		}
+		m, r.queue = r.queue[0], r.queue[1:]
 	}
-	r.finish()
-	return r.exit
 }
 
 // step applies one message: a VM's row, or the environment's.
@@ -121,7 +141,9 @@ func (r *envRun) end(u *upRun) {
 	go func() {
 		defer r.finished.Done()
 		u.finish()
-		u.lock.Unlock() // its own up is over: `vmup down` of it need not wait for the others
+		if !r.holdLocks {
+			u.lock.Unlock() // its own up is over: `vmup down` of it need not wait for the others
+		}
 	}()
 	if u.phase == Failed || u.phase == StopFailed {
 		r.report(EnvEvVMFailed)

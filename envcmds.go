@@ -151,34 +151,55 @@ func (e *Environment) outside(home string) ([]string, error) {
 // the file) as one: each VM set up as `up` does for one (its checks, its
 // lock), nothing changed until every VM passed them; then one loop (env.go).
 func runEnvUp(env Env, o *Options) int {
+	r, code := prepareEnvUp(env, o)
+	if r == nil {
+		return code
+	}
+	defer func() {
+		for _, u := range r.vms {
+			u.lock.Unlock()
+		}
+	}()
+	if !env.commit() { // from here the loop handles the signals
+		return exitFailed // a signal ended it: the guard has its code
+	}
+	return r.run()
+}
+
+// prepareEnvUp does what an environment's up decides before its loop: each
+// VM's checks and lock, and one playbook for the new ones. It returns the
+// run (holding every VM's lock), or nil and the exit code.
+func prepareEnvUp(env Env, o *Options) (run *envRun, code int) {
 	e, out := o.Env, env.Out
 	vms := e.acted(o)
 	var runs []*upRun
 	defer func() {
-		for _, u := range runs {
-			u.lock.Unlock()
+		if run == nil {
+			for _, u := range runs {
+				u.lock.Unlock()
+			}
 		}
 	}()
 	for _, vm := range vms {
 		vo, err := e.options(vm)
 		if err != nil {
-			return reportError(out, err)
+			return nil, reportError(out, err)
 		}
 		switch {
 		case vo.RestrictNetwork:
-			return reportError(out, usagef("leave out restrict-network: the VMs of an environment reach each other through QEMU's gateway",
+			return nil, reportError(out, usagef("leave out restrict-network: the VMs of an environment reach each other through QEMU's gateway",
 				"VM %s: --restrict-network cuts a VM off from the other VMs of its environment", vm.Name))
 		case vo.SuspendOnStop:
-			return reportError(out, usagef("leave out suspend-on-stop, and save the VMs with `vmup down --suspend`",
+			return nil, reportError(out, usagef("leave out suspend-on-stop, and save the VMs with `vmup down --suspend`",
 				"VM %s: --suspend-on-stop is not taken by an environment's up", vm.Name))
 		case vo.Parallel < 0:
-			return reportError(out, usagef("", "--parallel %d: want 1 or more", vo.Parallel))
+			return nil, reportError(out, usagef("", "--parallel %d: want 1 or more", vo.Parallel))
 		}
 		venv := env
 		venv.Out, venv.Signals = out.forVM(vo.Name, e.label(vm, vms)), nil
 		u, lock, code := setupUp(venv, vo)
 		if u == nil {
-			return code
+			return nil, code
 		}
 		u.lock = lock
 		runs = append(runs, u)
@@ -190,7 +211,7 @@ func runEnvUp(env Env, o *Options) int {
 			continue
 		}
 		if pb != nil && (u.o.Playbook != pb.Playbook || !slices.Equal(u.o.PlaybookArgs, pb.PlaybookArgs) || u.o.NoProvision != pb.NoProvision) {
-			return reportError(out, usagef(fmt.Sprintf("give every VM of %s the same \"playbook\" (a play's hosts: pick the VMs)", configFile),
+			return nil, reportError(out, usagef(fmt.Sprintf("give every VM of %s the same \"playbook\" (a play's hosts: pick the VMs)", configFile),
 				"VMs %s and %s would run different playbooks: an environment runs one", pb.EnvVM, u.o.EnvVM))
 		}
 		pb = u.o
@@ -200,14 +221,11 @@ func runEnvUp(env Env, o *Options) int {
 	if parallel == 0 {
 		parallel = defaultParallel(runs)
 	}
-	if !env.commit() { // from here the loop handles the signals
-		return exitFailed // a signal ended it: the guard has its code
-	}
 	r := &envRun{env: env, o: first, e: e, vms: runs, parallel: parallel, events: make(chan evMsg, 64)}
 	for _, u := range runs {
 		u.envRun = r
 	}
-	return r.run()
+	return r, 0
 }
 
 // defaultParallel is how many first boots this host takes at once: one per

@@ -139,7 +139,7 @@ func (e *Environment) lookup(name string) (envVM, bool) {
 
 // envCommands act on the VMs of an environment: those named, or every VM
 // of the file. ssh and logs take one VM, which they run as a single VM's.
-var envCommands = map[string]bool{"up": true, "down": true, "destroy": true, "status": true, "reset": true,
+var envCommands = map[string]bool{"up": true, "run": true, "down": true, "destroy": true, "status": true, "reset": true,
 	"provision": true, "inventory": true, "ssh-config": true}
 
 // command finishes parseCommand in an environment's directory: o.Names are

@@ -14,6 +14,9 @@ type vmOutcome struct {
 	ExitCode int    `json:"exit_code"`
 	// Outcome is kept (the VM is there) or removed (it is gone).
 	Outcome string `json:"outcome"`
+	// WorkloadExit is the exit status of `vmup run`'s workload on the VM,
+	// when it ran to its end there.
+	WorkloadExit *int `json:"workload_exit_code,omitempty"`
 }
 
 // serialWriter writes each Write whole: the Outputs of an environment's VMs
@@ -65,6 +68,20 @@ func (o *Output) SayPhase(phase, msg string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.emitEvent(jsonEvent{Event: "phase", Phase: phase, Message: msg})
+}
+
+// SayRunPhase sends a run's phase change as a run_phase event.
+func (o *Output) SayRunPhase(phase, msg string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.emitEvent(jsonEvent{Event: "run_phase", Phase: phase, Message: msg})
+}
+
+// SetRun makes the exit event carry the run's id and the stage it ended in.
+func (o *Output) SetRun(id, stage string) {
+	o.mu.Lock()
+	o.runID, o.runStage = id, stage
+	o.mu.Unlock()
 }
 
 // SetEnvironment makes every event from now on name the environment.

@@ -114,7 +114,7 @@ func TestEnvUpOnePlaybook(t *testing.T) {
 	if err != nil || !strings.Contains(string(inv), `"web1": {}`) || !strings.Contains(string(inv), "ControlPath=") {
 		t.Errorf("the setup inventory: %v\n%s", err, inv)
 	}
-	want := []vmOutcome{{"shop-db", "detached", 0, "kept"}, {"shop-web1", "detached", 0, "kept"}, {"shop-web2", "detached", 0, "kept"}}
+	want := []vmOutcome{{VM: "shop-db", Phase: "detached", Outcome: "kept"}, {VM: "shop-web1", Phase: "detached", Outcome: "kept"}, {VM: "shop-web2", Phase: "detached", Outcome: "kept"}}
 	if got := h.exitEvent().VMs; !slices.Equal(got, want) {
 		t.Errorf("exit event's vms %v, want %v", got, want)
 	}
@@ -240,7 +240,7 @@ func TestEnvUpCtrlCMixedFirstBootAndProvisioned(t *testing.T) {
 	if i := slices.Index(pb[len(pb)-1], "--limit"); i < 0 || pb[len(pb)-1][i+1] != "db" {
 		t.Errorf("playbook %v; want --limit db", pb[len(pb)-1])
 	}
-	want := []vmOutcome{{"shop-db", "aborted", 130, "removed"}, {"shop-web", "stopped", 0, "kept"}}
+	want := []vmOutcome{{VM: "shop-db", Phase: "aborted", ExitCode: 130, Outcome: "removed"}, {VM: "shop-web", Phase: "stopped", Outcome: "kept"}}
 	if got := h.exitEvent().VMs; !slices.Equal(got, want) {
 		t.Errorf("exit event's vms %v, want %v", got, want)
 	}
@@ -303,7 +303,7 @@ func TestEnvUpFailureLeavesWaitingVMsAlone(t *testing.T) {
 	if _, ok := h.fake.world.Domains["shop-web"]; ok || made(pathsFor(h.env.Home, "shop-db")) {
 		t.Errorf("a VM waiting for a slot was begun after cache failed: %v", h.fake.world.Domains)
 	}
-	if got := h.exitEvent().VMs; len(got) != 3 || got[0] != (vmOutcome{"shop-cache", "failed", 1, "kept"}) {
+	if got := h.exitEvent().VMs; len(got) != 3 || got[0] != (vmOutcome{VM: "shop-cache", Phase: "failed", ExitCode: 1, Outcome: "kept"}) {
 		t.Errorf("exit event's vms %v", got)
 	}
 }

@@ -33,7 +33,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	switch cmd {
-	case "up":
+	case "up", "run":
 		fs.StringVar(&o.Image, "image", o.Image, "")
 		fs.StringVar(&o.ImageSHA256, "image-sha256", o.ImageSHA256, "")
 		fs.StringVar(&o.Playbook, "playbook", o.Playbook, "")
@@ -61,6 +61,14 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.BoolVar(&o.DiscardSaved, "discard-saved", o.DiscardSaved, "")
 		fs.IntVar(&o.Parallel, "parallel", o.Parallel, "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
+		if cmd == "run" {
+			fs.Var(stringList{&o.Sync}, "sync", "")
+			fs.Var(stringList{&o.Collect}, "collect", "")
+			fs.StringVar(&o.Results, "results", o.Results, "")
+			fs.StringVar(&o.Teardown, "teardown", o.Teardown, "")
+			fs.StringVar(&o.DestroyWhen, "destroy", o.DestroyWhen, "")
+			fs.DurationVar(&o.StopTimeout, "stop-timeout", o.StopTimeout, "")
+		}
 	case "reset":
 		fs.DurationVar(&o.BootTimeout, "boot-timeout", o.BootTimeout, "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
@@ -90,7 +98,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 }
 
 // takesRest says which commands accept arguments after `--`.
-var takesRest = map[string]bool{"up": true, "provision": true, "ssh": true}
+var takesRest = map[string]bool{"up": true, "provision": true, "ssh": true, "run": true}
 
 // parseCommand reads vmup.json and then cmd's arguments, where NAME and flags
 // may come in any order and everything after `--` is passed on verbatim.

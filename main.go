@@ -152,7 +152,7 @@ func run(args []string) int {
 		return exitOK
 	case "completion", "__complete-names", "__complete-images":
 		return runCompletion(cmd, rest)
-	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "images", "inventory", "logs", "prune":
+	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "images", "inventory", "logs", "prune", "run":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
@@ -211,6 +211,9 @@ func run(args []string) int {
 		"status": runStatus, "ssh-config": runSSHConfig, "provision": runProvision, "reset": runReset,
 		"images": runImages, "inventory": runInventory, "logs": runLogs, "prune": runPrune,
 		"ssh": func(env Env, o *Options) int { return runSSH(env, o, sshArgs) }}
+	if cmd == "run" {
+		return finishWith(out, env.Abort.run(func() int { return cmdRun(env, o, sshArgs) }))
+	}
 	if o.Env != nil && envCommands[cmd] {
 		return finishWith(out, env.Abort.run(func() int { return runEnv(cmd, env, o) }))
 	}
@@ -219,7 +222,7 @@ func run(args []string) int {
 
 // speaksJSON names the commands whose --json is JSON Lines events on stdout
 // (inventory's --json is ansible's JSON, not events).
-var speaksJSON = map[string]bool{"up": true, "down": true, "destroy": true, "provision": true, "reset": true,
+var speaksJSON = map[string]bool{"up": true, "run": true, "down": true, "destroy": true, "provision": true, "reset": true,
 	"status": true, "ssh-config": true, "images": true, "prune": true}
 
 // wantsJSON finds --json before `--` without the flag parser, so a script

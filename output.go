@@ -61,6 +61,8 @@ type Output struct {
 	parent  *Output    // a child's: muted with it
 	outcome *vmOutcome // the child's exit: set by Exit
 	vms     []vmOutcome
+	// A run's id and the stage it ended in, for its exit event.
+	runID, runStage string
 }
 
 type jsonEvent struct {
@@ -105,6 +107,11 @@ type jsonEvent struct {
 	VMs         []vmOutcome `json:"vms,omitempty"`
 	Environment string      `json:"environment,omitempty"`
 	OutsideFile bool        `json:"outside_file,omitempty"`
+	// `vmup run` (its events, and status's vm event): the run's id; the
+	// stage its end was decided in (event exit); since when a VM's workload runs.
+	Run      string    `json:"run,omitempty"`
+	Stage    string    `json:"stage,omitempty"`
+	RunSince time.Time `json:"run_since,omitzero"`
 }
 
 func newOutput(human io.Writer, jsonOut io.Writer, vm string) *Output {
@@ -439,5 +446,5 @@ func (o *Output) Exit(code int, message string) {
 		return
 	}
 	o.emitEvent(jsonEvent{Event: "exit", Message: message, ExitCode: &code,
-		AnsibleExitCode: o.ansibleCode, AnsibleResult: o.ansibleResult, VMs: o.vms})
+		AnsibleExitCode: o.ansibleCode, AnsibleResult: o.ansibleResult, VMs: o.vms, Run: o.runID, Stage: o.runStage})
 }

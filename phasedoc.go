@@ -25,6 +25,15 @@ func envPhaseTableMarkdown() string {
 		})
 }
 
+// runPhaseTableMarkdown renders runTable for README.md.
+func runPhaseTableMarkdown() string {
+	return tableMarkdown(numRunPhases, numRunEvents, []RunEvent{RunEvInterrupt, RunEvInterruptAgain, RunEvTerminate, RunEvHangup},
+		func(p RunPhase, e RunEvent) (string, bool) {
+			t, ok := runTable[p][e]
+			return t.describe(p), ok
+		})
+}
+
 // tableMarkdown renders a lifecycle table: a line per phase that is not
 // terminal, the signals in columns of their own, every other handled event
 // in the last; cell says what event e does in phase p, if it is handled.
@@ -78,6 +87,24 @@ func (t EnvTransition) describe(from EnvPhase) string {
 		acts = append(acts, a.String())
 	}
 	return rowCell(t.Next != from, t.Next.String(), acts, t.Exit)
+}
+
+// describe says what a row of the run's table does; its end, if it sets
+// one, and an exit code taken from the event.
+func (t RunTransition) describe(from RunPhase) string {
+	var acts []string
+	for _, a := range t.Actions {
+		acts = append(acts, a.String())
+	}
+	exit := t.Exit
+	if exit == fromEvent {
+		acts = append(acts, "exit: the event's code")
+		exit = keep
+	}
+	if t.End != runKeepEnd {
+		acts = append(acts, "ends `"+t.End.String()+"`")
+	}
+	return rowCell(t.Next != from, t.Next.String(), acts, exit)
 }
 
 // rowCell is one row of either table as a cell: the next phase, if it

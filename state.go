@@ -77,6 +77,18 @@ type Journal struct {
 	// Env names the environment the VM was made in (envfile.go), so that
 	// `status` there shows a VM the file no longer has.
 	Env *JournalEnv `json:"env,omitempty"`
+	// Run is the `vmup run` whose workload the guest's runner runs: set
+	// before the runner starts, cleared once it ended or confirmed a stop,
+	// so a run whose vmup died is seen and stopped (runorphan.go).
+	Run *JournalRun `json:"run,omitempty"`
+}
+
+// JournalRun is a workload of `vmup run` in the VM: its run id, since when,
+// and the vmup that started it.
+type JournalRun struct {
+	ID    string    `json:"id"`
+	Since time.Time `json:"since"`
+	PID   int       `json:"pid"`
 }
 
 // JournalEnv is a VM's environment: its name, the directory of its
@@ -268,6 +280,9 @@ func validateJournal(j *Journal, name string) error {
 	check(j.Created.IsZero() || j.Created.Year() >= 2000, "created %s is no time a vmup made a VM", j.Created.Format(time.RFC3339))
 	check(j.ControlDir == "" || filepath.IsAbs(j.ControlDir) && filepath.Clean(j.ControlDir) == j.ControlDir &&
 		strings.HasPrefix(filepath.Base(j.ControlDir), "vmup-"), "control_dir %q is not one vmup makes", j.ControlDir)
+	if r := j.Run; r != nil {
+		check(validRunID(r.ID) && r.PID > 0 && r.PID <= maxPID, "run: id %q or pid %d is not one vmup writes", r.ID, r.PID)
+	}
 	if e := j.Env; e != nil {
 		check(validName(e.Name) && validName(e.VM) && e.Name+"-"+e.VM == name, "env: %q and vm %q do not make the VM's name %q", e.Name, e.VM, name)
 		check(filepath.IsAbs(e.Dir) && !hasNUL(e.Dir), "env: dir %q is not an absolute path", e.Dir)
