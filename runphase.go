@@ -49,20 +49,20 @@ func (p RunPhase) Terminal() bool { return p >= RunFinished && p < numRunPhases 
 type RunEvent int
 
 const (
-	RunEvInterrupt      RunEvent = iota // SIGINT, no confirmation window open
-	RunEvInterruptAgain                 // SIGINT while the window is open
-	RunEvTerminate                      // SIGTERM
-	RunEvHangup                         // SIGHUP
-	RunEvConfirmExpired                 // the window closed without a second Ctrl+C
-	RunEvSetupStopping                  // the setup's loop took a signal as a stop
-	RunEvSetupPassed                    // every VM runs (the setup detached)
-	RunEvSetupFailed                    // the setup ended failed (its code)
-	RunEvSetupAborted                   // the setup ended stopped by a signal (its code)
-	RunEvWorkloadPassed                 // the workload exited 0 on every VM
-	RunEvWorkloadFailed                 // the workload ran to its end on every VM, not 0 on one or more (the first's code)
-	RunEvWorkloadLost                   // a sync or a runner's start failed: the workload cannot run everywhere
-	RunEvStopConfirmed                  // every runner confirmed the stop by the run id, or its workload had ended
-	RunEvStopUnconfirmed                // the stop timeout passed without a runner's confirmation
+	RunEvInterrupt       RunEvent = iota // SIGINT, no confirmation window open
+	RunEvInterruptAgain                  // SIGINT while the window is open
+	RunEvTerminate                       // SIGTERM
+	RunEvHangup                          // SIGHUP
+	RunEvConfirmExpired                  // the window closed without a second Ctrl+C
+	RunEvSetupStopping                   // the setup's loop took a signal as a stop
+	RunEvSetupPassed                     // every VM runs (the setup detached)
+	RunEvSetupFailed                     // the setup ended failed (its code)
+	RunEvSetupAborted                    // the setup ended stopped by a signal (its code)
+	RunEvWorkloadPassed                  // the workload exited 0 on every VM
+	RunEvWorkloadFailed                  // the workload ran to its end on every VM, not 0 on one or more (the first's code)
+	RunEvWorkloadLost                    // a sync or a runner's start failed: the workload cannot run everywhere
+	RunEvStopConfirmed                   // every runner confirmed the stop by the run id, or its workload had ended
+	RunEvStopUnconfirmed                 // the stop timeout passed without a runner's confirmation
 	RunEvCollected
 	RunEvTeardownPassed // the teardown playbook passed, or there is none
 	RunEvTeardownFailed
