@@ -242,6 +242,7 @@ func runDown(env Env, o *Options) int {
 		saySaved(out, o.Name)
 		return exitOK
 	}
+	stopOrphanOf(ctx, env, o.Name, paths, j, v)
 	if !o.Force {
 		out.Say("stopping", "Shutting down VM %s (up to %s)", o.Name, o.ShutdownTimeout)
 		if err := v.Shutdown(ctx, o.Name); err == nil && waitShutOff(ctx, v, o.Name, o.ShutdownTimeout, env.Poll) {
@@ -352,6 +353,7 @@ func runDestroy(env Env, o *Options) int {
 	}
 	if j != nil {
 		reapGroup(j.PlaybookPGID, paths)
+		stopOrphanOf(ctx, env, o.Name, paths, j, v)
 	}
 	if j != nil && j.UploadingBase != "" {
 		// An upload its vmup never finished: partial unless marked complete since.
@@ -462,5 +464,5 @@ var domainFileRE = regexp.MustCompile(`(?:file=['"]|<kernel>|<initrd>)(/[^'"<]+)
 func (s vmStatus) event() jsonEvent {
 	return jsonEvent{Event: "vm", VM: s.Name, Phase: s.Phase, Domain: s.Domain, SSH: s.SSH, Address: s.Address,
 		Forwards: &s.Forwards, PID: s.PID, Holder: s.Holder, Created: s.Created, AgeSeconds: s.AgeSeconds,
-		Environment: s.Environment, OutsideFile: s.OutsideFile}
+		Environment: s.Environment, OutsideFile: s.OutsideFile, Run: s.Run, RunSince: s.RunSince}
 }

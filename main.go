@@ -19,6 +19,7 @@ ansible-playbook on its first boot, and shuts it down on Ctrl+C.
 
 Usage:
   vmup up [NAME] [flags] [-- ANSIBLE-PLAYBOOK-ARGS...]
+  vmup run [NAME...] [flags] -- CMD [ARGS...]
   vmup down [NAME] [--force | --suspend] [--shutdown-timeout D] [--json]
   vmup reset [NAME] [--boot-timeout D] [--json]
   vmup destroy [NAME] [--json]
@@ -70,6 +71,26 @@ Flags of up:
   --json                  JSON Lines events on stdout (also of down, destroy,
                           provision, reset, status, ssh-config and images:
                           their data, errors and an exit event last)
+
+Flags of run (and every flag of up):
+  --sync HOST_DIR[:GUEST_DIR]   repeatable; HOST_DIR's contents land in GUEST_DIR
+                          (default: a directory of HOST_DIR's name in the home)
+  --collect GUEST_PATH    repeatable; copied back into --results DIR/RUN_ID/VM/,
+                          also after a failed or stopped workload
+  --results DIR           (default ./vmup-results)
+  --teardown PLAYBOOK     run over the VMs after the workload and the collection
+  --destroy passing|always|never  which VMs the run made are destroyed at its
+                          end (default passing: when the workload passed, or
+                          a confirmed stop aborted the run)
+  --stop-timeout D        how long each guest's runner takes to stop the
+                          workload: SIGINT, SIGTERM, then SIGKILL (default 30s)
+
+run brings its VMs up as up -d does (one it names itself without NAME and
+without vmup.json), syncs, runs CMD in every VM at once under a runner in
+the guest that outlives a dropped connection, streams its output, collects,
+tears down and cleans up; it exits with the workload's status (see Runs in
+the README). Ctrl+C in the workload warns; a second asks every runner to
+stop and waits for each one's confirmation.
 
 down --suspend saves a running VM's memory; the next up resumes it in seconds.
 reset brings a VM back to the state its first boot completed in (kept then).

@@ -27,3 +27,21 @@ func stopOrphan(ctx context.Context, out *Output, s *SSH, paths Paths, run *Jour
 		out.Warn("cannot write %s: %v", paths.Journal(), err)
 	}
 }
+
+// stopOrphanOf stops the workload the journal j records, if its vmup is
+// gone (the caller holds the VM's lock) and the domain runs; destroy and
+// down do it before they go on.
+func stopOrphanOf(ctx context.Context, env Env, name string, paths Paths, j *Journal, v *Virsh) {
+	if j.Run == nil {
+		return
+	}
+	s := sshOfJournal(env.Runner, name, paths)
+	if state, err := v.DomState(ctx, name); err != nil || state != "running" || s == nil {
+		updateJournalFile(paths, func(j *Journal) { j.Run = nil }) // nothing runs it any more
+		return
+	}
+	s.control = "" // its run's master is gone with it
+	env.Out.Say("orphan", "VM %s runs the workload of run %s (vmup pid %d, gone, since %s): stopping it first",
+		name, j.Run.ID, j.Run.PID, j.Run.Since.Local().Format(time.DateTime))
+	stopOrphan(ctx, env.Out, s, paths, j.Run, env.Poll)
+}

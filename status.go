@@ -75,6 +75,9 @@ type vmStatus struct {
 	// says that the vmup.json of status's directory no longer has it.
 	Environment string `json:"-"`
 	OutsideFile bool   `json:"-"`
+	// Run is the `vmup run` whose workload the VM runs, since RunSince.
+	Run      string    `json:"-"`
+	RunSince time.Time `json:"-"`
 }
 
 // statusOf is one VM's status, its domain asked of libvirt alone, and why
@@ -170,6 +173,9 @@ func journalStatus(env Env, name string, now time.Time) (vmStatus, string) {
 		s.SSH = Endpoint{Host: j.SSHHost, Port: j.SSHPort}.String()
 	}
 	s.Address = j.SSHHost
+	if j.Run != nil {
+		s.Run, s.RunSince = j.Run.ID, j.Run.Since
+	}
 	if j.Forwards != nil {
 		s.Forwards = j.Forwards
 	}
@@ -216,6 +222,13 @@ func printStatus(env Env, o *Options, s vmStatus) {
 		age = ageWords(time.Duration(*s.AgeSeconds) * time.Second)
 	}
 	fmt.Printf(statusRow, s.Name, s.Phase, s.Domain, ssh, age, fw)
+	if s.Run != "" {
+		whose := "its vmup is gone: `vmup destroy` or `vmup down` of the VM stops it first"
+		if s.Holder == "run" {
+			whose = fmt.Sprintf("vmup pid %d runs it", s.PID)
+		}
+		fmt.Printf("  └ workload of run %s since %s (%s)\n", s.Run, s.RunSince.Local().Format(time.DateTime), whose)
+	}
 }
 
 func runStatus(env Env, o *Options) int {
