@@ -168,6 +168,9 @@ func (r *runRun) requestStops() {
 			continue
 		}
 		asked = append(asked, v.label)
+		if v.ssh == nil {
+			continue
+		}
 		go func() {
 			for time.Now().Before(deadline) && r.followCtx.Err() == nil {
 				ctx, cancel := context.WithTimeout(r.followCtx, 3*time.Second)

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"io"
+	"testing"
+)
+
+// newTestRun is a run of VMs named names, in the workload, that nothing
+// else follows: its loop's pieces are called by the test.
+func newTestRun(names ...string) *runRun {
+	r := &runRun{env: Env{Out: newOutput(io.Discard, nil, ""), Clock: realClock{}}, o: defaultOptions(),
+		id: "20261204-000000-abcdef", events: make(chan runMsg, 64), phase: RunWorkload, end: runKeepEnd}
+	r.startGroup()
+	r.followCtx, r.follow = context.WithCancel(context.Background())
+	for _, n := range names {
+		r.vms = append(r.vms, &runVM{o: &Options{Name: n}, label: n, out: r.env.Out, attempted: true})
+	}
+	return r
+}
+
+// When the workload ran to its end everywhere, the run exits with its
+// status: 0 when it passed on every VM, else the first failing VM's in the
+// file's order, whichever ended first.
+func TestRunExitStatusIsTheFirstFailingVMs(t *testing.T) {
+	cases := []struct {
+		name  string
+		order []int // which VM reports in turn
+		codes []int // each VM's status, in the file's order
+		want  int
+		end   RunPhase
+	}{
+		{"all pass", []int{2, 0, 1}, []int{0, 0, 0}, 0, RunFinished},
+		{"the second fails", []int{0, 1, 2}, []int{0, 7, 0}, 7, RunFinished},
+		{"the first in the file wins, not the first to end", []int{2, 1, 0}, []int{0, 4, 9}, 4, RunFinished},
+		{"a signal's status is the workload's too", []int{0}, []int{130}, 130, RunFinished},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var names []string
+			for i := range c.codes {
+				names = append(names, string(rune('a'+i)))
+			}
+			r := newTestRun(names...)
+			for _, i := range c.order {
+				r.take(runMsg{vm: r.vms[i], news: newsExited, code: c.codes[i]})
+			}
+			if r.phase != RunCollecting || r.exit != c.want || r.end != c.end || r.stage != RunWorkload {
+				t.Errorf("phase %s exit %d end %s stage %s; want collecting, exit %d, end %s, stage workload",
+					r.phase, r.exit, r.end, r.stage, c.want, c.end)
+			}
+		})
+	}
+}
+
+// Until every VM's workload ended, the run stays in its workload; a VM
+// whose runner could not start stops the others (workload_lost, exit 1).
+func TestRunWaitsForEveryVMAndStopsOnALostOne(t *testing.T) {
+	r := newTestRun("a", "b")
+	r.take(runMsg{vm: r.vms[0], news: newsExited, code: 0})
+	if r.phase != RunWorkload {
+		t.Fatalf("after one of two ended: %s", r.phase)
+	}
+	r = newTestRun("a", "b")
+	r.vms[1].attempted = false
+	r.take(runMsg{vm: r.vms[1], news: newsStartFail, err: io.ErrUnexpectedEOF})
+	if r.phase != RunStoppingWorkload || r.exit != exitFailed || r.end != RunFailed {
+		t.Errorf("a lost VM: phase %s exit %d end %s; want stopping_workload, 1, failed", r.phase, r.exit, r.end)
+	}
+	// b never started: only a's runner must confirm.
+	r.take(runMsg{vm: r.vms[0], news: newsConfirmed})
+	if r.phase != RunCollecting {
+		t.Errorf("once a confirmed: %s, want collecting", r.phase)
+	}
+}
+
+// A stop's confirmations are counted per VM; a workload that ended counts.
+func TestRunStopNeedsEveryRunnersConfirmation(t *testing.T) {
+	r := newTestRun("a", "b", "c")
+	r.step(runMsg{ev: RunEvInterruptAgain}, nil)
+	if r.phase != RunStoppingWorkload || r.exit != exitSIGINT {
+		t.Fatalf("second Ctrl+C: %s exit %d", r.phase, r.exit)
+	}
+	r.take(runMsg{vm: r.vms[0], news: newsConfirmed})
+	r.take(runMsg{vm: r.vms[2], news: newsExited, code: 0})
+	if r.phase != RunStoppingWorkload {
+		t.Fatalf("two of three stopped: %s", r.phase)
+	}
+	r.take(runMsg{vm: r.vms[1], news: newsConfirmed})
+	if r.phase != RunCollecting || r.exit != exitSIGINT || r.end != RunAborted {
+		t.Errorf("all confirmed: %s exit %d end %s", r.phase, r.exit, r.end)
+	}
+	// A deadline of an earlier stop is not this one's.
+	r = newTestRun("a")
+	r.step(runMsg{ev: RunEvTerminate}, nil)
+	r.take(runMsg{ev: RunEvStopUnconfirmed, gen: r.stopGen + 1})
+	if r.phase != RunStoppingWorkload {
+		t.Errorf("a stale deadline moved the run to %s", r.phase)
+	}
+	r.take(runMsg{ev: RunEvStopUnconfirmed, gen: r.stopGen})
+	if r.phase != RunStopFailed || r.exit != exitStopFailed {
+		t.Errorf("unconfirmed: %s exit %d; want stop_failed, 4", r.phase, r.exit)
+	}
+}
+
+// --destroy decides which ends destroy the VMs the run made.
+func TestRunCleanupGating(t *testing.T) {
+	cases := []struct {
+		when string
+		end  RunPhase
+		exit int
+		want bool
+	}{
+		{"passing", RunFinished, 0, true}, {"passing", RunFinished, 7, false}, {"passing", RunAborted, 130, true},
+		{"passing", RunFailed, 1, false}, {"passing", RunStopFailed, 4, false},
+		{"always", RunFinished, 7, true}, {"always", RunFailed, 3, true}, {"always", RunStopFailed, 4, false},
+		{"never", RunFinished, 0, false}, {"never", RunAborted, 130, false},
+	}
+	for _, c := range cases {
+		r := newTestRun("a")
+		r.o.DestroyWhen, r.end, r.exit = c.when, c.end, c.exit
+		if got := r.destroys(); got != c.want {
+			t.Errorf("--destroy %s, end %s, exit %d: destroys %v, want %v", c.when, c.end, c.exit, got, c.want)
+		}
+	}
+}
