@@ -68,6 +68,7 @@ type Options struct {
 	Sync, Collect []string
 	Results       string
 	Teardown      string
+	Workload      string // --workload PLAYBOOK: the workload is a playbook over the VMs, run from this host
 	DestroyWhen   string
 	StopTimeout   time.Duration
 	// set names the settings given by a flag or vmup.json, so a re-up knows

@@ -66,6 +66,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 			fs.Var(stringList{&o.Collect}, "collect", "")
 			fs.StringVar(&o.Results, "results", o.Results, "")
 			fs.StringVar(&o.Teardown, "teardown", o.Teardown, "")
+			fs.StringVar(&o.Workload, "workload", o.Workload, "")
 			fs.StringVar(&o.DestroyWhen, "destroy", o.DestroyWhen, "")
 			fs.DurationVar(&o.StopTimeout, "stop-timeout", o.StopTimeout, "")
 		}

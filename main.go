@@ -20,6 +20,7 @@ ansible-playbook on its first boot, and shuts it down on Ctrl+C.
 Usage:
   vmup up [NAME] [flags] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup run [NAME...] [flags] -- CMD [ARGS...]
+  vmup run [NAME...] [flags] --workload PLAYBOOK
   vmup down [NAME] [--force | --suspend] [--shutdown-timeout D] [--json]
   vmup reset [NAME] [--boot-timeout D] [--json]
   vmup destroy [NAME] [--json]
@@ -78,6 +79,8 @@ Flags of run (and every flag of up):
   --collect GUEST_PATH    repeatable; copied back into --results DIR/RUN_ID/VM/,
                           also after a failed or stopped workload
   --results DIR           (default ./vmup-results)
+  --workload PLAYBOOK     the workload is this playbook over the VMs, run from
+                          this host (instead of CMD in each VM)
   --teardown PLAYBOOK     run over the VMs after the workload and the collection
   --destroy passing|always|never  which VMs the run made are destroyed at its
                           end (default passing: when the workload passed, or

@@ -207,7 +207,9 @@ func (r *runRun) derive() {
 // stopped says nothing of the workload runs on v any more, as far as the
 // runner said: confirmed, ended, or never begun.
 func (v *runVM) stopped() bool {
-	return v.confirmed || v.exited || !v.attempted
+	// A runner whose start failed is not waited for: if it did start, it
+	// finds the stop request and stops before its workload.
+	return v.confirmed || v.exited || !v.attempted || v.startErr != nil
 }
 
 // step applies one row of the run's table.
@@ -244,8 +246,8 @@ func (r *runRun) step(m runMsg, sig os.Signal) {
 func (r *runRun) setPhase(p RunPhase) {
 	from := r.phase
 	r.phase = p
-	if p != RunWorkload && p != RunCollecting && p != RunTeardown {
-		r.closeWindow()
+	if from != p {
+		r.closeWindow() // a window is its phase's: a Ctrl+C warned of what that phase does
 	}
 	msg := p.String()
 	if from != p && p != RunSetup {

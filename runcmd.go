@@ -16,8 +16,10 @@ func (s stringList) Set(v string) error { *s.list = append(*s.list, v); return n
 // validateRun checks what only a run has, before anything is made.
 func validateRun(o *Options, argv []string) error {
 	switch {
-	case len(argv) == 0:
-		return usagef("give the workload after `--`: `vmup run NAME -- make test`", "vmup run needs a workload")
+	case len(argv) == 0 && o.Workload == "":
+		return usagef("give the workload after `--` (`vmup run NAME -- make test`), or --workload PLAYBOOK", "vmup run needs a workload")
+	case len(argv) > 0 && o.Workload != "":
+		return usagef("give one of them", "a workload after `--` and --workload %s exclude each other", o.Workload)
 	case o.DestroyWhen != "passing" && o.DestroyWhen != "always" && o.DestroyWhen != "never":
 		return usagef("", "--destroy %q: want passing, always or never", o.DestroyWhen)
 	case o.StopTimeout <= 0:
@@ -40,6 +42,12 @@ func validateRun(o *Options, argv []string) error {
 		if p == "" {
 			return usagef("", "--collect needs a path in the guest")
 		}
+	}
+	if o.Workload != "" {
+		if err := checkRegular("--workload", o.Workload); err != nil {
+			return err
+		}
+		o.Workload = absPath(o.Workload)
 	}
 	if o.Teardown != "" {
 		if err := checkRegular("--teardown", o.Teardown); err != nil {

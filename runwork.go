@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,10 @@ var pollEvery = 250 * time.Millisecond
 func (r *runRun) startWorkload(ctx context.Context) {
 	out := r.env.Out
 	out.Say("workload", "Run %s: %s on %s", r.id, r.workloadName(), r.names())
+	if r.o.Workload != "" {
+		r.playbookWorkload(ctx)
+		return
+	}
 	var wg sync.WaitGroup
 	for _, v := range r.vms {
 		wg.Add(1)
@@ -38,7 +43,72 @@ func (r *runRun) startWorkload(ctx context.Context) {
 }
 
 func (r *runRun) workloadName() string {
+	if r.o.Workload != "" {
+		return "the playbook " + r.o.Workload
+	}
 	return "`" + strings.Join(r.argv, " ") + "`"
+}
+
+// playbookWorkload is --workload PLAYBOOK: the --sync dirs, then one
+// ansible-playbook over the run's VMs from this host. Its status is each
+// VM's; a stop stops its process group, which always ends it: that is
+// every VM's confirmation.
+func (r *runRun) playbookWorkload(ctx context.Context) {
+	for _, v := range r.vms {
+		r.send(runMsg{vm: v, news: newsStarted})
+	}
+	for _, v := range r.vms {
+		for _, spec := range r.o.Sync {
+			hostDir, guestDir, _ := syncSpec(spec)
+			v.out.Say("sync", "Syncing %s to %s:%s", hostDir, v.label, guestDir)
+			if v.ssh == nil {
+				r.send(runMsg{vm: v, news: newsStartFail, err: fmt.Errorf("VM %s: no SSH endpoint in its journal", v.o.Name)})
+				return
+			}
+			if err := syncToGuest(ctx, v.ssh, hostDir, guestDir); err != nil {
+				if ctx.Err() == nil {
+					r.send(runMsg{vm: v, news: newsStartFail, err: fmt.Errorf("VM %s: --sync %s: %w", v.o.Name, spec, err)})
+				}
+				r.confirmAll(ctx)
+				return
+			}
+		}
+	}
+	var keep io.Writer = io.Discard
+	if err := os.MkdirAll(r.results, 0o755); err == nil {
+		if f, err := os.Create(filepath.Join(r.results, "workload.log")); err == nil {
+			defer f.Close()
+			keep = f
+		}
+	}
+	logPath, err := r.runPlaybookOver(ctx, r.o.Workload, io.MultiWriter(r.env.Out.Indented("workload | "), keep))
+	code := exitOK
+	var ee *ExitError
+	switch {
+	case ctx.Err() != nil:
+		r.confirmAll(ctx)
+		return
+	case errors.As(err, &ee):
+		code = ee.ExitCode
+	case err != nil:
+		code = exitFailed
+	}
+	if err != nil {
+		noteAnsibleExit(r.env.Out, err, logPath)
+	}
+	for _, v := range r.vms {
+		r.send(runMsg{vm: v, news: newsExited, code: code})
+	}
+}
+
+// confirmAll tells the loop that nothing of a playbook workload runs.
+func (r *runRun) confirmAll(ctx context.Context) {
+	if ctx.Err() == nil {
+		return
+	}
+	for _, v := range r.vms {
+		r.send(runMsg{vm: v, news: newsConfirmed})
+	}
 }
 
 func (r *runRun) names() string {
@@ -164,7 +234,7 @@ func (r *runRun) requestStops() {
 	var asked []string
 	deadline := time.Now().Add(wait)
 	for _, v := range r.vms {
-		if !v.attempted || v.exited {
+		if !v.attempted || v.exited || r.o.Workload != "" {
 			continue
 		}
 		asked = append(asked, v.label)
@@ -182,6 +252,9 @@ func (r *runRun) requestStops() {
 				sleepCtx(r.followCtx, pollEvery)
 			}
 		}()
+	}
+	if r.o.Workload != "" {
+		r.env.Out.Say("stopping", "Stopping the workload playbook (run %s)", r.id)
 	}
 	if len(asked) > 0 {
 		r.env.Out.Say("stopping", "Stopping the workload on %s (run %s): waiting up to %s for each runner to confirm",
