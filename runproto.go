@@ -35,6 +35,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -344,4 +345,76 @@ func stopRunner(ctx context.Context, s *SSH, runID string, deadline time.Time, p
 			return 0, err
 		}
 	}
+}
+
+// lineWriter writes whole lines to w, each after prefix; see prefixLines.
+type lineWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	buf    []byte
+	closed bool
+}
+
+// maxLine is the longest line lineWriter keeps whole; a longer one is cut.
+const maxLine = 64 << 10
+
+// prefixLines streams a workload's output: each line goes to w in one
+// write, prefix first ("VM | "), so lines from several writers interleave
+// whole. Close writes what is left of a last line, ending it with a newline.
+func prefixLines(w io.Writer, prefix string) io.WriteCloser {
+	return &lineWriter{w: w, prefix: prefix}
+}
+
+func (l *lineWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return 0, errors.New("write to a closed line writer")
+	}
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 && len(l.buf) < maxLine {
+			break
+		}
+		if i < 0 {
+			i = maxLine - 1
+			if err := l.emit(l.buf[:i+1], true); err != nil {
+				return len(p), err
+			}
+		} else if err := l.emit(l.buf[:i+1], false); err != nil {
+			return len(p), err
+		}
+		l.buf = l.buf[i+1:]
+	}
+	if len(l.buf) == 0 {
+		l.buf = nil // let a large buffer go
+	}
+	return len(p), nil
+}
+
+func (l *lineWriter) emit(line []byte, addNewline bool) error {
+	out := make([]byte, 0, len(l.prefix)+len(line)+1)
+	out = append(append(out, l.prefix...), line...)
+	if addNewline {
+		out = append(out, '\n')
+	}
+	_, err := l.w.Write(out)
+	return err
+}
+
+func (l *lineWriter) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	if len(l.buf) == 0 {
+		return nil
+	}
+	err := l.emit(l.buf, true)
+	l.buf = nil
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -772,5 +773,48 @@ func TestRunnerScriptSyntax(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("%s -n: %v\n%s", sh, err, out)
 		}
+	}
+}
+
+type writeRecorder struct{ writes []string }
+
+func (w *writeRecorder) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, string(p))
+	return len(p), nil
+}
+
+func TestPrefixLines(t *testing.T) {
+	var rec writeRecorder
+	w := prefixLines(&rec, "vm | ")
+	for _, s := range []string{"a\nb", "c\n\nd", "", "e\n"} {
+		if n, err := io.WriteString(w, s); n != len(s) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", s, n, err)
+		}
+	}
+	io.WriteString(w, "tail")
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"vm | a\n", "vm | bc\n", "vm | \n", "vm | de\n", "vm | tail\n"}
+	if diff := cmp.Diff(want, rec.writes); diff != "" {
+		t.Errorf("writes (-want +got):\n%s", diff)
+	}
+	if _, err := io.WriteString(w, "x\n"); err == nil {
+		t.Error("a closed writer took a write")
+	}
+
+	rec.writes = nil
+	w = prefixLines(&rec, "> ")
+	io.WriteString(w, strings.Repeat("x", maxLine+10))
+	w.Close()
+	if len(rec.writes) != 2 || len(rec.writes[0]) != 2+maxLine+1 || rec.writes[1] != "> xxxxxxxxxx\n" {
+		t.Errorf("a long line: %d writes", len(rec.writes))
+	}
+
+	rec.writes = nil
+	w = prefixLines(&rec, "> ")
+	w.Close()
+	if len(rec.writes) != 0 {
+		t.Errorf("an empty stream wrote %q", rec.writes)
 	}
 }
