@@ -210,8 +210,11 @@ func (r *runRun) followRunner(v *runVM) {
 				confirmed = true
 				r.send(runMsg{vm: v, news: newsConfirmed})
 			}
-			if exited {
+			if exited && !st.LogMore {
 				return // its log is whole: it was read after its end
+			}
+			if st.LogMore {
+				continue // more log than one poll brings
 			}
 		}
 		if sleepCtx(r.followCtx, pollEvery) != nil {

@@ -281,7 +281,7 @@ func validateJournal(j *Journal, name string) error {
 	check(j.ControlDir == "" || filepath.IsAbs(j.ControlDir) && filepath.Clean(j.ControlDir) == j.ControlDir &&
 		strings.HasPrefix(filepath.Base(j.ControlDir), "vmup-"), "control_dir %q is not one vmup makes", j.ControlDir)
 	if r := j.Run; r != nil {
-		check(validRunID(r.ID) && r.PID > 0 && r.PID <= maxPID, "run: id %q or pid %d is not one vmup writes", r.ID, r.PID)
+		check(validRunID(r.ID) == nil && r.PID > 0 && r.PID <= maxPID, "run: id %q or pid %d is not one vmup writes", r.ID, r.PID)
 	}
 	if e := j.Env; e != nil {
 		check(validName(e.Name) && validName(e.VM) && e.Name+"-"+e.VM == name, "env: %q and vm %q do not make the VM's name %q", e.Name, e.VM, name)
