@@ -202,6 +202,18 @@ func TestCpInAnEnvironmentNamesItsVMs(t *testing.T) {
 	}
 }
 
+// Bash completes file names for vmup cp's paths.
+func TestBashCompletesFilesForCp(t *testing.T) {
+	c := newBashCompleter(t)
+	os.WriteFile(filepath.Join(c.dir, "data.txt"), nil, 0o600)
+	os.Mkdir(filepath.Join(c.dir, "dir"), 0o755)
+	for _, words := range [][]string{{"vmup", "cp", "d"}, {"vmup", "cp", "data.txt", "d"}} {
+		if got := c.complete(words...); !cmp.Equal(got, []string{"data.txt", "dir"}) {
+			t.Errorf("%q<TAB> = %q, want the files", words, got)
+		}
+	}
+}
+
 // Ctrl+C while a copy comes out of the VM stops it at once (exit 130) and
 // leaves nothing of it: the temporary directory is removed before vmup exits.
 func TestCpInterruptedLeavesNothingBehind(t *testing.T) {
