@@ -57,6 +57,8 @@ type Options struct {
 	Format          string   // inventory: yaml or json
 	Follow          bool     // logs -f
 	DryRun          bool     // prune --dry-run
+	// Copy is what cp copies where (cpcmd.go).
+	Copy *copySpec
 	// Env is the environment of vmup.json's "vms" (envfile.go); EnvVM is
 	// the VM's name in it (Name is then the full ENV-NAME), Groups its groups.
 	Env      *Environment

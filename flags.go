@@ -115,6 +115,12 @@ func parseCommand(cmd string, args []string) (*Options, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if cmd == "cp" { // its words are paths, one side NAME:PATH
+		if err := parseCopy(env, o, positional); err != nil {
+			return nil, nil, err
+		}
+		return o, nil, nil
+	}
 	if env != nil {
 		return env.command(cmd, o, positional, rest, args)
 	}

@@ -27,6 +27,7 @@ Usage:
   vmup status [NAME] [--json]
   vmup ssh [NAME] [-- CMD...]
   vmup ssh-config [NAME] [--json]
+  vmup cp [NAME:]SRC... [NAME:]DEST
   vmup inventory [NAME...] [--format yaml|json] [--json]
   vmup logs [NAME] [-f | --follow]
   vmup provision [NAME] [--playbook FILE] [--json] [-- ANSIBLE-PLAYBOOK-ARGS...]
@@ -109,7 +110,11 @@ ssh-config also keeps what it prints as ssh.config in the VM's state dir,
 for ssh -F. inventory prints an ansible inventory of the VMs (all without
 names; --json: ansible's JSON, not events): group vmup, and only what ansible
 needs to reach them. logs shows the last playbook log and the console log;
--f follows the console log until Ctrl+C.
+-f follows the console log until Ctrl+C. cp copies files and directories
+between this host and a VM over its ssh: exactly one side is NAME:PATH (a
+relative PATH is in the login's home), DEST is a directory (made if missing)
+that each SRC lands in under its own name, symlinks and modes are kept, and a
+symlink that points outside what is copied is refused.
 
 NAME and flags may come in any order. A vmup.json in the working directory
 may hold the same settings by their long names; flags win.
@@ -176,7 +181,7 @@ func run(args []string) int {
 		return exitOK
 	case "completion", "__complete-names", "__complete-images":
 		return runCompletion(cmd, rest)
-	case "up", "down", "destroy", "status", "ssh", "ssh-config", "provision", "reset", "images", "inventory", "logs", "prune", "run":
+	case "up", "down", "destroy", "status", "ssh", "ssh-config", "cp", "provision", "reset", "images", "inventory", "logs", "prune", "run":
 	default:
 		return reportError(newOutput(os.Stderr, nil, ""), usagef("run `vmup --help` to see the commands", "unknown command %q", cmd))
 	}
@@ -233,7 +238,7 @@ func run(args []string) int {
 	env.Abort = newAbortGuard(sigs, out, exitFor)
 	runs := map[string]func(Env, *Options) int{"up": runUp, "down": runDown, "destroy": runDestroy,
 		"status": runStatus, "ssh-config": runSSHConfig, "provision": runProvision, "reset": runReset,
-		"images": runImages, "inventory": runInventory, "logs": runLogs, "prune": runPrune,
+		"images": runImages, "inventory": runInventory, "logs": runLogs, "prune": runPrune, "cp": runCp,
 		"ssh": func(env Env, o *Options) int { return runSSH(env, o, sshArgs) }}
 	if cmd == "run" {
 		return finishWith(out, env.Abort.run(func() int { return cmdRun(env, o, sshArgs) }))

@@ -35,6 +35,7 @@ func completionImageNames() []string { return imageNames() }
 type compCommand struct {
 	name   string
 	names  int      // how many VM names it takes: 0, 1, or -1 for any number
+	files  bool     // its arguments are paths ([NAME:]SRC of cp): files complete
 	words  []string // the words its arguments are (completion: the shells)
 	flags  []string // as typed: --image, -d
 	values []string // those of flags that take a value
@@ -74,6 +75,8 @@ func completionCommands(help string) []compCommand {
 		}
 		c := compCommand{name: m[1]}
 		switch {
+		case strings.Contains(m[2], "[NAME:]"):
+			c.files = true
 		case manyNamesRE.MatchString(m[2]):
 			c.names = -1
 		case strings.Contains(m[2], "NAME"):
@@ -186,6 +189,13 @@ func completionVMNames(home string) []string {
 	return vms
 }
 
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func commandNames(cmds []compCommand) string {
 	var names []string
 	for _, c := range cmds {
@@ -224,8 +234,8 @@ func flagValueCases(cmds []compCommand, sep string, body func(kind string, words
 func bashCompletion(cmds []compCommand) string {
 	var spec strings.Builder
 	for _, c := range cmds {
-		fmt.Fprintf(&spec, "        %s) flags='%s' values='%s' names=%d words='%s' ;;\n",
-			c.name, strings.Join(c.flags, " "), strings.Join(c.values, " "), c.names, strings.Join(c.words, " "))
+		fmt.Fprintf(&spec, "        %s) flags='%s' values='%s' names=%d files=%d words='%s' ;;\n",
+			c.name, strings.Join(c.flags, " "), strings.Join(c.values, " "), c.names, boolInt(c.files), strings.Join(c.words, " "))
 	}
 	values := flagValueCases(cmds, "|", func(kind string, words []string) string {
 		switch kind {
@@ -269,7 +279,7 @@ _vmup_files() {
 
 _vmup() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
-    local cmd flags values names words flag= w i n=0
+    local cmd flags values names files words flag= w i n=0
     COMPREPLY=()
     if (( COMP_CWORD == 1 )); then
         _vmup_add "$cur" %s
@@ -309,6 +319,8 @@ _vmup() {
         _vmup_add "$cur" $flags
     elif (( names < 0 || n < names )); then
         _vmup_ask "$cur" __complete-names
+    elif (( files )); then
+        _vmup_files "$cur"
     elif (( n == 0 )); then
         _vmup_add "$cur" $words
     fi
@@ -321,8 +333,8 @@ complete -F _vmup vmup
 func zshCompletion(cmds []compCommand) string {
 	var spec strings.Builder
 	for _, c := range cmds {
-		fmt.Fprintf(&spec, "        %s) flags=(%s) values=(%s) names=%d args=(%s) ;;\n",
-			c.name, strings.Join(c.flags, " "), strings.Join(c.values, " "), c.names, strings.Join(c.words, " "))
+		fmt.Fprintf(&spec, "        %s) flags=(%s) values=(%s) names=%d files=%d args=(%s) ;;\n",
+			c.name, strings.Join(c.flags, " "), strings.Join(c.values, " "), c.names, boolInt(c.files), strings.Join(c.words, " "))
 	}
 	values := flagValueCases(cmds, "|", func(kind string, words []string) string {
 		switch kind {
@@ -344,7 +356,7 @@ const zshTemplate = `#compdef vmup
 _vmup() {
     local cur=${words[CURRENT]} prev=${words[CURRENT-1]} cmd=${words[2]}
     local -a flags values args vms
-    local names=0 flag= w i n=0
+    local names=0 files=0 flag= w i n=0
     if (( CURRENT == 2 )); then
         compadd -- %s
         return
@@ -378,6 +390,8 @@ _vmup() {
     elif (( names < 0 || n < names )); then
         vms=(${(f)"$(command vmup __complete-names 2>/dev/null)"})
         compadd -- $vms
+    elif (( files )); then
+        _files
     elif (( n == 0 )); then
         compadd -- $args
     fi
@@ -426,6 +440,9 @@ func fishCompletion(cmds []compCommand) string {
 		}
 		if len(c.words) > 0 {
 			fmt.Fprintf(&b, "complete -c vmup %s -a '%s'\n", args, strings.Join(c.words, " "))
+		}
+		if c.files {
+			fmt.Fprintf(&b, "complete -c vmup %s -F\n", cond)
 		}
 	}
 	return fishHeader + b.String()
