@@ -180,10 +180,7 @@ func TestE2ERunFailingStopFailedAndOrphan(t *testing.T) {
 }
 
 // startRun starts `vmup run` as a terminal's foreground job, with --json.
-func (e *e2e) startRun(args []string) *foreground {
-	dashes := slices.Index(args, "--")
-	return e.startUp(append(args[:dashes:dashes], append([]string{"--json"}, args[dashes:]...)...)...)
-}
+func (e *e2e) startRun(args []string) *foreground { return e.startUp(args...) }
 
 // Case 3: two Ctrl+C during a workload that traps SIGINT: its trap ran (its
 // file is collected), the teardown ran, exit 130, nothing left.

@@ -187,7 +187,13 @@ type foreground struct {
 
 func (e *e2e) startUp(args ...string) *foreground {
 	f := &foreground{t: e.t, events: make(chan jsonEvent, 200), stderr: &bytes.Buffer{}, start: time.Now()}
-	f.cmd = e.command(context.Background(), append(args, "--json")...)
+	// --json goes before a `--`: what follows is a workload's or a playbook's.
+	if i := slices.Index(args, "--"); i >= 0 {
+		args = slices.Concat(args[:i], []string{"--json"}, args[i:])
+	} else {
+		args = append(args, "--json")
+	}
+	f.cmd = e.command(context.Background(), args...)
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	f.cmd.Stderr = f.stderr
 	stdout, _ := f.cmd.StdoutPipe()

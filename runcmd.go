@@ -19,7 +19,7 @@ func validateRun(o *Options, argv []string) error {
 	case len(argv) == 0 && o.Workload == "":
 		return usagef("give the workload after `--` (`vmup run NAME -- make test`), or --workload PLAYBOOK", "vmup run needs a workload")
 	case len(argv) > 0 && o.Workload != "":
-		return usagef("give one of them", "a workload after `--` and --workload %s exclude each other", o.Workload)
+		return usagef("give a workload after -- or --workload PLAYBOOK, not both", "a command after -- and --workload %s exclude each other", o.Workload)
 	case o.DestroyWhen != "passing" && o.DestroyWhen != "always" && o.DestroyWhen != "never":
 		return usagef("", "--destroy %q: want passing, always or never", o.DestroyWhen)
 	case o.StopTimeout <= 0:

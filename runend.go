@@ -90,9 +90,9 @@ func (r *runRun) cleanup(ctx context.Context) {
 // finish ends the run with the exit event: the stage it ended in, each
 // VM's workload status, and which VMs were kept.
 func (r *runRun) finish() int {
+	r.follow() // the followers end first: the workload's worker waits for them
 	r.stopWork()
 	r.waitOldWorkers(r.oldWorkers)
-	r.follow()
 	out := r.env.Out
 	for _, v := range r.vms {
 		oc := outcomeOf(v.out, v.paths, r.exit)
