@@ -140,7 +140,7 @@ while [ ! -f workload.code ]; do
 		escalate "$pg"
 		break
 	fi
-	sleep 0.2
+	sleep 0.1
 done
 
 # What the workload left in its group goes the same way, so that once exit

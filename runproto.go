@@ -249,6 +249,25 @@ func requestStop(ctx context.Context, s *SSH, runID string) error {
 	return nil
 }
 
+// awaitStop writes the stop request, as requestStop does, and waits in the
+// guest, up to wait, for the runner to write its exit or its confirmation,
+// looking every 50 ms: a stop is seen as soon as it is done, not at the next
+// poll. It is nil once one of them is there.
+func awaitStop(ctx context.Context, s *SSH, runID string, wait time.Duration) error {
+	if err := validRunID(runID); err != nil {
+		return err
+	}
+	dir := runDir(runID)
+	looks := max(1, int(wait/(50*time.Millisecond)))
+	cmd := guestSh("umask 077 && mkdir -p " + dir + " && cd " + dir +
+		" && echo " + runID + " >stop.tmp.$$ && mv -f stop.tmp.$$ stop && i=0 && while [ $i -lt " + strconv.Itoa(looks) + " ]; do " +
+		"if [ -f confirmed ] || [ -f exit ]; then exit 0; fi; sleep 0.05; i=$((i + 1)); done; exit 3")
+	if _, err := s.Exec(ctx, cmd); err != nil {
+		return fmt.Errorf("the runner of run %s in VM %s did not confirm its stop: %w", runID, s.name, err)
+	}
+	return nil
+}
+
 // errStopUnconfirmed is what stopRunner's error Is when the deadline came
 // before the runner confirmed.
 var errStopUnconfirmed = errors.New("stop not confirmed")

@@ -818,3 +818,27 @@ func TestPrefixLines(t *testing.T) {
 		t.Errorf("an empty stream wrote %q", rec.writes)
 	}
 }
+
+// awaitStop returns as soon as the runner stopped its workload, and fails
+// when nothing confirms within its wait (no runner there).
+func TestAwaitStopReturnsOnceStopped(t *testing.T) {
+	g, s := newLocalGuest(t, "", "")
+	id := newRunID(time.Now())
+	mustStart(t, s, id, 10*time.Second, "sh", "-c", `trap "exit 3" INT; echo ready > ready; sleep 100`)
+	waitFor(t, 10*time.Second, "ready workload", func() bool { return fileExists(filepath.Join(g.home, "ready")) })
+	pollUntil(t, s, id, 10*time.Second, "start", started)
+	begin := time.Now()
+	if err := awaitStop(context.Background(), s, id, 5*time.Second); err != nil {
+		t.Fatalf("awaitStop: %v", err)
+	}
+	if took := time.Since(begin); took > 2*time.Second {
+		t.Errorf("awaitStop took %v for a workload that stops at SIGINT", took)
+	}
+	if st, _, err := pollRunner(context.Background(), s, id, -1); err != nil || !st.StopConfirmed || st.ConfirmCode != 3 {
+		t.Errorf("after awaitStop: %+v, %v", st, err)
+	}
+	other := newRunID(time.Now().Add(time.Hour))
+	if err := awaitStop(context.Background(), s, other, 200*time.Millisecond); err == nil {
+		t.Error("awaitStop of a run without a runner returned nil")
+	}
+}

@@ -245,14 +245,25 @@ func (r *runRun) requestStops() {
 			continue
 		}
 		go func() {
+			// The request, and a wait in the guest for its confirmation; a
+			// call that hangs (a paused guest) is cut and tried again.
 			for time.Now().Before(deadline) && r.followCtx.Err() == nil {
-				ctx, cancel := context.WithTimeout(r.followCtx, 3*time.Second)
-				err := requestStop(ctx, v.ssh, r.id)
+				began := time.Now()
+				ctx, cancel := context.WithTimeout(r.followCtx, min(time.Until(deadline), 3*time.Second))
+				err := awaitStop(ctx, v.ssh, r.id, 2*time.Second)
 				cancel()
 				if err == nil {
-					return
+					ctx, cancel := context.WithTimeout(r.followCtx, 5*time.Second)
+					st, _, err := pollRunner(ctx, v.ssh, r.id, -1)
+					cancel()
+					if err == nil && (st.StopConfirmed || st.Exited) {
+						r.send(runMsg{vm: v, news: newsConfirmed})
+						return
+					}
 				}
-				sleepCtx(r.followCtx, pollEvery)
+				if time.Since(began) < pollEvery {
+					sleepCtx(r.followCtx, pollEvery) // a refused connection: not at once again
+				}
 			}
 		}()
 	}
