@@ -190,6 +190,7 @@ func (r *runRun) followRunner(v *runVM) {
 		defer keep.Close()
 	}
 	var off int64
+	polls := 0
 	exited, confirmed := false, false
 	for r.followCtx.Err() == nil {
 		ctx, cancel := context.WithTimeout(r.followCtx, 5*time.Second)
@@ -217,7 +218,9 @@ func (r *runRun) followRunner(v *runVM) {
 				continue // more log than one poll brings
 			}
 		}
-		if sleepCtx(r.followCtx, pollEvery) != nil {
+		// A short workload ends within its first polls: they come sooner.
+		polls++
+		if sleepCtx(r.followCtx, min(pollEvery, 25*time.Millisecond<<min(polls, 4))) != nil {
 			return
 		}
 	}
