@@ -77,6 +77,8 @@ type controller struct {
 	windowGen  int         // which window a timer's event belongs to
 	stopWindow func() bool // stops the open window's timer
 
+	booted bool // the VM was started (Booting): it did not run before this up
+
 	failure  string // what went wrong, from the failing event's error, for report_failure
 	failHint string // what to do about it, when that error says more than the generic hint
 }
@@ -140,6 +142,9 @@ func (u *upRun) apply(m evMsg) {
 
 func (u *upRun) setPhase(from, to Phase) {
 	u.phase = to
+	if to == Booting {
+		u.booted = true
+	}
 	if !to.FirstBoot() {
 		u.closeWindow()
 	}

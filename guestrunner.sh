@@ -111,7 +111,7 @@ escalate() {
 	echo "vmup runner: process group $1 still has processes 5 s after SIGKILL" >&2
 }
 
-put runner.pid "$$"
+printf '%s\n' "$$" >runner.pid # only for a person to look at: no mv, one process fewer
 
 # A stop that came first: the workload never starts.
 if stop_requested; then
@@ -124,12 +124,12 @@ fi
 # group of its own (pgid = its pid = $!) and execs the workload as argv, in
 # the home dir, stdin /dev/null, both outputs to output.log. The waiter alone
 # can wait for it: workload.code tells the others that it ended.
-rm -f workload.code
+if [ -f workload.code ]; then rm -f workload.code; fi
 (
 	(cd "$HOME" || exit 126; exec timeout 0 "$@") </dev/null >>output.log 2>&1 &
 	put started "$RUN_ID $(date +%s) $!"
 	wait "$!"
-	put workload.code "$?"
+	printf '%s\n' "$?" >workload.code # internal: read only after the waiter ended, so no mv
 ) &
 waiter=$!
 
@@ -151,7 +151,6 @@ fi
 wait "$waiter"
 code=125
 [ -f workload.code ] && read -r code <workload.code
-rm -f workload.code
 put exit "$RUN_ID $code"
 if [ -n "$stopping" ] || stop_requested; then
 	put confirmed "$RUN_ID $code"

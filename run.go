@@ -19,7 +19,8 @@ type runVM struct {
 	created bool   // this run made it: only then may cleanup destroy it
 	before  string // its domain's state before the run ("" when it did not exist)
 	ssh     *SSH
-	lock    *Lock // held from the setup to the cleanup
+	lock    *Lock  // held from the setup to the cleanup
+	up      *upRun // its setup
 
 	// Set by the loop from the workers' messages.
 	attempted bool // its runner's start was tried: only the runner can say it stopped
@@ -117,6 +118,11 @@ func (r *runRun) afterSetupStep() {
 	code := r.setup.end()
 	switch {
 	case r.setup.detached():
+		for _, v := range r.vms {
+			if v.up.booted && v.before == "running" {
+				v.before = "shut off" // its journal said running, but the setup had to boot it
+			}
+		}
 		r.step(runMsg{ev: RunEvSetupPassed}, nil)
 	case code >= 128:
 		r.step(runMsg{ev: RunEvSetupAborted, code: code}, nil)

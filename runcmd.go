@@ -105,7 +105,7 @@ func (r *runRun) prepareVM() int {
 	if u == nil {
 		return code
 	}
-	v.lock, v.created = lock, !u.holdJournal // no journal before: this run makes it
+	v.lock, v.created, v.up = lock, !u.holdJournal, u // no journal before: this run makes it
 	r.vms = []*runVM{v}
 	r.setup = &vmSetup{u: u, ch: make(chan evMsg, 16)}
 	return -1
@@ -129,7 +129,7 @@ func (r *runRun) prepareEnv() int {
 	for i, u := range er.vms {
 		u.o.Detach = true
 		v := r.newRunVM(u.o, e.label(acted[i], acted))
-		v.lock, v.created = u.lock, !before[u.o.Name]
+		v.lock, v.created, v.up = u.lock, !before[u.o.Name], u
 		r.vms = append(r.vms, v)
 	}
 	r.setup = &envSetup{r: er}
@@ -147,15 +147,14 @@ func (r *runRun) newRunVM(o *Options, label string) *runVM {
 		prefix = label
 	}
 	v.out = r.env.Out.forVM(o.Name, prefix)
+	// Running unless its journal says otherwise; a VM the setup boots did
+	// not run either (afterSetupStep).
 	if j, err := readJournal(v.paths); err == nil && j != nil {
 		v.before = "running"
-		switch {
-		case j.Phase == Saved:
+		switch j.Phase {
+		case Saved:
 			v.before = "saved"
-		case j.Phase == Stopped || j.Phase == Failed || j.Phase == StopFailed || j.Phase == Aborted:
-			v.before = "shut off"
-		}
-		if st, err := newVirsh(r.env.Runner, j.Connect).DomState(r.env.ctx(), o.Name); err == nil && st == "shut off" && v.before != "saved" {
+		case Stopped, Failed, StopFailed, Aborted:
 			v.before = "shut off"
 		}
 	}

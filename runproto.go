@@ -119,17 +119,8 @@ func runnerScript(runID string, argv []string, stopTimeout time.Duration) (strin
 // round trip that returns at once: the runner lives on, detached. A run id
 // whose runner.sh is there already is refused (a run starts once).
 func startRunner(ctx context.Context, s *SSH, runID string, argv []string, stopTimeout time.Duration) error {
-	script, err := runnerScript(runID, argv, stopTimeout)
-	if err != nil {
-		return err
-	}
-	dir := runDir(runID)
-	cmd := guestSh("umask 077 && mkdir -p " + dir + " && cd " + dir + " && set -C && cat >runner.sh || exit 1; " +
-		"set +C; nohup sh runner.sh </dev/null >runner.out 2>&1 &")
-	if _, err := s.ExecWith(ctx, strings.NewReader(script), io.Discard, cmd); err != nil {
-		return fmt.Errorf("cannot start the runner of run %s in VM %s: %w", runID, s.name, err)
-	}
-	return nil
+	_, _, err := startAndWait(ctx, s, runID, argv, stopTimeout, 0)
+	return err
 }
 
 // runnerState is what one poll saw of a run; only lines naming the run count.
@@ -153,21 +144,50 @@ type runnerState struct {
 // when logOffset < 0), in one ssh round trip. The state files are read
 // first: once exit is seen, the log read after it is complete.
 func pollRunner(ctx context.Context, s *SSH, runID string, logOffset int64) (st runnerState, newLog []byte, err error) {
+	return waitRunner(ctx, s, runID, logOffset, 0)
+}
+
+// waitRunner is pollRunner after a wait in the guest, up to wait, for the
+// runner's end (it ends once it wrote the exit, and the confirmation of a
+// stop). Called over and over, it sees an end one round trip after it
+// came, where polls would add their period; the log comes every wait.
+func waitRunner(ctx context.Context, s *SSH, runID string, logOffset int64, wait time.Duration) (st runnerState, newLog []byte, err error) {
 	if err := validRunID(runID); err != nil {
 		return st, nil, err
 	}
+	return execPoll(ctx, s, runID, logOffset, pollScript(runID, logOffset, wait), nil)
+}
+
+// pollScript is the guest's side of waitRunner, run from the home dir.
+func pollScript(runID string, logOffset int64, wait time.Duration) string {
 	dir := runDir(runID)
+	script := ""
+	if secs := wait.Seconds(); secs > 0 {
+		// GNU tail --pid waits for the runner's end with a look every 50 ms
+		// and no process started per look: a guest of one slow vCPU runs the
+		// workload too.
+		script = "if cd " + dir + " 2>/dev/null; then if [ -f exit ] || [ -f confirmed ]; then :; " +
+			"elif read -r p <runner.pid 2>/dev/null; then " +
+			"timeout " + strconv.FormatFloat(secs, 'f', 2, 64) + " tail -f /dev/null --pid=\"$p\" -s 0.05 >/dev/null 2>&1; fi; cd; fi; "
+	}
 	// State lines keep only the bytes a state line may have: each file is
 	// one line of output, whatever it holds.
-	script := "echo vmup-run " + runID + "; cd " + dir + " 2>/dev/null || { echo missing; exit 0; }; " +
+	script += "echo vmup-run " + runID + "; cd " + dir + " 2>/dev/null || { echo missing; exit 0; }; " +
 		"[ -f runner.sh ] && echo runner; " +
-		"for f in started exit confirmed; do [ -f $f ] && echo \"$f $(head -n 1 $f | head -c 200 | tr -cd \"a-z0-9 -\")\"; done; " +
+		// Three processes for the three files, not three each: each costs a
+		// guest of one slow vCPU tens of ms.
+		"for f in started exit confirmed; do if [ -f $f ] && read -r l <$f; then echo \"$f $l\"; fi; done | head -c 1000 | tr -cd \"a-z0-9 [:space:]-\"; " +
 		"echo log"
 	if logOffset >= 0 {
 		script += "; tail -c +" + strconv.FormatInt(logOffset+1, 10) + " output.log 2>/dev/null | head -c " + strconv.Itoa(pollLogMax+1)
 	}
+	return script
+}
+
+// execPoll runs a guest script that ends as pollScript does and reads its answer.
+func execPoll(ctx context.Context, s *SSH, runID string, logOffset int64, script string, stdin io.Reader) (st runnerState, newLog []byte, err error) {
 	var out bytes.Buffer
-	if _, err := s.ExecWith(ctx, nil, &out, guestSh(script)); err != nil {
+	if _, err := s.ExecWith(ctx, stdin, &out, guestSh(script)); err != nil {
 		return st, nil, fmt.Errorf("cannot read the state of run %s in VM %s: %w", runID, s.name, err)
 	}
 	st, newLog, err = parseRunnerPoll(out.Bytes(), runID)
@@ -178,6 +198,26 @@ func pollRunner(ctx context.Context, s *SSH, runID string, logOffset int64) (st 
 		newLog = nil
 	}
 	return st, newLog, nil
+}
+
+// startAndWait is startRunner and a first waitRunner in one ssh round trip:
+// a short workload's end is seen by the command that started it.
+func startAndWait(ctx context.Context, s *SSH, runID string, argv []string, stopTimeout, wait time.Duration) (runnerState, []byte, error) {
+	script, err := runnerScript(runID, argv, stopTimeout)
+	if err != nil {
+		return runnerState{}, nil, err
+	}
+	dir := runDir(runID)
+	start := "umask 077 && mkdir -p " + dir + " && cd " + dir + " && set -C && cat >runner.sh || exit 1; " +
+		// In a subshell that ends at once: the runner is init's to reap, not
+		// a zombie of this shell that tail --pid would wait on.
+		"set +C; (nohup sh runner.sh </dev/null >runner.out 2>&1 &); " +
+		"for t in 1 2 3 4 5 6 7 8 9 10; do if [ -s runner.pid ]; then break; fi; sleep 0.05; done; cd; "
+	st, log, err := execPoll(ctx, s, runID, 0, start+pollScript(runID, 0, wait), strings.NewReader(script))
+	if err != nil {
+		return st, nil, fmt.Errorf("cannot start the runner of run %s in VM %s: %w", runID, s.name, err)
+	}
+	return st, log, nil
 }
 
 // parseRunnerPoll reads pollRunner's output: anything a login's rc file
@@ -250,18 +290,19 @@ func requestStop(ctx context.Context, s *SSH, runID string) error {
 }
 
 // awaitStop writes the stop request, as requestStop does, and waits in the
-// guest, up to wait, for the runner to write its exit or its confirmation,
-// looking every 50 ms: a stop is seen as soon as it is done, not at the next
-// poll. It is nil once one of them is there.
+// guest, up to wait, for the runner to end (GNU tail --pid looks every 50
+// ms), which it does once it wrote its exit and its confirmation: a stop is
+// seen as soon as it is done, not at the next poll. It is nil once one of
+// them is there.
 func awaitStop(ctx context.Context, s *SSH, runID string, wait time.Duration) error {
 	if err := validRunID(runID); err != nil {
 		return err
 	}
 	dir := runDir(runID)
-	looks := max(1, int(wait/(50*time.Millisecond)))
 	cmd := guestSh("umask 077 && mkdir -p " + dir + " && cd " + dir +
-		" && echo " + runID + " >stop.tmp.$$ && mv -f stop.tmp.$$ stop && i=0 && while [ $i -lt " + strconv.Itoa(looks) + " ]; do " +
-		"if [ -f confirmed ] || [ -f exit ]; then exit 0; fi; sleep 0.05; i=$((i + 1)); done; exit 3")
+		" && echo " + runID + " >stop.tmp.$$ && mv -f stop.tmp.$$ stop && if [ -f exit ] || [ -f confirmed ]; then :; " +
+		"elif read -r p <runner.pid 2>/dev/null; then timeout " + strconv.FormatFloat(wait.Seconds(), 'f', 2, 64) +
+		" tail -f /dev/null --pid=\"$p\" -s 0.05 >/dev/null 2>&1; fi; [ -f exit ] || [ -f confirmed ]")
 	if _, err := s.Exec(ctx, cmd); err != nil {
 		return fmt.Errorf("the runner of run %s in VM %s did not confirm its stop: %w", runID, s.name, err)
 	}

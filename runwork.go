@@ -18,8 +18,12 @@ import (
 // own --stop-timeout: the last poll, a slow guest.
 const stopMargin = 10 * time.Second
 
-// pollEvery is how often a runner's state and log are read.
-var pollEvery = 250 * time.Millisecond
+// pollEvery is how often a runner's state and log are read again after a
+// read failed; followWait is how long the guest waits for news each time.
+var (
+	pollEvery  = 250 * time.Millisecond
+	followWait = time.Second
+)
 
 // startWorkload is start_workload's worker: each VM's master connection,
 // an orphaned workload stopped, the --sync dirs, then its runner, followed
@@ -133,12 +137,17 @@ func (r *runRun) startOn(ctx context.Context, v *runVM) {
 	}
 	if v.ssh.control != "" {
 		os.Remove(v.ssh.control) // a killed run's socket, whose master is gone
-		if _, err := v.ssh.WaitMaster(ctx, r.followCtx, r.env.Poll, func(context.Context) error { return nil }); err != nil {
-			if ctx.Err() == nil {
-				fail(fmt.Errorf("VM %s: cannot connect over SSH: %w", v.o.Name, err))
-			}
-			return
+	}
+	// The first commands connect by themselves (ssh does while no master
+	// listens on the ControlPath): a short workload is done in one
+	// connection. A master comes once the workload outlives its start.
+	startMaster := sync.OnceFunc(func() {
+		if v.ssh.control != "" {
+			go v.ssh.WaitMaster(r.followCtx, r.followCtx, r.env.Poll, func(context.Context) error { return nil })
 		}
+	})
+	if len(r.o.Sync) > 0 {
+		startMaster()
 	}
 	if old := j.Run; old != nil && old.ID != r.id {
 		v.out.Say("orphan", "VM %s runs the workload of run %s (vmup pid %d, since %s): stopping it first",
@@ -167,19 +176,22 @@ func (r *runRun) startOn(ctx context.Context, v *runVM) {
 	r.send(runMsg{vm: v, news: newsStarted})
 	// Not cancelled by a stop: a runner half started is asked to stop by
 	// the request it finds, and confirms.
-	startCtx, cancel := context.WithTimeout(r.followCtx, time.Minute)
-	err := startRunner(startCtx, v.ssh, r.id, r.argv, r.o.StopTimeout)
+	startCtx, cancel := context.WithTimeout(r.followCtx, time.Minute+followWait)
+	st, data, err := startAndWait(startCtx, v.ssh, r.id, r.argv, r.o.StopTimeout, followWait)
 	cancel()
 	if err != nil {
 		fail(fmt.Errorf("VM %s: cannot start the workload's runner: %w", v.o.Name, err))
 	}
-	r.followRunner(v)
+	if !st.Exited {
+		startMaster()
+	}
+	r.followRunner(v, st, data, err)
 }
 
 // followRunner reads v's runner every fraction of a second, on a channel of
 // its own (an ssh command each time, never through the workload): its log
 // goes to the output and the results, its end and its confirmation to the loop.
-func (r *runRun) followRunner(v *runVM) {
+func (r *runRun) followRunner(v *runVM, st runnerState, data []byte, err error) {
 	logw := prefixLines(v.out.Indented(""), "")
 	defer logw.Close()
 	var keep *os.File
@@ -190,12 +202,13 @@ func (r *runRun) followRunner(v *runVM) {
 		defer keep.Close()
 	}
 	var off int64
-	polls := 0
 	exited, confirmed := false, false
-	for r.followCtx.Err() == nil {
-		ctx, cancel := context.WithTimeout(r.followCtx, 5*time.Second)
-		st, data, err := pollRunner(ctx, v.ssh, r.id, off)
-		cancel()
+	for first := true; r.followCtx.Err() == nil; first = false {
+		if !first { // the first answer came with the start
+			ctx, cancel := context.WithTimeout(r.followCtx, 5*time.Second+followWait)
+			st, data, err = waitRunner(ctx, v.ssh, r.id, off, followWait)
+			cancel()
+		}
 		if err == nil {
 			off += int64(len(data))
 			logw.Write(data)
@@ -218,9 +231,10 @@ func (r *runRun) followRunner(v *runVM) {
 				continue // more log than one poll brings
 			}
 		}
-		// A short workload ends within its first polls: they come sooner.
-		polls++
-		if sleepCtx(r.followCtx, min(pollEvery, 25*time.Millisecond<<min(polls, 4))) != nil {
+		if err == nil && !st.Missing {
+			continue // the guest waited for news: ask again at once
+		}
+		if sleepCtx(r.followCtx, pollEvery) != nil {
 			return
 		}
 	}
