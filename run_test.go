@@ -124,3 +124,38 @@ func TestRunCleanupGating(t *testing.T) {
 		}
 	}
 }
+
+// A stop in the collection or the teardown does not turn a run that
+// already failed, or whose workload failed, or that a stop already aborted,
+// into a fresh abort: its VMs stay kept under --destroy passing, and its exit
+// code stays the one decided first. Only a passing run becomes aborted.
+func TestRunLateStopKeepsAnEndAlreadyDecided(t *testing.T) {
+	cases := []struct {
+		name     string
+		phase    RunPhase
+		end      RunPhase
+		exit     int
+		ev       RunEvent
+		wantEnd  RunPhase
+		wantExit int
+		destroys bool
+	}{
+		{"workload lost, stop in collecting", RunCollecting, RunFailed, exitFailed, RunEvInterruptAgain, RunFailed, exitFailed, false},
+		{"workload failed, stop in collecting", RunCollecting, RunFinished, 7, RunEvTerminate, RunFinished, 7, false},
+		{"workload failed, stop in teardown", RunTeardown, RunFinished, 7, RunEvInterruptAgain, RunFinished, 7, false},
+		{"aborted by SIGINT, SIGTERM in collecting", RunCollecting, RunAborted, exitSIGINT, RunEvTerminate, RunAborted, exitSIGINT, true},
+		{"passed, stop in teardown", RunTeardown, RunFinished, exitOK, RunEvHangup, RunAborted, exitSIGHUP, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := newTestRun("a")
+			r.phase, r.end, r.exit = c.phase, c.end, c.exit
+			r.step(runMsg{ev: c.ev}, nil)
+			if r.end != c.wantEnd || r.exit != c.wantExit || r.destroys() != c.destroys {
+				t.Errorf("end %s exit %d destroys %v; want end %s exit %d destroys %v",
+					r.end, r.exit, r.destroys(), c.wantEnd, c.wantExit, c.destroys)
+			}
+			r.stopWork()
+		})
+	}
+}
