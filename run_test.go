@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"io"
+	"path/filepath"
 	"testing"
+	"time"
 )
 
 // newTestRun is a run of VMs named names, in the workload, that nothing
@@ -157,5 +159,24 @@ func TestRunLateStopKeepsAnEndAlreadyDecided(t *testing.T) {
 			}
 			r.stopWork()
 		})
+	}
+}
+
+// A stop asked for while a VM's runner is being started (its start's news
+// not yet taken by the loop) still reaches that guest: the runner, started
+// after the loop asked, must find the request and never start the workload.
+func TestRunStopReachesARunnerNotYetCounted(t *testing.T) {
+	g, s := newLocalGuest(t, "", "")
+	r := newTestRun("a")
+	t.Cleanup(r.follow)
+	v := r.vms[0]
+	v.attempted, v.ssh = false, s // its newsStarted is still in the channel
+	r.step(runMsg{ev: RunEvInterruptAgain}, nil)
+	stop := filepath.Join(g.home, runDir(r.id), "stop")
+	waitFor(t, 5*time.Second, "stop request in the guest", func() bool { return fileExists(stop) })
+	mustStart(t, s, r.id, time.Second, "sh", "-c", "touch ran")
+	st, _ := pollUntil(t, s, r.id, 10*time.Second, "exit", exited)
+	if !st.StopConfirmed || fileExists(filepath.Join(g.home, "ran")) {
+		t.Errorf("a runner started after the stop: %+v, workload ran %v", st, fileExists(filepath.Join(g.home, "ran")))
 	}
 }

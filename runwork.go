@@ -237,10 +237,15 @@ func (r *runRun) requestStops() {
 	var asked []string
 	deadline := time.Now().Add(wait)
 	for _, v := range r.vms {
-		if !v.attempted || v.exited || r.o.Workload != "" {
+		if v.exited || r.o.Workload != "" {
 			continue
 		}
-		asked = append(asked, v.label)
+		// A runner whose start the loop has not heard of yet may be
+		// starting: the request is there before it, and it never starts
+		// its workload.
+		if v.attempted {
+			asked = append(asked, v.label)
+		}
 		if v.ssh == nil {
 			continue
 		}
