@@ -180,3 +180,23 @@ func TestRunStopReachesARunnerNotYetCounted(t *testing.T) {
 		t.Errorf("a runner started after the stop: %+v, workload ran %v", st, fileExists(filepath.Join(g.home, "ran")))
 	}
 }
+
+// --workload PLAYBOOK whose --sync fails on one VM of several: the playbook
+// never ran, so nothing is waited for; the run fails at once instead of
+// waiting out the stop timeout and ending stop_failed.
+func TestRunPlaybookWorkloadSyncFailureFails(t *testing.T) {
+	r := newTestRun("a", "b")
+	t.Cleanup(r.follow)
+	r.o.Workload, r.o.Sync = "/nonexistent/work.yml", []string{t.TempDir()}
+	for _, v := range r.vms {
+		v.attempted = false // a.ssh is nil: its sync fails
+	}
+	r.playbookWorkload(r.workCtx)
+	for n := len(r.events); n > 0; n-- {
+		r.take(<-r.events)
+	}
+	if r.phase != RunCollecting || r.end != RunFailed || r.exit != exitFailed {
+		t.Errorf("phase %s end %s exit %d; want collecting, failed, 1", r.phase, r.end, r.exit)
+	}
+	r.stopWork()
+}

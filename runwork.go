@@ -55,9 +55,6 @@ func (r *runRun) workloadName() string {
 // every VM's confirmation.
 func (r *runRun) playbookWorkload(ctx context.Context) {
 	for _, v := range r.vms {
-		r.send(runMsg{vm: v, news: newsStarted})
-	}
-	for _, v := range r.vms {
 		for _, spec := range r.o.Sync {
 			hostDir, guestDir, _ := syncSpec(spec)
 			v.out.Say("sync", "Syncing %s to %s:%s", hostDir, v.label, guestDir)
@@ -73,6 +70,11 @@ func (r *runRun) playbookWorkload(ctx context.Context) {
 				return
 			}
 		}
+	}
+	// Started once the syncs are done: a failed sync leaves nothing running
+	// to wait for, and a stop cancels ctx, which ends the playbook.
+	for _, v := range r.vms {
+		r.send(runMsg{vm: v, news: newsStarted})
 	}
 	var keep io.Writer = io.Discard
 	if err := os.MkdirAll(r.results, 0o755); err == nil {
