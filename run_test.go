@@ -200,3 +200,20 @@ func TestRunPlaybookWorkloadSyncFailureFails(t *testing.T) {
 	}
 	r.stopWork()
 }
+
+// A --collect path that has no name of its own to land under is refused
+// before anything is made, not found out after the whole workload ran.
+func TestValidateRunRefusesACollectWithoutAName(t *testing.T) {
+	for _, p := range []string{"/", "~", "~/", ".", "..", "/tmp/.."} {
+		o := defaultOptions()
+		o.Collect = []string{p}
+		if err := validateRun(o, []string{"true"}); err == nil {
+			t.Errorf("--collect %q was taken", p)
+		}
+	}
+	o := defaultOptions()
+	o.Collect = []string{"/var/log/app", "out/report.xml"}
+	if err := validateRun(o, []string{"true"}); err != nil {
+		t.Errorf("--collect of named paths: %v", err)
+	}
+}
