@@ -224,6 +224,13 @@ func (r *runRun) step(m runMsg, sig os.Signal) {
 	if !ok {
 		return
 	}
+	bySignal := m.ev == RunEvInterruptAgain || m.ev == RunEvTerminate || m.ev == RunEvHangup
+	if bySignal && t.End == RunAborted && r.end != runKeepEnd && !(r.end == RunFinished && r.exit == exitOK) {
+		// A late stop (collecting, teardown) aborts a passing run only: a
+		// failed one, a failed workload or an earlier stop keep their end,
+		// their code and their VMs.
+		t.Exit, t.End = keep, runKeepEnd
+	}
 	switch t.Exit {
 	case keep:
 	case fromEvent:

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"io"
+	"path/filepath"
 	"testing"
+	"time"
 )
 
 // newTestRun is a run of VMs named names, in the workload, that nothing
@@ -122,5 +124,96 @@ func TestRunCleanupGating(t *testing.T) {
 		if got := r.destroys(); got != c.want {
 			t.Errorf("--destroy %s, end %s, exit %d: destroys %v, want %v", c.when, c.end, c.exit, got, c.want)
 		}
+	}
+}
+
+// A stop in the collection or the teardown does not turn a run that
+// already failed, or whose workload failed, or that a stop already aborted,
+// into a fresh abort: its VMs stay kept under --destroy passing, and its exit
+// code stays the one decided first. Only a passing run becomes aborted.
+func TestRunLateStopKeepsAnEndAlreadyDecided(t *testing.T) {
+	cases := []struct {
+		name     string
+		phase    RunPhase
+		end      RunPhase
+		exit     int
+		ev       RunEvent
+		wantEnd  RunPhase
+		wantExit int
+		destroys bool
+	}{
+		{"workload lost, stop in collecting", RunCollecting, RunFailed, exitFailed, RunEvInterruptAgain, RunFailed, exitFailed, false},
+		{"workload failed, stop in collecting", RunCollecting, RunFinished, 7, RunEvTerminate, RunFinished, 7, false},
+		{"workload failed, stop in teardown", RunTeardown, RunFinished, 7, RunEvInterruptAgain, RunFinished, 7, false},
+		{"aborted by SIGINT, SIGTERM in collecting", RunCollecting, RunAborted, exitSIGINT, RunEvTerminate, RunAborted, exitSIGINT, true},
+		{"passed, stop in teardown", RunTeardown, RunFinished, exitOK, RunEvHangup, RunAborted, exitSIGHUP, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := newTestRun("a")
+			r.phase, r.end, r.exit = c.phase, c.end, c.exit
+			r.step(runMsg{ev: c.ev}, nil)
+			if r.end != c.wantEnd || r.exit != c.wantExit || r.destroys() != c.destroys {
+				t.Errorf("end %s exit %d destroys %v; want end %s exit %d destroys %v",
+					r.end, r.exit, r.destroys(), c.wantEnd, c.wantExit, c.destroys)
+			}
+			r.stopWork()
+		})
+	}
+}
+
+// A stop asked for while a VM's runner is being started (its start's news
+// not yet taken by the loop) still reaches that guest: the runner, started
+// after the loop asked, must find the request and never start the workload.
+func TestRunStopReachesARunnerNotYetCounted(t *testing.T) {
+	g, s := newLocalGuest(t, "", "")
+	r := newTestRun("a")
+	t.Cleanup(r.follow)
+	v := r.vms[0]
+	v.attempted, v.ssh = false, s // its newsStarted is still in the channel
+	r.step(runMsg{ev: RunEvInterruptAgain}, nil)
+	stop := filepath.Join(g.home, runDir(r.id), "stop")
+	waitFor(t, 5*time.Second, "stop request in the guest", func() bool { return fileExists(stop) })
+	mustStart(t, s, r.id, time.Second, "sh", "-c", "touch ran")
+	st, _ := pollUntil(t, s, r.id, 10*time.Second, "exit", exited)
+	if !st.StopConfirmed || fileExists(filepath.Join(g.home, "ran")) {
+		t.Errorf("a runner started after the stop: %+v, workload ran %v", st, fileExists(filepath.Join(g.home, "ran")))
+	}
+}
+
+// --workload PLAYBOOK whose --sync fails on one VM of several: the playbook
+// never ran, so nothing is waited for; the run fails at once instead of
+// waiting out the stop timeout and ending stop_failed.
+func TestRunPlaybookWorkloadSyncFailureFails(t *testing.T) {
+	r := newTestRun("a", "b")
+	t.Cleanup(r.follow)
+	r.o.Workload, r.o.Sync = "/nonexistent/work.yml", []string{t.TempDir()}
+	for _, v := range r.vms {
+		v.attempted = false // a.ssh is nil: its sync fails
+	}
+	r.playbookWorkload(r.workCtx)
+	for n := len(r.events); n > 0; n-- {
+		r.take(<-r.events)
+	}
+	if r.phase != RunCollecting || r.end != RunFailed || r.exit != exitFailed {
+		t.Errorf("phase %s end %s exit %d; want collecting, failed, 1", r.phase, r.end, r.exit)
+	}
+	r.stopWork()
+}
+
+// A --collect path that has no name of its own to land under is refused
+// before anything is made, not found out after the whole workload ran.
+func TestValidateRunRefusesACollectWithoutAName(t *testing.T) {
+	for _, p := range []string{"/", "~", "~/", ".", "..", "/tmp/.."} {
+		o := defaultOptions()
+		o.Collect = []string{p}
+		if err := validateRun(o, []string{"true"}); err == nil {
+			t.Errorf("--collect %q was taken", p)
+		}
+	}
+	o := defaultOptions()
+	o.Collect = []string{"/var/log/app", "out/report.xml"}
+	if err := validateRun(o, []string{"true"}); err != nil {
+		t.Errorf("--collect of named paths: %v", err)
 	}
 }

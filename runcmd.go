@@ -42,6 +42,9 @@ func validateRun(o *Options, argv []string) error {
 		if p == "" {
 			return usagef("", "--collect needs a path in the guest")
 		}
+		if _, err := guestBase(p); err != nil {
+			return err
+		}
 	}
 	if o.Workload != "" {
 		if err := checkRegular("--workload", o.Workload); err != nil {

@@ -262,15 +262,22 @@ func parseRunnerPoll(out []byte, runID string) (st runnerState, log []byte, err 
 				st.Started, st.PGID = true, pg
 			}
 		case len(f) == 3 && f[0] == "exit" && f[1] == runID:
-			if code, err := strconv.Atoi(f[2]); err == nil {
+			if code, ok := runnerCode(f[2]); ok {
 				st.Exited, st.ExitCode = true, code
 			}
 		case len(f) == 3 && f[0] == "confirmed" && f[1] == runID:
-			if code, err := strconv.Atoi(f[2]); err == nil {
+			if code, ok := runnerCode(f[2]); ok {
 				st.StopConfirmed, st.ConfirmCode = true, code
 			}
 		}
 	}
+}
+
+// runnerCode reads a state file's code: digits only, at most 255, as a
+// process's status is; anything else (a guest's lie) is no code.
+func runnerCode(s string) (int, bool) {
+	code, err := strconv.Atoi(s)
+	return code, err == nil && s[0] != '-' && s[0] != '+' && code <= 255
 }
 
 // requestStop asks the run's runner to stop its workload: it writes stop,

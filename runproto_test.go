@@ -874,3 +874,21 @@ func TestWaitRunnerReturnsOnNews(t *testing.T) {
 		t.Fatalf("exit: %+v %v after %v", st, err, took)
 	}
 }
+
+// A guest that lies in its state files with a code no process can exit
+// with (256 would reach the shell as vmup's exit 0, -1 as 255) is not
+// taken: the run's status is always one a workload can have.
+func TestParseRunnerPollRefusesImpossibleCodes(t *testing.T) {
+	id := "codes-1"
+	for _, code := range []string{"256", "-1", "1000", "-0"} {
+		out := "vmup-run " + id + "\nrunner\nexit " + id + " " + code + "\nconfirmed " + id + " " + code + "\nlog\n"
+		st, _, err := parseRunnerPoll([]byte(out), id)
+		if err != nil || st.Exited || st.StopConfirmed {
+			t.Errorf("code %s: %+v, %v; want neither exited nor confirmed", code, st, err)
+		}
+	}
+	out := "vmup-run " + id + "\nrunner\nexit " + id + " 255\nlog\n"
+	if st, _, err := parseRunnerPoll([]byte(out), id); err != nil || !st.Exited || st.ExitCode != 255 {
+		t.Errorf("code 255: %+v, %v", st, err)
+	}
+}

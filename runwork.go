@@ -59,9 +59,6 @@ func (r *runRun) workloadName() string {
 // every VM's confirmation.
 func (r *runRun) playbookWorkload(ctx context.Context) {
 	for _, v := range r.vms {
-		r.send(runMsg{vm: v, news: newsStarted})
-	}
-	for _, v := range r.vms {
 		for _, spec := range r.o.Sync {
 			hostDir, guestDir, _ := syncSpec(spec)
 			v.out.Say("sync", "Syncing %s to %s:%s", hostDir, v.label, guestDir)
@@ -77,6 +74,11 @@ func (r *runRun) playbookWorkload(ctx context.Context) {
 				return
 			}
 		}
+	}
+	// Started once the syncs are done: a failed sync leaves nothing running
+	// to wait for, and a stop cancels ctx, which ends the playbook.
+	for _, v := range r.vms {
+		r.send(runMsg{vm: v, news: newsStarted})
 	}
 	var keep io.Writer = io.Discard
 	if err := os.MkdirAll(r.results, 0o755); err == nil {
@@ -254,10 +256,15 @@ func (r *runRun) requestStops() {
 	var asked []string
 	deadline := time.Now().Add(wait)
 	for _, v := range r.vms {
-		if !v.attempted || v.exited || r.o.Workload != "" {
+		if v.exited || r.o.Workload != "" {
 			continue
 		}
-		asked = append(asked, v.label)
+		// A runner whose start the loop has not heard of yet may be
+		// starting: the request is there before it, and it never starts
+		// its workload.
+		if v.attempted {
+			asked = append(asked, v.label)
+		}
 		if v.ssh == nil {
 			continue
 		}
