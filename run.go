@@ -234,8 +234,10 @@ func (r *runRun) step(m runMsg, sig os.Signal) {
 	switch t.Exit {
 	case keep:
 	case fromEvent:
-		r.exit = m.code
-		if m.ev == RunEvTeardownFailed && r.exit == exitOK {
+		switch {
+		case m.ev != RunEvTeardownFailed:
+			r.exit = m.code
+		case r.exit == exitOK: // a failed workload's own status stays the run's
 			r.exit = exitFailed
 		}
 	default:

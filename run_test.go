@@ -217,3 +217,17 @@ func TestValidateRunRefusesACollectWithoutAName(t *testing.T) {
 		t.Errorf("--collect of named paths: %v", err)
 	}
 }
+
+// A teardown that fails after a workload that failed leaves the workload's
+// status the run's; after one that passed, the run exits 1.
+func TestRunTeardownFailureKeepsTheWorkloadsStatus(t *testing.T) {
+	for _, c := range []struct{ workload, want int }{{7, 7}, {0, exitFailed}} {
+		r := newTestRun("a")
+		r.take(runMsg{vm: r.vms[0], news: newsExited, code: c.workload})
+		r.phase = RunTeardown
+		r.step(runMsg{ev: RunEvTeardownFailed}, nil)
+		if r.exit != c.want || r.end != RunFailed {
+			t.Errorf("workload %d, teardown failed: exit %d end %s; want %d, failed", c.workload, r.exit, r.end, c.want)
+		}
+	}
+}
