@@ -312,14 +312,12 @@ func (r *runRun) do(a RunAction, sig os.Signal) {
 		r.goWork(r.collect)
 	case RunActStopCollect:
 		out.Say("stopping", "Stopping: the collection is cut short; the teardown still runs")
-		r.stopWork()
-		r.goWork(func(context.Context) { r.send(runMsg{ev: RunEvCollected}) })
+		r.stopWork() // the collection, cut short, says so itself once it ended
 	case RunActTeardown:
 		r.goWork(r.teardown)
 	case RunActStopTeardown:
 		out.Say("stopping", "Stopping the teardown playbook")
-		r.stopWork()
-		r.goWork(func(context.Context) { r.send(runMsg{ev: RunEvTeardownFailed}) })
+		r.stopWork() // its playbook's group stopped, the teardown says so itself
 	case RunActCleanup:
 		r.goWork(r.cleanup)
 	}
