@@ -23,7 +23,9 @@ type fakeWorld struct {
 	Domains map[string]string // name -> "running" / "shut off"
 	Owned   map[string]bool
 	Pools   map[string]bool
-	Volumes map[string]bool // "pool/vol"
+	// PoolInactive names the pools defined but not started yet.
+	PoolInactive map[string]bool
+	Volumes      map[string]bool // "pool/vol"
 	// Content holds what vol-upload received, by "pool/vol".
 	Content map[string][]byte
 	// Backing is an overlay's backing store path, by "pool/vol".
@@ -509,11 +511,27 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		if !w.Pools[arg(1)] {
 			return "", "error: failed to get pool '" + arg(1) + "'", 1
 		}
+		if w.PoolInactive[arg(1)] {
+			return "Name: " + arg(1) + "\nState:          inactive\n", "", 0
+		}
 		return "Name: " + arg(1) + "\nState:          running\n", "", 0
 	case "pool-define-as":
+		if w.Pools[arg(1)] {
+			return "", "error: operation failed: pool '" + arg(1) + "' already exists", 1
+		}
 		w.Pools[arg(1)] = true
+		if w.PoolInactive == nil {
+			w.PoolInactive = map[string]bool{}
+		}
+		w.PoolInactive[arg(1)] = true
 		return "", "", 0
-	case "pool-build", "pool-start", "pool-autostart":
+	case "pool-start":
+		if !w.PoolInactive[arg(1)] {
+			return "", "error: Requested operation is not valid: storage pool '" + arg(1) + "' is already active", 1
+		}
+		delete(w.PoolInactive, arg(1))
+		return "", "", 0
+	case "pool-build", "pool-autostart":
 		return "", "", 0
 	case "vol-info", "vol-path":
 		pv := poolVol()

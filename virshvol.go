@@ -10,14 +10,38 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
+// poolMu makes the VMs of an environment, prepared at once, ensure the pool
+// one after another: the first defines and starts it, the others find it.
+var poolMu sync.Mutex
+
 // EnsurePool creates a dir pool at target unless pool exists, and starts it.
+// Another vmup may be doing the same at the same moment: a step that failed
+// is forgiven if the pool runs after all (looked at for up to 10 s).
 func (v *Virsh) EnsurePool(ctx context.Context, pool, target string) error {
+	poolMu.Lock()
+	defer poolMu.Unlock()
+	err := v.ensurePool(ctx, pool, target)
+	for deadline := time.Now().Add(10 * time.Second); err != nil && ctx.Err() == nil && time.Now().Before(deadline); {
+		if out, ierr := v.run(ctx, "pool-info", pool); ierr == nil && poolRunningRE.MatchString(out) {
+			return nil
+		}
+		if sleepCtx(ctx, 200*time.Millisecond) != nil {
+			break
+		}
+	}
+	return err
+}
+
+var poolRunningRE = regexp.MustCompile(`(?m)^State:\s+running`)
+
+func (v *Virsh) ensurePool(ctx context.Context, pool, target string) error {
 	out, err := v.run(ctx, "pool-info", pool)
 	if err == nil {
-		if regexp.MustCompile(`(?m)^State:\s+running`).MatchString(out) {
+		if poolRunningRE.MatchString(out) {
 			return nil
 		}
 		_, err = v.run(ctx, "pool-start", pool)
