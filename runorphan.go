@@ -17,7 +17,7 @@ func stopOrphan(ctx context.Context, out *Output, s *SSH, paths Paths, run *Jour
 	code, err := stopRunner(ctx, s, run.ID, time.Now().Add(orphanStopTimeout+stopMargin), poll)
 	switch {
 	case errors.Is(err, errStopUnconfirmed):
-		out.Warn("the workload of run %s did not confirm its stop within %s; going on", run.ID, orphanStopTimeout+stopMargin)
+		out.Warn("the workload of run %s did not confirm its stop within %s (%v); going on", run.ID, orphanStopTimeout+stopMargin, err)
 	case err != nil:
 		out.Warn("cannot stop the workload of run %s: %v; going on", run.ID, err)
 	default:
