@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"os"
 	"time"
 )
 
@@ -40,7 +41,27 @@ func stopOrphanOf(ctx context.Context, env Env, name string, paths Paths, j *Jou
 		updateJournalFile(paths, func(j *Journal) { j.Run = nil }) // nothing runs it any more
 		return
 	}
-	s.control = "" // its run's master is gone with it
+	// A master of its own: the stop's calls are short ones over it, where each
+	// would otherwise be a whole handshake with a slow guest (its run's
+	// master is gone with its vmup). Without one, each call connects itself.
+	s.control = controlPath(paths, nil)
+	if s.control != "" {
+		os.Remove(s.control)
+		masterCtx, stopMaster := context.WithCancel(context.Background())
+		defer stopMaster()
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		_, err := s.WaitMaster(wctx, masterCtx, 100*time.Millisecond, func(context.Context) error { return nil })
+		cancel()
+		if err != nil {
+			s.control = ""
+		} else {
+			defer func() {
+				ectx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				s.Exit(ectx)
+				cancel()
+			}()
+		}
+	}
 	env.Out.Say("orphan", "VM %s runs the workload of run %s (vmup pid %d, gone, since %s): stopping it first",
 		name, j.Run.ID, j.Run.PID, j.Run.Since.Local().Format(time.DateTime))
 	stopOrphan(ctx, env.Out, s, paths, j.Run, env.Poll)
