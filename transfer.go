@@ -15,7 +15,7 @@ package main
 // trusted no further than that (untar.go). Devices, fifos, sockets and hard
 // links are refused either way.
 //
-// Every path the guest's shell gets is one word quoted by guestQuote: ssh
+// Every path the guest's shell gets is one word quoted by singleQuote (runproto.go): ssh
 // joins the words of a command into one line for the login's shell, so an
 // unquoted name would be split, expanded or run there. A guest path not
 // starting with '/' is relative to the login's home, where ssh starts; "~/"
@@ -36,13 +36,6 @@ import (
 	"time"
 	"unicode"
 )
-
-// guestQuote makes s one word of the guest's shell, whatever it holds: in
-// single quotes always (ansible.go's shellQuote leaves a word like "=x" bare,
-// which zsh would expand).
-func guestQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
 
 // guestPath is p as the guest's shell is given it: clean, and relative to
 // the login's home unless absolute ("", "~" and "~/" are the home itself).
@@ -224,7 +217,7 @@ func sendTar(ctx context.Context, s *SSH, entries []upEntry, dir string) error {
 		pw.CloseWithError(err)
 		wrote <- err
 	}()
-	q := guestQuote(dir)
+	q := singleQuote(dir)
 	_, runErr := s.ExecWith(ctx, pr, nil, "mkdir", "-p", "--", q, "&&",
 		"tar", "-x", "-p", "-f", "-", "-C", q, "--no-same-owner")
 	pr.CloseWithError(errGuestStopped) // a writer still at work stops
@@ -378,9 +371,9 @@ func copyFromGuest(ctx context.Context, s *SSH, guestSrc, hostDir string) error 
 	pr, pw := io.Pipe()
 	ran := make(chan error, 1)
 	go func() {
-		q := guestQuote(src)
+		q := singleQuote(src)
 		_, err := s.ExecWith(runCtx, nil, pw, "test", "-e", q, "||", "test", "-L", q, "||", "exit", fmt.Sprint(guestMissing), ";",
-			"tar", "-c", "-f", "-", "-C", guestQuote(path.Dir(src)), guestQuote("./"+base))
+			"tar", "-c", "-f", "-", "-C", singleQuote(path.Dir(src)), singleQuote("./"+base))
 		pw.CloseWithError(err)
 		ran <- err
 	}()

@@ -52,7 +52,7 @@ func (g *fakeGuest) Run(ctx context.Context, c Cmd) (Result, error) {
 	if g.tarPath != "" {
 		env = append(env, "PATH="+g.tarPath+string(os.PathListSeparator)+os.Getenv("PATH"))
 	}
-	script := "cd " + guestQuote(g.home) + " || exit 1; " + strings.Join(words, " ")
+	script := "cd " + singleQuote(g.home) + " || exit 1; " + strings.Join(words, " ")
 	return execRunner{}.Run(ctx, Cmd{Args: []string{"/bin/sh", "-c", script}, Env: env, Stdin: c.Stdin, Stdout: c.Stdout})
 }
 
@@ -329,12 +329,12 @@ func TestCopyGuestCommandsQuoteEveryPath(t *testing.T) {
 	}
 }
 
-// guestQuote makes any string one word that sh reads back as it was.
+// singleQuote makes any string one word that sh reads back as it was.
 func TestGuestQuoteSurvivesTheShell(t *testing.T) {
 	for _, s := range append(hostileNames, "", "'", "''", "'\\''", "a'b'c") {
-		out, err := exec.Command("/bin/sh", "-c", "printf %s "+guestQuote(s)).Output()
+		out, err := exec.Command("/bin/sh", "-c", "printf %s "+singleQuote(s)).Output()
 		if err != nil || string(out) != s {
-			t.Errorf("sh read %s as %q (%v), want %q", guestQuote(s), out, err, s)
+			t.Errorf("sh read %s as %q (%v), want %q", singleQuote(s), out, err, s)
 		}
 	}
 }
