@@ -59,20 +59,16 @@ func (r *runRun) workloadName() string {
 // every VM's confirmation.
 func (r *runRun) playbookWorkload(ctx context.Context) {
 	for _, v := range r.vms {
-		for _, spec := range r.o.Sync {
-			hostDir, guestDir, _ := syncSpec(spec)
-			v.out.Say("sync", "Syncing %s to %s:%s", hostDir, v.label, guestDir)
-			if v.ssh == nil {
-				r.send(runMsg{vm: v, news: newsStartFail, err: fmt.Errorf("VM %s: no SSH endpoint in its journal", v.o.Name)})
-				return
+		if v.ssh == nil && len(r.o.Sync) > 0 {
+			r.send(runMsg{vm: v, news: newsStartFail, err: fmt.Errorf("VM %s: no SSH endpoint in its journal", v.o.Name)})
+			return
+		}
+		if err := r.syncTo(ctx, v); err != nil {
+			if ctx.Err() == nil {
+				r.send(runMsg{vm: v, news: newsStartFail, err: err})
 			}
-			if err := syncToGuest(ctx, v.ssh, hostDir, guestDir); err != nil {
-				if ctx.Err() == nil {
-					r.send(runMsg{vm: v, news: newsStartFail, err: fmt.Errorf("VM %s: --sync %s: %w", v.o.Name, spec, err)})
-				}
-				r.confirmAll(ctx)
-				return
-			}
+			r.confirmAll(ctx)
+			return
 		}
 	}
 	// Started once the syncs are done: a failed sync leaves nothing running
@@ -156,15 +152,11 @@ func (r *runRun) startOn(ctx context.Context, v *runVM) {
 			v.o.Name, old.ID, old.PID, old.Since.Local().Format(time.DateTime))
 		stopOrphan(ctx, v.out, v.ssh, v.paths, old, r.env.Poll)
 	}
-	for _, spec := range r.o.Sync {
-		hostDir, guestDir, _ := syncSpec(spec)
-		v.out.Say("sync", "Syncing %s to %s:%s", hostDir, v.label, guestDir)
-		if err := syncToGuest(ctx, v.ssh, hostDir, guestDir); err != nil {
-			if ctx.Err() == nil {
-				fail(fmt.Errorf("VM %s: --sync %s: %w", v.o.Name, spec, err))
-			}
-			return
+	if err := r.syncTo(ctx, v); err != nil {
+		if ctx.Err() == nil {
+			fail(err)
 		}
+		return
 	}
 	if ctx.Err() != nil {
 		return // stopped before its runner began: nothing runs there
@@ -358,5 +350,14 @@ func (r *runRun) teardown(ctx context.Context) {
 	}
 }
 
-// errNoVM is a run without VMs to act on.
-var errNoVM = errors.New("no VM")
+// syncTo puts every --sync dir into v, in order; the first failure ends it.
+func (r *runRun) syncTo(ctx context.Context, v *runVM) error {
+	for _, spec := range r.o.Sync {
+		hostDir, guestDir, _ := syncSpec(spec)
+		v.out.Say("sync", "Syncing %s to %s:%s", hostDir, v.label, guestDir)
+		if err := syncToGuest(ctx, v.ssh, hostDir, guestDir); err != nil {
+			return fmt.Errorf("VM %s: --sync %s: %w", v.o.Name, spec, err)
+		}
+	}
+	return nil
+}
