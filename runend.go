@@ -126,6 +126,11 @@ func sshOfJournal(rn Runner, name string, paths Paths) *SSH {
 	if err != nil || j == nil || j.SSHPort == 0 {
 		return nil
 	}
+	return sshFromJournal(rn, name, paths, j)
+}
+
+// sshFromJournal is vmup's ssh to the endpoint journal j records.
+func sshFromJournal(rn Runner, name string, paths Paths, j *Journal) *SSH {
 	host := j.SSHHost
 	if host == "" {
 		host = "127.0.0.1"

@@ -22,9 +22,7 @@ func sshFor(env Env, o *Options, cmd string) (*SSH, int) {
 			hint: fmt.Sprintf("run `vmup up %s` to start it", o.Name),
 		})
 	}
-	s := newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort})
-	s.control = controlPath(paths, j)
-	return s, -1
+	return sshFromJournal(env.Runner, o.Name, paths, j), -1
 }
 
 // runSSH replaces vmup with ssh, so the terminal, signals and exit status are ssh's.
@@ -105,8 +103,7 @@ func runProvision(env Env, o *Options) int {
 			hint: fmt.Sprintf("run `vmup up %s -d` to start it", o.Name),
 		})
 	}
-	s := newSSH(env.Runner, o.Name, j.User, paths, Endpoint{Host: j.SSHHost, Port: j.SSHPort})
-	s.control = controlPath(paths, j)
+	s := sshFromJournal(env.Runner, o.Name, paths, j)
 	if err := writeInventory(paths, o.Name, j.User, s.ep); err != nil {
 		return reportError(out, err)
 	}
