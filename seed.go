@@ -196,6 +196,13 @@ func volumeDescriptor(b []byte, kind byte, label string, total, lPath, mPath uin
 	b[881] = 1
 }
 
+// seedVersion is the version of what vmup's first boot does to a guest
+// beyond what its settings say: the cloud-config userData writes, metaData,
+// and the first boot's own steps. A provisioned template's key holds it
+// (templatekey.go): raise it with any change that would make a guest
+// provisioned by this vmup differ from one by the vmup before.
+const seedVersion = 1
+
 // userData is the cloud-config for the first boot: the login with
 // passwordless sudo and vmup's key, and the host key vmup pinned.
 func userData(name, user, userPublic string, host SSHKey) []byte {
