@@ -1,0 +1,349 @@
+// A clone's own identity (issue 17, item 4). A VM made from a template's
+// memory state wakes up as the template's VM: its hostname, machine-id, SSH
+// host key, cloud-init instance-id and login key are that VM's. Right after
+// the restore, vmup makes it its own machine in one ssh call: identityScript,
+// run as root with the values identityCommand checked and quoted.
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// identityScript is the guest's side: sh -c SCRIPT sh NAME MACHINE_ID
+// INSTANCE_ID USER LOGIN_PUBKEY HOST_PUBKEY TIME, as root, with the host's
+// private key on stdin (never in argv, which any guest process can read).
+// Every step can run again: a second run with new values makes those.
+//
+// It prints "vmup-identity done sshd=reloaded" and exits 0 once the running
+// sshd serves the new host key to new connections (sessions stay), or prints
+// "…sshd=unreloaded" and exits 3 when the identity is written but sshd still
+// serves the old key. ROOT, when set (tests), is put before every path, and
+// the clock, the running hostname and sshd are left alone ("sshd=skipped"),
+// unless LIVE=1 (tests with fake commands).
+//
+// The script is one single-quoted word for the login shell: any POSIX shell
+// reads it as it is (vmup makes its login with /bin/bash).
+const identityScript = `set -eu
+[ $# -eq 7 ] || { echo "vmup-identity: want 7 arguments, got $#" >&2; exit 2; }
+NAME=$1 MID=$2 IID=$3 LOGIN=$4 LOGIN_PUB=$5 HOST_PUB=$6 TIME=$7
+R=${ROOT:-}
+L=${LIVE:-}
+if [ -z "$R" ]; then L=1; fi
+umask 077
+
+fail() { echo "vmup-identity: $*" >&2; exit 2; }
+
+# vmup checked the values; checked again here, as they name paths.
+case $NAME in ''|-*|*[!a-z0-9-]*) fail "bad name";; esac
+case $MID in *[!0-9a-f]*) fail "bad machine-id";; esac
+[ ${#MID} -eq 32 ] || fail "bad machine-id"
+case $IID in "vmup-$NAME-"|"vmup-$NAME-"*[!0-9]*) fail "bad instance-id";; "vmup-$NAME-"*) ;; *) fail "bad instance-id";; esac
+case $LOGIN in ''|-*|*[!a-z0-9_-]*) fail "bad user";; esac
+case $TIME in ''|*[!0-9]*) fail "bad time";; esac
+for key in "$LOGIN_PUB" "$HOST_PUB"; do
+	case $key in "ssh-ed25519 "*) ;; *) fail "bad public key";; esac
+	[ "$(printf %s "$key" | wc -l)" -eq 0 ] || fail "bad public key"
+done
+
+# put FILE MODE [OWNER]: stdin becomes FILE, whole, by a rename.
+put() {
+	rm -f "$1.vmup-new"
+	cat >"$1.vmup-new"
+	chmod "$2" "$1.vmup-new"
+	if [ -n "${3:-}" ]; then chown "$3" "$1.vmup-new"; fi
+	mv -f "$1.vmup-new" "$1"
+}
+
+# relabel WORD: WORD with its first label, the old hostname, made NAME.
+relabel() {
+	case $1 in "$old"|"$old".*) printf '%s\n' "$NAME${1#"$old"}";; *) printf '%s\n' "$1";; esac
+}
+
+# The private host key first: nothing changes unless stdin holds it.
+k=$R/etc/ssh/ssh_host_ed25519_key
+rm -f "$k.vmup-new"
+cat >"$k.vmup-new"
+first=
+read -r first <"$k.vmup-new" || true
+[ "$first" = "-----BEGIN OPENSSH PRIVATE KEY-----" ] || { rm -f "$k.vmup-new"; fail "no private key on stdin"; }
+
+# First the clock: the memory state is from the template's time.
+if [ -n "$L" ]; then date -u -s "@$TIME" >/dev/null; fi
+
+# The hostname. The old one is read as a name or not at all: it goes into
+# patterns below.
+old=
+if [ -f "$R/etc/hostname" ]; then read -r old <"$R/etc/hostname" || true; fi
+if [ -z "$old" ] && [ -z "$R" ]; then read -r old </proc/sys/kernel/hostname || true; fi
+old=${old%%.*}
+case $old in ''|-*|*[!a-z0-9-]*) old=;; esac
+printf '%s\n' "$NAME" | put "$R/etc/hostname" 644
+if [ -n "$L" ]; then
+	if command -v hostname >/dev/null 2>&1; then hostname "$NAME"; else printf '%s\n' "$NAME" >/proc/sys/kernel/hostname; fi
+fi
+# 127.0.1.1 names the host (Debian, cloud-init's manage_etc_hosts): the old
+# name goes as a word or as an FQDN's first label; no such line, one is added.
+if [ -f "$R/etc/hosts" ]; then
+	awk -v old="$old" -v new="$NAME" '
+		$1 == "127.0.1.1" {
+			seen = 1
+			for (i = 2; old != "" && i <= NF; i++)
+				if ($i "" == old "" || index($i, old ".") == 1) $i = new substr($i, length(old) + 1)
+		}
+		{ print }
+		END { if (!seen) print "127.0.1.1 " new }' "$R/etc/hosts" | put "$R/etc/hosts" 644
+fi
+
+# machine-id; Debian's /var/lib/dbus/machine-id is a link to it, left so.
+printf '%s\n' "$MID" | put "$R/etc/machine-id" 444
+m=$R/var/lib/dbus/machine-id
+if [ -f "$m" ] && [ ! -L "$m" ]; then printf '%s\n' "$MID" | put "$m" 444; fi
+
+# The host key vmup pinned, and no other: the template's would be every clone's.
+chmod 600 "$k.vmup-new"
+mv -f "$k.vmup-new" "$k"
+printf '%s\n' "$HOST_PUB" | put "$k.pub" 644
+for f in "$R"/etc/ssh/ssh_host_*_key "$R"/etc/ssh/ssh_host_*_key.pub; do
+	case ${f##*/} in ssh_host_ed25519_key|ssh_host_ed25519_key.pub) continue;; esac
+	if [ -e "$f" ] || [ -L "$f" ]; then rm -f "$f"; fi
+done
+
+# cloud-init: the instance becomes NEW with the per-instance semaphores kept,
+# so its next boot runs no per-instance module again (ssh's would make new
+# host keys); its hostname records follow the new name, as if it set it.
+c=$R/var/lib/cloud
+if [ -d "$c" ]; then
+	d=$c/data
+	mkdir -p "$d"
+	if [ -n "$old" ] && [ -s "$d/previous-hostname" ]; then
+		p=
+		read -r p <"$d/previous-hostname" || true
+		relabel "$p" | put "$d/previous-hostname" 644
+	fi
+	if [ -n "$old" ] && [ -s "$d/set-hostname" ]; then
+		sed -e "s/\(\"hostname\": *\"\)$old\"/\1$NAME\"/" -e "s/\(\"fqdn\": *\"\)$old\([.\"]\)/\1$NAME\2/" \
+			"$d/set-hostname" | put "$d/set-hostname" 644
+	fi
+	prev=
+	if [ -f "$d/instance-id" ]; then read -r prev <"$d/instance-id" || true; fi
+	case $prev in .|..|*/*) prev=;; esac
+	i=$c/instances
+	if [ -n "$prev" ] && [ "$prev" != "$IID" ] && [ -d "$i/$prev" ]; then
+		[ ! -e "$i/$IID" ] || fail "both instances/$prev and instances/$IID are there"
+		mv "$i/$prev" "$i/$IID"
+	fi
+	if [ -d "$i/$IID" ]; then
+		# The cached datasource names the old id; it and the cached user-data
+		# hold the template VM's host key. The next boot reads the seed anew.
+		rm -f "$i/$IID/obj.pkl" "$i/$IID/user-data.txt" "$i/$IID/user-data.txt.i" "$i/$IID/cloud-config.txt"
+		if [ -e "$c/instance" ] && [ ! -L "$c/instance" ]; then fail "$c/instance is no symlink"; fi
+		rm -f "$c/instance"
+		ln -s "/var/lib/cloud/instances/$IID" "$c/instance"
+	fi
+	printf '%s\n' "$IID" | put "$d/instance-id" 644
+	printf '%s\n' "$IID" | put "$d/previous-instance-id" 644
+fi
+
+# Only the new login key logs in: the template VM's no longer does.
+ent=$(awk -F: -v u="$LOGIN" '$1 == u { print $3 ":" $4 ":" $6; exit }' "$R/etc/passwd")
+[ -n "$ent" ] || fail "no user $LOGIN in /etc/passwd"
+ids=${ent%:*}
+home=${ent#*:*:}
+case $home in /*) ;; *) fail "user $LOGIN has no home";; esac
+s=$R$home/.ssh
+if [ ! -d "$s" ]; then mkdir -m 700 "$s"; chown "$ids" "$s"; fi
+a=$s/authorized_keys
+if [ -e "$a" ]; then ids=$(stat -c %u:%g "$a"); fi
+printf '%s\n' "$LOGIN_PUB" | put "$a" 600 "$ids"
+
+if [ -z "$L" ]; then echo "vmup-identity done sshd=skipped"; exit 0; fi
+
+# sshd reads its host keys when it starts: the listener is HUPed, which
+# re-execs it; sessions, this one too, are processes of their own and stay.
+# A config it cannot load would end it, so it is tested first.
+reloaded=
+sshd=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
+if [ -x "$sshd" ] && ! "$sshd" -t; then
+	echo "vmup-identity: sshd -t failed: sshd not reloaded" >&2
+else
+	pid= pf=
+	for f in "$R/run/sshd.pid" "$R/var/run/sshd.pid"; do
+		if [ -s "$f" ]; then pf=$f; read -r pid <"$f" || true; break; fi
+	done
+	case $pid in ''|*[!0-9]*) pid=;; esac
+	if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = sshd ]; then
+		# sshd writes its pid file anew once it listens again: vmup's next
+		# connection is not refused by a listener still starting.
+		rm -f "$pf"
+		if kill -HUP "$pid"; then
+			n=0
+			while [ ! -s "$pf" ] && [ $n -lt 100 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
+			if [ -s "$pf" ]; then reloaded=1; fi
+		else
+			printf '%s\n' "$pid" >"$pf"
+		fi
+	elif command -v systemctl >/dev/null 2>&1 && { systemctl reload ssh || systemctl reload sshd; } >/dev/null 2>&1; then
+		reloaded=1
+	elif command -v service >/dev/null 2>&1 && service ssh reload >/dev/null 2>&1; then
+		reloaded=1
+	fi
+fi
+if [ -n "$reloaded" ]; then echo "vmup-identity done sshd=reloaded"; exit 0; fi
+echo "vmup-identity done sshd=unreloaded"
+exit 3
+`
+
+// cloneIdentity is what is a clone's own, made by newCloneIdentity.
+type cloneIdentity struct {
+	Name       string    // the VM's name: its hostname
+	MachineID  string    // 32 lowercase hex digits
+	InstanceID string    // cloud-init's, as writeSeed makes them: vmup-NAME-NANOSECONDS
+	User       string    // the login whose authorized_keys become LoginPub alone
+	LoginPub   string    // "ssh-ed25519 …": the only key that logs in as User
+	Host       SSHKey    // the host key, pinned by vmup
+	Time       time.Time // the guest's clock is set to it, in whole seconds
+}
+
+// newCloneIdentity makes a fresh identity for VM name, its clock now: set
+// Time again when the command is sent late.
+func newCloneIdentity(name, user, loginPub string) (cloneIdentity, error) {
+	host, err := newSSHKey("vmup-host-" + name)
+	if err != nil {
+		return cloneIdentity{}, err
+	}
+	in := cloneIdentity{
+		Name: name, MachineID: newMachineID(), InstanceID: fmt.Sprintf("vmup-%s-%d", name, time.Now().UnixNano()),
+		User: user, LoginPub: strings.TrimSpace(loginPub), Host: host, Time: time.Now(),
+	}
+	return in, validateCloneIdentity(in)
+}
+
+// newMachineID is a random machine-id as systemd makes them: a v4 UUID's
+// 128 bits, in lowercase hex without dashes.
+func newMachineID() string {
+	var id [16]byte
+	rand.Read(id[:])
+	id[6] = id[6]&0x0f | 0x40
+	id[8] = id[8]&0x3f | 0x80
+	return hex.EncodeToString(id[:])
+}
+
+var (
+	machineIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+	// An ed25519 key line as vmup writes them: its comment is a plain word.
+	ed25519LineRE = regexp.MustCompile(`^ssh-ed25519 ([A-Za-z0-9+/]{68})(?: [A-Za-z0-9@._+:=-]{1,100})?$`)
+)
+
+// ed25519Wire is the key blob of an ed25519 public key line, or an error:
+// the blob must be the key type and 32 bytes of key, nothing else.
+func ed25519Wire(line string) ([]byte, error) {
+	m := ed25519LineRE.FindStringSubmatch(line)
+	if m == nil {
+		return nil, fmt.Errorf("%q is no ssh-ed25519 key line", line)
+	}
+	wire, err := base64.StdEncoding.DecodeString(m[1])
+	want := append(sshString([]byte("ssh-ed25519")), sshString(make([]byte, 32))...)
+	if err != nil || len(wire) != len(want) || !bytes.Equal(wire[:len(want)-32], want[:len(want)-32]) {
+		return nil, fmt.Errorf("%q is no ssh-ed25519 key line", line)
+	}
+	return wire, nil
+}
+
+// validateCloneIdentity takes nothing but what vmup makes: every value goes
+// into a root shell's argv, and the private key into a host key file.
+func validateCloneIdentity(in cloneIdentity) error {
+	if !validName(in.Name) {
+		return fmt.Errorf("clone identity: %q is no VM name", in.Name)
+	}
+	if !machineIDRE.MatchString(in.MachineID) || in.MachineID == strings.Repeat("0", 32) {
+		return fmt.Errorf("clone identity: machine-id %q is not 32 lowercase hex digits", in.MachineID)
+	}
+	digits, ok := strings.CutPrefix(in.InstanceID, "vmup-"+in.Name+"-")
+	if _, err := strconv.ParseUint(digits, 10, 64); !ok || err != nil {
+		return fmt.Errorf("clone identity: instance-id %q is not vmup-%s-DIGITS", in.InstanceID, in.Name)
+	}
+	if !validLogin(in.User) {
+		return fmt.Errorf("clone identity: %q is no login name", in.User)
+	}
+	if _, err := ed25519Wire(in.LoginPub); err != nil {
+		return fmt.Errorf("clone identity: login key: %w", err)
+	}
+	wire, err := ed25519Wire(in.Host.Public)
+	if err != nil {
+		return fmt.Errorf("clone identity: host key: %w", err)
+	}
+	if err := checkOpenSSHPrivate(in.Host.Private, wire); err != nil {
+		return fmt.Errorf("clone identity: host key: %w", err)
+	}
+	if in.Time.Unix() <= 0 {
+		return fmt.Errorf("clone identity: time %v is before 1970", in.Time)
+	}
+	return nil
+}
+
+// checkOpenSSHPrivate accepts one unencrypted OpenSSH private key block,
+// nothing before or after it, whose public key is wire.
+func checkOpenSSHPrivate(priv, wire []byte) error {
+	const begin = "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+	block, rest := pem.Decode(priv)
+	if !bytes.HasPrefix(priv, []byte(begin)) || block == nil || block.Type != "OPENSSH PRIVATE KEY" ||
+		len(block.Headers) != 0 || len(bytes.TrimSpace(rest)) != 0 {
+		return errors.New("the private key is not one OpenSSH private key block")
+	}
+	head := append([]byte("openssh-key-v1\x00"), sshString([]byte("none"))...)
+	if !bytes.HasPrefix(block.Bytes, head) || !bytes.Contains(block.Bytes, sshString(wire)) {
+		return errors.New("the private key is not the unencrypted key of the public one")
+	}
+	return nil
+}
+
+// identityCommand is the ssh remote command that gives the guest identity
+// in (the login's shell reads it: each word single-quoted), and the stdin
+// it wants. A login other than root runs the script by sudo.
+func identityCommand(login string, in cloneIdentity) (remoteCommand string, stdin []byte, err error) {
+	if !validLogin(login) {
+		return "", nil, fmt.Errorf("clone identity: %q is no login name", login)
+	}
+	if err := validateCloneIdentity(in); err != nil {
+		return "", nil, err
+	}
+	words := []string{"sh", "-c", singleQuote(identityScript), "sh"}
+	if login != "root" {
+		words = append([]string{"sudo", "-n"}, words...)
+	}
+	for _, v := range []string{in.Name, in.MachineID, in.InstanceID, in.User, in.LoginPub, in.Host.Public,
+		strconv.FormatInt(in.Time.Unix(), 10)} {
+		words = append(words, singleQuote(v))
+	}
+	return strings.Join(words, " "), in.Host.Private, nil
+}
+
+// identityOutcome reads identityScript's answer, its stdout and exit code:
+// whether sshd serves the new host key to new connections. An error is an
+// identity not (or not wholly) given.
+func identityOutcome(stdout []byte, exitCode int) (sshdReloaded bool, err error) {
+	// The last such line: a login's rc files may print before the script.
+	var last string
+	for _, line := range strings.Split(string(stdout), "\n") {
+		if strings.HasPrefix(line, "vmup-identity done ") {
+			last = line
+		}
+	}
+	switch {
+	case exitCode == 0 && (last == "vmup-identity done sshd=reloaded" || last == "vmup-identity done sshd=skipped"):
+		return last == "vmup-identity done sshd=reloaded", nil
+	case exitCode == 3 && last == "vmup-identity done sshd=unreloaded":
+		return false, nil
+	}
+	return false, fmt.Errorf("the guest's identity was not set (exit %d)", exitCode)
+}
