@@ -600,3 +600,14 @@ func TestTemplatesDirOpenToOthersRefused(t *testing.T) {
 	}
 }
 
+// A VM's disk is never named like a template's.
+func TestTemplateVolumePrefixReserved(t *testing.T) {
+	o, _, err := parseCommand("up", []string{"vmup-tmpl-0123456789abcdef-01234567", "--image", "x.qcow2"})
+	if err == nil {
+		err = requireName(o, "up")
+	}
+	var ue *usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "reserved for vmup's template disks") {
+		t.Errorf("up of a VM named like a template disk: %v", err)
+	}
+}
