@@ -484,7 +484,13 @@ func TestTemplatePrune(t *testing.T) {
 		t.Fatal(err)
 	}
 	var asked []string
-	backed := func(k string) bool { asked = append(asked, k); return k == backedKey }
+	backed := func(k string) bool {
+		asked = append(asked, k)
+		if !templateLockHeld(home, k) {
+			t.Errorf("backed(%s) asked before the template was held: a clone could come between", k[:12])
+		}
+		return k == backedKey
+	}
 	d := &volDeleter{}
 	removed, err := pruneTemplates(home, 7*24*time.Hour, backed, d.delete, now)
 	if err != nil {
