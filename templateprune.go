@@ -133,7 +133,7 @@ func cleanLeftover(home, key, path string, deleteVol func(connect, pool, vol str
 		// No volume was made (or it was deleted before its note went).
 	case err != nil:
 		return &templateError{msg: fmt.Sprintf("%s is not cleaned: %v", path, err),
-			hint: "look at it, then remove it (rm -r) and the volume its disk-volume names, if any (virsh vol-delete)"}
+			hint: "check it, then remove it (`rm -r`) and the volume its disk-volume names, if any (`virsh vol-delete`)"}
 	default:
 		rec, err := readTemplate(home, key)
 		if err == nil && rec.DiskVolume == note.Volume {

@@ -123,7 +123,7 @@ func shortKey(key string) string { return key[:min(12, len(key))] }
 func damaged(dir, key, problem string) error {
 	return &templateError{
 		msg: fmt.Sprintf("template %s is damaged: %s", shortKey(key), problem),
-		hint: fmt.Sprintf("vmup neither uses nor prunes it: look at %s, then remove it (rm -r) and its disk, a volume %s%s-*.qcow2 of the pool, if any (virsh vol-delete)",
+		hint: fmt.Sprintf("check %s, then remove it (`rm -r`) and its disk, if any, a volume %s%s-*.qcow2 of the pool (`virsh vol-delete`): vmup neither uses nor prunes it",
 			dir, templateVolumePrefix, key[:min(16, len(key))]),
 		kind: errTemplateDamaged,
 	}
