@@ -194,5 +194,10 @@ func requireName(o *Options, cmd string) error {
 		return usagef(fmt.Sprintf("choose a name that does not start with %q (that is how vmup names base volumes)", basePrefix),
 			"VM name %q is reserved for vmup's base volumes", o.Name)
 	}
+	// The same for a template's disk, which a template's record names.
+	if cmd == "up" && strings.HasPrefix(o.Name, templateVolumePrefix) {
+		return usagef(fmt.Sprintf("choose a name that does not start with %q (that is how vmup names template disks)", templateVolumePrefix),
+			"VM name %q is reserved for vmup's template disks", o.Name)
+	}
 	return nil
 }
