@@ -21,26 +21,29 @@ import (
 
 // Options are one command's settings: vmup.json first, flags over it.
 type Options struct {
-	Name            string
-	Image           string
-	ImageSHA256     string
-	Playbook        string
-	PlaybookArgs    []string // after `--`, verbatim
-	CPUs            int
-	MemoryMiB       int
-	DiskGiB         int
-	Forwards        []Forward
-	Network         string
-	Connect         string
-	Pool            string
-	DomainType      string
-	Kernel          string
-	Firmware        string // bios or uefi: how a disk without --kernel boots
-	Initrd          string
-	Cmdline         string
-	User            string
-	Detach          bool
-	NoProvision     bool
+	Name         string
+	Image        string
+	ImageSHA256  string
+	Playbook     string
+	PlaybookArgs []string // after `--`, verbatim
+	CPUs         int
+	MemoryMiB    int
+	DiskGiB      int
+	Forwards     []Forward
+	Network      string
+	Connect      string
+	Pool         string
+	DomainType   string
+	Kernel       string
+	Firmware     string // bios or uefi: how a disk without --kernel boots
+	Initrd       string
+	Cmdline      string
+	User         string
+	Detach       bool
+	NoProvision  bool
+	// Template: a first boot keeps its provisioned guest as the template of
+	// its key, and a VM whose key has one is cloned from it (template*.go).
+	Template        bool
 	Reset           bool
 	Force           bool
 	SuspendOnStop   bool // a stop of a foreground up saves the VM instead of shutting it down
@@ -172,6 +175,7 @@ type fileConfig struct {
 	User            *string  `json:"user"`
 	Detach          *bool    `json:"detach"`
 	NoProvision     *bool    `json:"no-provision"`
+	Template        *bool    `json:"template"`
 	RestrictNetwork *bool    `json:"restrict-network"`
 	BootTimeout     *string  `json:"boot-timeout"`
 	ShutdownTimeout *string  `json:"shutdown-timeout"`
@@ -291,6 +295,7 @@ func applyConfig(o *Options, c *fileConfig, raw map[string]json.RawMessage) erro
 	setStr(&o.CloudInitErrors, c.CloudInitErrors)
 	setBool(&o.Detach, c.Detach)
 	setBool(&o.NoProvision, c.NoProvision)
+	setBool(&o.Template, c.Template)
 	setBool(&o.RestrictNetwork, c.RestrictNetwork)
 	setBool(&o.SuspendOnStop, c.SuspendOnStop)
 	setInt(&o.Parallel, c.Parallel)
@@ -385,6 +390,12 @@ func validateUp(o *Options) error {
 		return usagef("", "--connect %q is not a libvirt URI", o.Connect)
 	case !validPool(o.Pool):
 		return usagef("choose a pool name of letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool)
+	case o.Template && o.Network != "user":
+		// A memory state keeps the guest's NIC and lease: a clone on a
+		// shared network would have its template's MAC and address.
+		return usagef("use --network user for templates", "--template needs --network user: a memory clone on nat would share its template's MAC and address")
+	case o.Template && o.Firmware == "uefi":
+		return usagef("leave out --firmware uefi for templates", "--template with --firmware uefi: a clone would share its template's NVRAM")
 	}
 	for _, f := range []struct{ flag, path string }{
 		{"--playbook", o.Playbook}, {"--kernel", o.Kernel}, {"--initrd", o.Initrd},

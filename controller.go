@@ -233,6 +233,8 @@ func (u *upRun) do(a Action, from Phase, ev Event) {
 		u.goWork(u.reset)
 	case ActSayStopOnceKept:
 		out.Say("stop_once_kept", "The first boot of VM %s is complete: it shuts down once its provisioned state is kept (Ctrl+C again forces it off now)", u.o.Name)
+	case ActClone:
+		u.goWork(u.clone)
 	case ActSayBusyResetting:
 		out.Say("already_resetting", "resetting VM %s, please wait: a reset is never cut short", u.o.Name)
 	}

@@ -52,6 +52,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.BoolVar(&o.Detach, "detach", o.Detach, "")
 		fs.BoolVar(&o.Detach, "d", o.Detach, "")
 		fs.BoolVar(&o.NoProvision, "no-provision", o.NoProvision, "")
+		fs.BoolVar(&o.Template, "template", o.Template, "")
 		fs.BoolVar(&o.Reset, "reset", o.Reset, "")
 		fs.BoolVar(&o.RestrictNetwork, "restrict-network", o.RestrictNetwork, "")
 		fs.DurationVar(&o.BootTimeout, "boot-timeout", o.BootTimeout, "")

@@ -59,6 +59,8 @@ Flags of up:
   --user NAME             guest login made by cloud-init (default vmup)
   -d, --detach            exit once the VM runs, and leave it running
   --no-provision          skip the playbook
+  --template              a first boot is kept as a template of its recipe; a VM of
+                          a recipe with one is cloned from it in seconds (user network)
   --reset                 destroy this VM's domain, volumes and state first
   --boot-timeout D        (default 5m)
   --cloud-init-errors warn|fail           what a failed cloud-init module does in

@@ -85,6 +85,8 @@ type jsonEvent struct {
 	URL         string        `json:"url,omitempty"`
 	ChecksumURL string        `json:"checksum_url,omitempty"`
 	Cached      []cachedImage `json:"cached,omitempty"`
+	// Template is a template's key (events template_made, provisioned_from_template).
+	Template string `json:"template,omitempty"`
 	// DurationS is how long a finished step took, in seconds.
 	DurationS *float64 `json:"duration_s,omitempty"`
 	// One VM of `vmup status` (event vm); its name and phase are vm and phase.
@@ -177,6 +179,13 @@ func (o *Output) SetPhase(p Phase) {
 func (o *Output) Plan(total int) {
 	o.mu.Lock()
 	o.total, o.step = total, 0
+	o.mu.Unlock()
+}
+
+// Replan changes how many steps this run shows, from the one under way.
+func (o *Output) Replan(total int) {
+	o.mu.Lock()
+	o.total = total
 	o.mu.Unlock()
 }
 

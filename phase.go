@@ -13,6 +13,7 @@ const (
 	Starting                  // first boot: waiting for SSH and cloud-init
 	Provisioning              // first boot: the playbook runs
 	Keeping                   // the first boot is recorded complete; its provisioned state is being kept
+	Cloning                   // a clone of a template: its memory restored, its own identity given (no boot, no playbook)
 	Booting                   // a VM whose first boot completed is started again
 	Running
 	Stopping
@@ -29,7 +30,7 @@ const (
 )
 
 var phaseNames = [numPhases]string{
-	Preparing: "preparing", Starting: "starting", Provisioning: "provisioning", Keeping: "keeping", Booting: "booting",
+	Preparing: "preparing", Starting: "starting", Provisioning: "provisioning", Keeping: "keeping", Cloning: "cloning", Booting: "booting",
 	Running: "running", Stopping: "stopping", Suspending: "suspending", Resetting: "resetting",
 	Wiping: "wiping", Stopped: "stopped", Saved: "saved", Detached: "detached", Aborted: "aborted", Failed: "failed", StopFailed: "stop_failed",
 }
@@ -58,7 +59,7 @@ func (p Phase) Terminal() bool { return p >= Stopped && p < numPhases }
 func (p Phase) AfterFirstBoot() bool { return p == Booting || p == Running }
 
 // FirstBoot phases are the ones a confirmed interrupt may wipe.
-func (p Phase) FirstBoot() bool { return p == Starting || p == Provisioning }
+func (p Phase) FirstBoot() bool { return p == Starting || p == Provisioning || p == Cloning }
 
 // Event is anything that can move the phase: a signal, a worker's result, a timer.
 type Event int
@@ -99,6 +100,9 @@ const (
 	// EvSetupCancelled: the environment's playbook will not run (another VM
 	// of it failed); the VM, waiting for it, fails and is kept.
 	EvSetupCancelled
+	EvPreparedClone // prepared a clone of a template: its disk, keys, seed and domain
+	EvCloned        // the clone runs with its own identity, its first boot recorded complete
+	EvCloneFailed
 	numEvents
 )
 
@@ -114,6 +118,7 @@ var eventNames = [numEvents]string{
 	EvSuspend:            "suspend", EvSaved: "saved", EvSaveFailed: "save_failed",
 	EvPreparedReset: "prepared_reset", EvResetDone: "reset_done", EvResetFailed: "reset_failed",
 	EvStop: "stop", EvForceStop: "force_stop", EvSetupCancelled: "setup_cancelled",
+	EvPreparedClone: "prepared_clone", EvCloned: "cloned", EvCloneFailed: "clone_failed",
 }
 
 func (e Event) String() string {
@@ -146,6 +151,7 @@ const (
 	ActReset         // bring the VM back to its provisioned state; never cut short
 	ActSayBusyResetting
 	ActSayStopOnceKept // a signal while the provisioned state is kept: the VM shuts down after it
+	ActClone           // restore the template's memory as this VM, give it its identity, record the first boot
 )
 
 var actionNames = []string{
@@ -155,7 +161,7 @@ var actionNames = []string{
 	ActForceOff: "force_off", ActStopWork: "stop_work", ActRemovePartial: "remove_partial", ActWipe: "wipe",
 	ActSayStoppedExternally: "say_stopped_externally", ActReportFailure: "report_failure",
 	ActSave: "save", ActSayBusySaving: "say_busy_saving", ActReset: "reset", ActSayBusyResetting: "say_busy_resetting",
-	ActSayStopOnceKept: "say_stop_once_kept",
+	ActSayStopOnceKept: "say_stop_once_kept", ActClone: "clone",
 }
 
 func (a Action) String() string { return actionNames[a] }
@@ -206,6 +212,7 @@ var table = [numPhases]map[Event]Transition{
 		EvPrepareFailed:     to(Wiping, exitFailed, ActReportFailure, ActRemovePartial),
 		EvPrepareRejected:   to(Wiping, exitUsage, ActReportFailure, ActRemovePartial),
 		EvPreparedReset:     to(Resetting, keep, ActReset),
+		EvPreparedClone:     to(Cloning, keep, ActClone),
 		// Another vmup's request: a stop stops this run as SIGTERM does.
 		EvStop:      to(Wiping, exitSIGTERM, ActStopWork, ActRemovePartial),
 		EvForceStop: to(Wiping, exitSIGTERM, ActStopWork, ActRemovePartial),
@@ -238,6 +245,19 @@ var table = [numPhases]map[Event]Transition{
 		EvSetupCancelled:  to(Failed, exitFailed, ActReportFailure),
 		EvStop:            to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 		EvForceStop:       to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
+	},
+	// A clone is a first boot until it is recorded complete: as Starting.
+	Cloning: {
+		EvInterrupt:      to(Cloning, keep, ActWarnConfirm),
+		EvConfirmExpired: to(Cloning, keep, ActSayNotConfirmed),
+		EvInterruptAgain: to(Wiping, exitSIGINT, ActStopWork, ActWipe),
+		EvTerminate:      to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
+		EvHangup:         to(Wiping, exitSIGHUP, ActStopWork, ActWipe),
+		EvCloned:         to(Running, keep, ActEnterRunning),
+		EvCloneFailed:    to(Failed, exitFailed, ActStopWork, ActReportFailure),
+		EvRecordFailed:   to(Failed, exitFailed, ActReportFailure),
+		EvStop:           to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
+		EvForceStop:      to(Wiping, exitSIGTERM, ActStopWork, ActWipe),
 	},
 	// Nothing can wipe the VM any more. Its provisioned state is being kept:
 	// a signal shuts the VM down once it is; only a second Ctrl+C (in
@@ -338,7 +358,7 @@ var ignored = [numPhases][]Event{
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvSuspend, EvSaved, EvSaveFailed, EvResetDone, EvResetFailed,
-		EvCompleted, EvSetupCancelled,
+		EvCompleted, EvSetupCancelled, EvCloned, EvCloneFailed,
 	},
 	// During the first boot the boot worker and the playbook notice a dead
 	// domain themselves, and a half-made VM is never saved.
@@ -347,14 +367,23 @@ var ignored = [numPhases][]Event{
 		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted, EvSetupCancelled,
+		EvCompleted, EvSetupCancelled, EvPreparedClone, EvCloned, EvCloneFailed,
 	},
 	Provisioning: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvShutdownTimeout, EvForceOffFailed, EvProvisioned,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
+		EvPreparedClone, EvCloned, EvCloneFailed,
+	}, // The clone worker notices a dead domain; a half-made clone is never saved.
+	Cloning: {
+		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
+		EvReady, EvBootTimeout, EvBootFailed, EvCompleted, EvProvisioned, EvProvisionFailed,
+		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvDetach, EvDomainStopped,
+		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
+		EvSetupCancelled, EvPreparedClone,
 	},
+
 	// The provision worker notices a dead domain; no window is open, and a
 	// VM whose state is being kept is not saved.
 	Keeping: {
@@ -363,20 +392,21 @@ var ignored = [numPhases][]Event{
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvSuspend, EvSaved, EvSaveFailed,
 		EvPreparedReset, EvResetDone, EvResetFailed, EvSetupCancelled,
+		EvPreparedClone, EvCloned, EvCloneFailed,
 	},
 	Booting: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvProvisioned, EvProvisionFailed, EvRecordFailed, EvShutdownTimeout, EvForceOffFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
 		EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted, EvSetupCancelled,
+		EvCompleted, EvSetupCancelled, EvPreparedClone, EvCloned, EvCloneFailed,
 	},
 	Running: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted, EvSetupCancelled,
+		EvCompleted, EvSetupCancelled, EvPreparedClone, EvCloned, EvCloneFailed,
 	},
 	// A shutdown under way is not turned into a save, and another vmup's
 	// stop (not --force) lets it run its course.
@@ -386,7 +416,7 @@ var ignored = [numPhases][]Event{
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisionFailed, EvRecordFailed,
 		EvWipeDone, EvWipeFailed, EvCompletedMeanwhile, EvConfirmExpired, EvDetach,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted, EvSetupCancelled,
+		EvCompleted, EvSetupCancelled, EvPreparedClone, EvCloned, EvCloneFailed,
 	},
 	// The save worker alone decides how a save ended, from the domain's state;
 	// `vmup down --suspend` repeats its SIGUSR1 until the save is done.
@@ -395,21 +425,21 @@ var ignored = [numPhases][]Event{
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted, EvSetupCancelled,
+		EvCompleted, EvSetupCancelled, EvPreparedClone, EvCloned, EvCloneFailed,
 	},
 	Resetting: {
 		EvSuspend, EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvWipeDone, EvWipeFailed, EvCompletedMeanwhile,
 		EvConfirmExpired, EvDetach, EvDomainStopped, EvSaved, EvSaveFailed, EvPreparedReset,
-		EvCompleted, EvSetupCancelled,
+		EvCompleted, EvSetupCancelled, EvPreparedClone, EvCloned, EvCloneFailed,
 	},
 	Wiping: {
 		EvPreparedFirstBoot, EvPreparedBoot, EvPreparedRunning, EvPrepareFailed, EvPrepareRejected,
 		EvReady, EvBootTimeout, EvBootFailed, EvProvisioned, EvProvisionFailed, EvRecordFailed,
 		EvShutdownTimeout, EvForceOffFailed, EvConfirmExpired, EvDetach, EvDomainStopped,
 		EvSuspend, EvSaved, EvSaveFailed, EvPreparedReset, EvResetDone, EvResetFailed,
-		EvCompleted, EvSetupCancelled,
+		EvCompleted, EvSetupCancelled, EvPreparedClone, EvCloned, EvCloneFailed,
 	},
 }
 

@@ -21,6 +21,9 @@ func (u *upRun) prepare(ctx context.Context) {
 	switch u.kind {
 	case startFresh:
 		err = u.prepareFresh(ctx)
+		if u.cloneOf != nil {
+			ev = EvPreparedClone
+		}
 	case startResumeFirst:
 		err = u.prepareResume(ctx)
 	case startReup:
@@ -89,6 +92,11 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 	if err := u.claimForwards(false); err != nil {
 		return err
 	}
+	if o.Template {
+		if err := u.findTemplate(ctx, img.SHA256, domType); err != nil {
+			return err
+		}
+	}
 
 	if u.recover != nil || o.Reset {
 		if u.recover != nil {
@@ -153,6 +161,9 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 	}
 	lock.Unlock()
 	out.Done(made)
+	if u.cloneOf != nil {
+		return u.prepareClone(ctx, base)
+	}
 
 	out.Step("Creating disk and cloud-init seed")
 	if err := u.createDisk(ctx, img, base); err != nil {

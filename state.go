@@ -67,6 +67,9 @@ type Journal struct {
 	// DiskVolume is the volume the domain's disk is: empty for NAME.qcow2,
 	// NAME-run.qcow2 once a disk-only provisioned state froze NAME.qcow2.
 	DiskVolume string `json:"disk_volume,omitempty"`
+	// Template is the key of the template the VM was cloned from: its disk
+	// is an overlay on that template's.
+	Template string `json:"template,omitempty"`
 	// Provisioned is the state the first boot completed in, which `vmup
 	// reset` brings back; nil when none was kept.
 	Provisioned *Provisioned `json:"provisioned,omitempty"`

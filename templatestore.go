@@ -64,6 +64,15 @@ type TemplateRecord struct {
 	InstanceID    string `json:"instance_id"` // the template guest's cloud-init instance-id
 	MemoryMiB     int    `json:"memory"`
 	CPUs          int    `json:"cpus"`
+	// BaseVolume is the base the template's disk is an overlay on; DomainType
+	// the clone's (in the key).
+	BaseVolume string `json:"base_volume"`
+	DomainType string `json:"domain_type"`
+	// The save image's header as libvirt wrote it (saveimage.go): each clone
+	// writes its own XML into it, in this length, with this cookie.
+	SaveDataLen    uint32 `json:"save_data_len"`
+	SaveWasRunning uint32 `json:"save_was_running"`
+	SaveCookie     string `json:"save_cookie"`
 }
 
 var (
@@ -282,6 +291,10 @@ func validateTemplate(r *TemplateRecord, key string, now time.Time) error {
 	check(strings.HasPrefix(r.LoginKey, "-----BEGIN OPENSSH PRIVATE KEY-----"), "login_key is no OpenSSH private key")
 	check(text(r.HostPublicKey) && len(strings.Fields(r.HostPublicKey)) >= 2, "host_public_key %q is no public key line", r.HostPublicKey)
 	check(instanceIDRE.MatchString(r.InstanceID), "instance_id %q is not one vmup makes", r.InstanceID)
+	check(baseVolumeRE.MatchString(r.BaseVolume), "base_volume %q is not a base volume", r.BaseVolume)
+	check(r.DomainType == "kvm" || r.DomainType == "qemu", "domain_type %q is not kvm or qemu", r.DomainType)
+	check(r.SaveDataLen > 0 && r.SaveDataLen <= saveMaxData, "save_data_len %d is no header length", r.SaveDataLen)
+	check(!strings.ContainsRune(r.SaveCookie, 0) && len(r.SaveCookie) < int(r.SaveDataLen), "save_cookie does not fit its header")
 	check(r.MemoryMiB >= minMemoryMiB && r.MemoryMiB <= maxMemoryMiB, "memory %d is out of range", r.MemoryMiB)
 	check(r.CPUs >= minCPUs && r.CPUs <= maxCPUs, "cpus %d is out of range", r.CPUs)
 	return bad

@@ -46,6 +46,7 @@ func testRecord(vol string, made time.Time) *TemplateRecord {
 		SourceXML: "<domain type='kvm'><name>a</name></domain>", User: "vmup",
 		LoginKey:      "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
 		HostPublicKey: "ssh-ed25519 AAAAC3Nza host", InstanceID: "vmup-a-1700000000", MemoryMiB: 1024, CPUs: 2,
+		BaseVolume: "vmup-base-0123456789abcdef.qcow2", DomainType: "qemu", SaveDataLen: 4096, SaveCookie: "<cookie/>",
 	}
 }
 

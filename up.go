@@ -130,10 +130,11 @@ func setupUp(env Env, o *Options) (run *upRun, held *Lock, code int) {
 // started clean; every other unfinished first boot is kept and retried.
 func diedMidFirstBoot(j *Journal) bool {
 	switch j.Phase {
-	case Preparing, Starting, Provisioning, Wiping:
+	case Preparing, Starting, Provisioning, Cloning, Wiping:
 		return true
 	case Failed:
-		return j.FailedIn == Preparing || j.FailedIn == Wiping
+		// A failed clone too: it is made again from its template.
+		return j.FailedIn == Preparing || j.FailedIn == Wiping || j.FailedIn == Cloning
 	}
 	return false
 }

@@ -74,6 +74,19 @@ func (v *Virsh) Define(ctx context.Context, xmlFile string) error {
 	return err
 }
 
+// Save writes the running domain's memory state to file and stops it.
+func (v *Virsh) Save(ctx context.Context, name, file string) error {
+	_, err := v.run(ctx, "save", name, file)
+	return classify(err)
+}
+
+// Restore runs the domain a save image's header names from its memory
+// state: the defined domain of that name and UUID.
+func (v *Virsh) Restore(ctx context.Context, file string) error {
+	_, err := v.run(ctx, "restore", file)
+	return classify(err)
+}
+
 func (v *Virsh) DumpXML(ctx context.Context, name string) (string, error) {
 	out, err := v.run(ctx, "dumpxml", name)
 	return out, classify(err)

@@ -47,6 +47,14 @@ type vmRun struct {
 	// clock is behind (set by the boot or reset worker, before the boot worker reads it)
 	restored bool
 	logPath  string // the last playbook log, set by the provision worker
+
+	// templateKey is the key of this VM's recipe under --template (Preparing
+	// sets it, with imageSHA256); cloneOf the template it is cloned from,
+	// held until releaseTemplate.
+	templateKey, imageSHA256 string
+	cloneOf                  *TemplateRecord
+	releaseTemplate          func()
+	templateSaved            bool // the VM was saved to make its template (and restored since)
 }
 
 // created is what a run made in Preparing, undone by an interrupt there.
@@ -201,6 +209,8 @@ func (u *upRun) keepFirstBoot(context.Context) {
 	cancel()
 	// A memory state takes about as long as writing the guest's RAM.
 	keepCtx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	// The template first: a memory snapshot in the disk would be copied too.
+	u.makeTemplate(keepCtx)
 	u.recordProvisioned(keepCtx)
 	cancel()
 	u.send(EvProvisioned, nil)

@@ -17,4 +17,4 @@ cleanup() {
 trap cleanup EXIT
 export VMUP_TEST_IMAGE_DIR=$image_dir
 scripts/libvirtd.sh start "$state"
-go test -tags 'e2e bench' -run '^TestBench(Environment|Run)?$' -count=1 -v -timeout 90m .
+go test -tags 'e2e bench' -run '^TestBench(Environment|Run|Template)?$' -count=1 -v -timeout 90m .

@@ -1,0 +1,231 @@
+// Cloning: a VM whose recipe has a template is made from it — an overlay on
+// the template's disk, its memory restored, then the VM's own identity —
+// with no boot, no cloud-init and no playbook.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+)
+
+// findTemplate decides, in Preparing, whether this up makes or uses a
+// template: the key of its recipe, and the template of that key if one is
+// whole and usable here.
+func (u *vmRun) findTemplate(ctx context.Context, imageSHA256, domType string) error {
+	o, out := u.o, u.env.Out
+	key, err := templateKey(templateKeyInputFor(o, imageSHA256, domType))
+	if err != nil {
+		return err
+	}
+	u.templateKey, u.imageSHA256 = key, imageSHA256
+	if u.kind != startFresh || u.recover != nil {
+		return nil
+	}
+	rec, err := readTemplate(u.env.Home, key)
+	switch {
+	case errors.Is(err, errNoTemplate):
+		return nil
+	case err != nil:
+		out.Warn("template %s is not used: %v (`vmup prune` removes it)", shortKey(key), err)
+		return nil
+	case rec.Connect != o.Connect || rec.Pool != o.Pool:
+		out.Warn("template %s is in pool %s of %s, not this VM's: a full first boot follows", shortKey(key), rec.Pool, rec.Connect)
+		return nil
+	case rec.Network != "user" || o.Network != "user":
+		return nil
+	}
+	for _, vol := range []string{rec.DiskVolume, rec.BaseVolume} {
+		if ok, err := u.virsh.VolExists(ctx, o.Pool, vol); err != nil {
+			return err
+		} else if !ok {
+			out.Warn("template %s is not used: its volume %s is gone (`vmup prune` removes it)", shortKey(key), vol)
+			return nil
+		}
+	}
+	release, err := holdTemplate(u.env.Home, key)
+	if err != nil {
+		out.Warn("template %s is not used: %v", shortKey(key), err)
+		return nil
+	}
+	u.cloneOf, u.releaseTemplate = rec, release
+	return nil
+}
+
+// prepareClone makes what a clone needs before its restore: an overlay on
+// the template's disk, the VM's own keys, the seed of later boots (with the
+// VM's own instance-id), kernel and initrd, and the domain.
+func (u *vmRun) prepareClone(ctx context.Context, base string) error {
+	o, out, rec := u.o, u.env.Out, u.cloneOf
+	out.Replan(5)
+	out.Step("Creating disk from template " + shortKey(rec.Key))
+	size := max(int64(o.DiskGiB)<<30, 1)
+	if err := u.createVolume(ctx, o.Name+".qcow2", size, "qcow2", rec.DiskVolume, "qcow2"); err != nil {
+		return err
+	}
+	if _, err := loadOrCreateKey(u.paths.Key(), "vmup-"+o.Name); err != nil {
+		return err
+	}
+	instanceID := fmt.Sprintf("vmup-%s-%d", o.Name, time.Now().UnixNano())
+	if err := u.updateJournal(func(j *Journal) { j.InstanceID = instanceID }); err != nil {
+		return err
+	}
+	later := laterSeedVolume(o.Name)
+	if err := u.uploadBytes(ctx, u.laterSeedISO(), later); err != nil {
+		return err
+	}
+	for _, f := range []struct{ src, vol string }{{o.Kernel, o.Name + "-kernel"}, {o.Initrd, o.Name + "-initrd"}} {
+		if f.src != "" {
+			if err := u.upload(ctx, f.src, f.vol); err != nil {
+				return err
+			}
+		}
+	}
+	u.updateJournal(func(j *Journal) {
+		j.BaseVolume, j.Kernel, j.Initrd, j.Cmdline, j.DomainType = base, o.Kernel != "", o.Initrd != "", o.Cmdline, rec.DomainType
+		j.Firmware, j.SeedVolume, j.Template = o.Firmware, later, rec.Key
+	})
+	if err := u.define(ctx); err != nil {
+		return err
+	}
+	if err := u.writeLaterDefinition(ctx); err != nil {
+		return err
+	}
+	out.Done("")
+	return nil
+}
+
+// clone is Cloning's worker: the template's memory restored as this VM,
+// then its own identity, then SSH with its own keys. The first boot is
+// recorded complete only then; until then an abort wipes the clone.
+func (u *upRun) clone(ctx context.Context) {
+	out, rec := u.env.Out, u.cloneOf
+	fail := func(err error) {
+		if ctx.Err() != nil {
+			out.Fail("interrupted")
+			return
+		}
+		out.Fail(err.Error())
+		u.send(EvCloneFailed, err)
+	}
+	defer u.releaseTemplate()
+	out.Step("Restoring template " + shortKey(rec.Key))
+	mem := filepath.Join(templateDir(u.env.Home, rec.Key), "memory.save")
+	if err := u.restoreFrom(ctx, rec, mem); err != nil {
+		fail(err)
+		return
+	}
+	touchTemplate(u.env.Home, rec.Key)
+	out.Done("no boot")
+	out.Step("Giving the clone its own identity")
+	if err := u.giveIdentity(ctx, rec); err != nil {
+		fail(err)
+		return
+	}
+	out.Done("hostname, machine-id, host key, login key, instance-id")
+	out.Step("Waiting for SSH")
+	ep, err := u.endpoint(ctx)
+	if err == nil {
+		u.ssh = newSSH(u.env.Runner, u.o.Name, u.j.User, u.paths, ep)
+		u.ssh.control, err = u.controlSocket()
+	}
+	if err == nil {
+		u.masterDone, err = u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive)
+	}
+	if err != nil {
+		fail(fmt.Errorf("no SSH login with VM %s's own keys after its identity changed: %w", u.o.Name, err))
+		return
+	}
+	out.Done(ep.String())
+	done, err := u.commitFirstBoot(ctx)
+	if !done {
+		return
+	}
+	if err != nil {
+		u.send(EvRecordFailed, err)
+		return
+	}
+	out.Data(jsonEvent{Event: "provisioned_from_template", Template: rec.Key,
+		Message: fmt.Sprintf("VM %s provisioned from template %s (made by VM %s)", u.o.Name, shortKey(rec.Key), rec.SourceVM)})
+	u.send(EvCloned, nil)
+}
+
+// giveIdentity logs in as the template's guest (its login key, its host
+// key pinned under this VM's alias) and makes it this VM: hostname,
+// machine-id, host key, login key, cloud-init instance-id, clock. Then the
+// VM's known_hosts pins the new host key.
+func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord) error {
+	o, j := u.o, u.j
+	dir := filepath.Join(u.paths.Dir, "template-login")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	tp := Paths{Home: u.paths.Home, Dir: dir, Lock: u.paths.Lock}
+	if err := writeFileAtomic(tp.Key(), []byte(rec.LoginKey), 0o600); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(tp.KnownHosts(), []byte(knownHostsLine(o.Name, rec.HostPublicKey)), 0o600); err != nil {
+		return err
+	}
+	login, err := loadOrCreateKey(u.paths.Key(), "vmup-"+o.Name)
+	if err != nil {
+		return err
+	}
+	id, err := newCloneIdentity(o.Name, j.User, login.Public)
+	if err != nil {
+		return err
+	}
+	id.InstanceID = j.InstanceID
+	cmd, stdin, err := identityCommand(j.User, id)
+	if err != nil {
+		return err
+	}
+	ep, err := u.endpoint(ctx)
+	if err != nil {
+		return err
+	}
+	s := newSSH(u.env.Runner, o.Name, j.User, tp, ep)
+	s.control = ""
+	// sshd answers at once after a restore; a few tries cover a connection
+	// that fails before the script ran (ssh's own exit code, 255).
+	var res Result
+	for tries := 0; ; tries++ {
+		var stdout bytes.Buffer
+		res, err = s.ExecWith(ctx, bytes.NewReader(stdin), &stdout, cmd)
+		res.Stdout = stdout.Bytes()
+		var ee *ExitError
+		if err == nil || !errors.As(err, &ee) || ee.ExitCode != 255 || tries == 4 || ctx.Err() != nil {
+			if errors.As(err, &ee) {
+				res.ExitCode = ee.ExitCode
+			}
+			break
+		}
+		if sleepCtx(ctx, 500*time.Millisecond) != nil {
+			break
+		}
+	}
+	var ee *ExitError
+	if err != nil && !errors.As(err, &ee) {
+		return fmt.Errorf("cannot give the clone its identity: %w", err)
+	}
+	if _, err := identityOutcome(res.Stdout, res.ExitCode); err != nil {
+		return fmt.Errorf("cannot give the clone its identity: %w", err)
+	}
+	return writeFileAtomic(u.paths.KnownHosts(), []byte(knownHostsLine(o.Name, id.Host.Public)), 0o600)
+}
+
+var netdevArgRE = regexp.MustCompile(`value='(user,id=vmupnet[^']*)'`)
+
+// templateNetdev is the user network's -netdev argument in a saved XML.
+func templateNetdev(xml string) string {
+	if m := netdevArgRE.FindStringSubmatch(xml); m != nil {
+		return m[1]
+	}
+	return "user,id=vmupnet"
+}

@@ -1,0 +1,246 @@
+// Making a template: once a first boot under --template completed, the
+// provisioned guest's memory and disk are kept as the template of its key
+// (templatekey.go), while the VM itself goes on running.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// makeTemplate keeps the guest as the template of u.templateKey, if this
+// VM is to make one and no other has it. Best effort, as recordProvisioned:
+// a failure is a warning, and the VM runs on as any other.
+func (u *vmRun) makeTemplate(ctx context.Context) {
+	out, key := u.env.Out, u.templateKey
+	if key == "" || u.cloneOf != nil {
+		return
+	}
+	m, err := beginTemplate(u.env.Home, key)
+	switch {
+	case errors.Is(err, errTemplateExists):
+		out.Say("template_exists", "Template %s of this recipe exists already: VM %s made none", shortKey(key), u.o.Name)
+		return
+	case errors.Is(err, errTemplateBusy):
+		out.Say("template_busy", "Another vmup is making template %s: VM %s makes none", shortKey(key), u.o.Name)
+		return
+	case err != nil:
+		out.Warn("no template was made of VM %s: %v", u.o.Name, err)
+		return
+	}
+	start := time.Now()
+	out.Say("template_making", "Keeping VM %s as template %s (its memory and disk; the VM is paused for a few seconds)", u.o.Name, shortKey(key))
+	rec, vol, err := u.writeTemplate(ctx, m, key)
+	// The VM's ssh master ended with the QEMU that the save stopped, and its
+	// clock stood still for the seconds the template took.
+	if u.ssh != nil && u.templateSaved {
+		mctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if done, err := u.ssh.WaitMaster(mctx, u.masterCtx, u.env.Poll, u.domainAlive); err == nil {
+			u.masterDone = done
+		}
+		u.setGuestClock(mctx, u.setClockByAgent(mctx))
+		cancel()
+	}
+	if err == nil {
+		err = m.Commit(rec)
+	}
+	if err != nil {
+		if vol != "" && u.virsh.VolDelete(context.WithoutCancel(ctx), u.o.Pool, vol) != nil {
+			m.Release() // the making dir's note names the volume: the next prune deletes both
+		} else {
+			m.Abort()
+		}
+		out.Warn("no template was made of VM %s: %v", u.o.Name, err)
+		return
+	}
+	secs := time.Since(start).Seconds()
+	out.Data(jsonEvent{Event: "template_made", Template: key, DurationS: &secs, Bytes: ptr(rec.MemoryBytes + rec.DiskBytes),
+		Message: fmt.Sprintf("Template %s made in %.1f s (memory %s, disk %s)", shortKey(key), secs,
+			humanBytes(rec.MemoryBytes), humanBytes(rec.DiskBytes))})
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// writeTemplate saves the guest's memory into the making dir, copies its
+// disk into a volume of the template's, and restores the VM from that
+// memory state: the VM runs on, from exactly the state its template holds.
+func (u *vmRun) writeTemplate(ctx context.Context, m *templateMaking, key string) (rec *TemplateRecord, vol string, err error) {
+	o, j := u.o, u.j
+	if u.ssh != nil {
+		u.ssh.Exec(ctx, "sync") // the guest's writes are in the disk that is copied
+	}
+	login, err := os.ReadFile(u.paths.Key())
+	if err != nil {
+		return nil, vol, err
+	}
+	hostPub, err := pinnedHostKey(u.paths, o.Name)
+	if err != nil {
+		return nil, vol, err
+	}
+	disk := u.diskVolume()
+	capacity, err := u.virsh.VolCapacity(ctx, o.Pool, disk)
+	if err != nil {
+		return nil, vol, err
+	}
+	mem := filepath.Join(m.Dir(), "memory.save")
+	if err := u.virsh.Save(ctx, o.Name, mem); err != nil {
+		return nil, vol, fmt.Errorf("cannot save VM %s's memory: %w", o.Name, err)
+	}
+	u.templateSaved = true
+	// The VM is off now: it runs again whatever happens next, from its
+	// memory state where it can, else booted from its disk.
+	var img *saveImage
+	restored := false
+	defer func() {
+		if restored {
+			return
+		}
+		ctx := context.WithoutCancel(ctx)
+		if img != nil && u.restoreFrom(ctx, &TemplateRecord{SourceVM: o.Name, SourceXML: string(img.XML), Network: j.Network,
+			SaveDataLen: img.DataLen, SaveWasRunning: img.WasRunning, SaveCookie: string(img.Cookie)}, mem) == nil {
+			return
+		}
+		u.env.Out.Warn("VM %s could not be restored from its saved memory: it boots again from its disk", o.Name)
+		u.virsh.Start(ctx, o.Name)
+	}()
+	if err := os.Chmod(mem, 0o600); err != nil {
+		return nil, vol, err
+	}
+	if img, err = readSaveImage(mem); err != nil {
+		return nil, vol, err
+	}
+	st, err := os.Stat(mem)
+	if err != nil {
+		return nil, vol, err
+	}
+	name := templateDiskVolume(key) // random: one call
+	if err := m.NoteDiskVolume(o.Connect, o.Pool, name); err != nil {
+		return nil, "", err
+	}
+	vol = name
+	copied, err := u.copyVolume(ctx, disk, vol, capacity)
+	if err != nil {
+		return nil, vol, fmt.Errorf("cannot copy VM %s's disk: %w", o.Name, err)
+	}
+	rec = &TemplateRecord{
+		Made: time.Now().UTC(), Image: o.Image, ImageSHA256: u.imageSHA256,
+		Playbook: o.Playbook, Connect: o.Connect, Pool: o.Pool, DiskVolume: vol, DiskBytes: copied, BaseVolume: j.BaseVolume,
+		MemoryBytes: st.Size(), Network: j.Network, SourceVM: o.Name, SourceUUID: j.UUID, SourceXML: string(img.XML),
+		SaveDataLen: img.DataLen, SaveWasRunning: img.WasRunning, SaveCookie: string(img.Cookie),
+		User: j.User, LoginKey: string(login), HostPublicKey: hostPub, InstanceID: j.InstanceID,
+		MemoryMiB: j.MemoryMiB, CPUs: j.CPUs, DomainType: j.DomainType,
+	}
+	// The VM itself comes back from the template's memory state, under its
+	// own XML (the first boot's seed, gone since, replaced by the later one).
+	err = u.restoreFrom(ctx, rec, mem)
+	restored = err == nil
+	return rec, vol, err
+}
+
+// copyVolume copies a volume's bytes (a qcow2 overlay, backing path and
+// all) into a new raw-typed volume, through virsh's streams.
+func (u *vmRun) copyVolume(ctx context.Context, from, to string, capacity int64) (int64, error) {
+	if err := u.virsh.VolCreate(ctx, u.o.Pool, to, capacity, "raw", "", ""); err != nil {
+		return 0, err
+	}
+	pr, pw := io.Pipe()
+	counted := &countingReader{r: pr}
+	down := make(chan error, 1)
+	go func() {
+		err := u.virsh.VolDownload(ctx, u.o.Pool, from, pw)
+		pw.CloseWithError(err)
+		down <- err
+	}()
+	uerr := u.virsh.VolUploadFrom(ctx, u.o.Pool, to, counted)
+	pr.CloseWithError(errors.New("upload ended"))
+	if derr := <-down; derr != nil {
+		return 0, derr
+	}
+	return counted.n, uerr
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// pinnedHostKey is the host key a VM's known_hosts pins, as "TYPE BASE64".
+func pinnedHostKey(p Paths, name string) (string, error) {
+	data, err := os.ReadFile(p.KnownHosts())
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(string(data))
+	if len(f) != 3 || f[0] != hostKeyAlias(name) {
+		return "", fmt.Errorf("%s does not pin one host key of VM %s", p.KnownHosts(), name)
+	}
+	return f[1] + " " + f[2], nil
+}
+
+// restoreFrom runs the VM u from the template's memory state at mem: its
+// header gets this VM's XML (name, UUID, paths), under the template's
+// restore lock, since every clone writes that one header.
+func (u *vmRun) restoreFrom(ctx context.Context, rec *TemplateRecord, mem string) error {
+	xml, err := u.cloneXML(ctx, rec)
+	if err != nil {
+		return err
+	}
+	lock, err := waitLock(ctx, mem+".lock", "up")
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	img := &saveImage{Version: 2, DataLen: rec.SaveDataLen, WasRunning: rec.SaveWasRunning, Cookie: []byte(rec.SaveCookie)}
+	if len(img.Cookie) > 0 {
+		img.CookieOffset = 1 // any: header() recomputes it
+	}
+	if err := rewriteSaveImageXML(mem, img, xml); err != nil {
+		return err
+	}
+	u.restored = true
+	return u.virsh.Restore(ctx, mem)
+}
+
+// cloneXML is the template's saved XML renamed for this VM.
+func (u *vmRun) cloneXML(ctx context.Context, rec *TemplateRecord) ([]byte, error) {
+	o, j := u.o, u.j
+	path := func(pool, vol string) string {
+		p, err := u.virsh.VolPath(ctx, pool, vol)
+		if err != nil {
+			// Not found: the template's VM's volume is gone; its path is the pool's dir and the name.
+			return ""
+		}
+		return p
+	}
+	seed := path(o.Pool, laterSeedVolume(o.Name))
+	disk := path(o.Pool, u.diskVolume())
+	if seed == "" || disk == "" {
+		return nil, fmt.Errorf("VM %s's disk or seed volume is missing", o.Name)
+	}
+	poolDir := filepath.Dir(disk)
+	src := rec.SourceVM
+	r := cloneRename{OldName: src, NewName: o.Name, NewUUID: j.UUID, Values: [][2]string{
+		{filepath.Join(poolDir, src+".qcow2"), disk},
+		{filepath.Join(poolDir, firstSeedVolume(src)), seed},
+		{filepath.Join(poolDir, laterSeedVolume(src)), seed},
+		{filepath.Join(poolDir, src+"-kernel"), filepath.Join(poolDir, o.Name+"-kernel")},
+		{filepath.Join(poolDir, src+"-initrd"), filepath.Join(poolDir, o.Name+"-initrd")},
+		{filepath.Join(filepath.Dir(u.paths.Dir), src, "console.log"), u.paths.Console()},
+	}}
+	if j.Network == "user" {
+		r.Values = append(r.Values, [2]string{templateNetdev(rec.SourceXML), userNetdev(DomainSpec{SSHPort: j.SSHPort, Forwards: o.Forwards, Restrict: o.RestrictNetwork})})
+	}
+	return cloneDomainXML([]byte(rec.SourceXML), r)
+}
