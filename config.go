@@ -43,7 +43,9 @@ type Options struct {
 	NoProvision  bool
 	// Template: a first boot keeps its provisioned guest as the template of
 	// its key, and a VM whose key has one is cloned from it (template*.go).
-	Template        bool
+	Template bool
+	// KeepTemplates: prune keeps an unbacked template used within this long.
+	KeepTemplates   time.Duration
 	Reset           bool
 	Force           bool
 	SuspendOnStop   bool // a stop of a foreground up saves the VM instead of shutting it down
@@ -225,7 +227,8 @@ func defaultOptions() *Options {
 		CPUs: 2, MemoryMiB: 2048, DiskGiB: 20, Connect: connect, Pool: "vmup",
 		DomainType: "auto", Firmware: "bios", User: "vmup", BootTimeout: 5 * time.Minute, ShutdownTimeout: 60 * time.Second,
 		CloudInitErrors: "warn", Results: "vmup-results", DestroyWhen: "passing", StopTimeout: 30 * time.Second,
-		set: map[string]bool{},
+		KeepTemplates: 7 * 24 * time.Hour,
+		set:           map[string]bool{},
 	}
 }
 

@@ -89,6 +89,7 @@ func flagsFor(cmd string, o *Options) *flag.FlagSet {
 		fs.BoolVar(&o.JSON, "json", o.JSON, "") // ansible's JSON, not events
 	case "prune":
 		fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "")
+		fs.DurationVar(&o.KeepTemplates, "keep-templates", o.KeepTemplates, "")
 		fs.StringVar(&o.Pool, "pool", o.Pool, "")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "")
 	case "logs":

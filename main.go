@@ -32,7 +32,7 @@ Usage:
   vmup logs [NAME] [-f | --follow]
   vmup provision [NAME] [--playbook FILE] [--json] [-- ANSIBLE-PLAYBOOK-ARGS...]
   vmup images [--json]
-  vmup prune [--dry-run] [--connect URI] [--pool NAME] [--json]
+  vmup prune [--dry-run] [--keep-templates D] [--connect URI] [--pool NAME] [--json]
   vmup version
   vmup completion bash|zsh|fish
 
@@ -105,7 +105,9 @@ SSH address and age, asking libvirt once per connection.
 images lists the image names, the URL each stands for, and what is cached.
 prune removes the base volumes of the pool (default vmup) that no volume is
 backed by, and the cached downloads that no base volume and no VM's journal
-uses; --dry-run lists them and removes nothing.
+uses; --dry-run lists them and removes nothing. It removes the templates no
+VM is backed by that a newer one of the same image and playbook replaced or
+that were not used for --keep-templates (default 168h).
 completion prints a script that completes vmup's commands, flags, VM names
 and image names: source <(vmup completion bash), or see the README.
 ssh-config also keeps what it prints as ssh.config in the VM's state dir,

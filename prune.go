@@ -81,6 +81,10 @@ func (p *pruner) run() error {
 	if p.vms, err = listVMs(p.env.Home); err != nil {
 		return err
 	}
+	// Templates first: a base the removed ones were made on may go too.
+	if err := p.pruneTemplates(); err != nil {
+		return err
+	}
 	kept, err := p.pruneBases(refs, making)
 	if err != nil {
 		return err
