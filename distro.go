@@ -388,5 +388,5 @@ func runImages(env Env, o *Options) int {
 		}
 		fmt.Printf("%-14s %-28s %s\n", im.Name, state, dir+im.File)
 	}
-	return exitOK
+	return listTemplatesCmd(env, o)
 }

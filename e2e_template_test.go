@@ -67,6 +67,17 @@ func templateVolumes() []string {
 // identity, a changed playbook making a new one, and prune.
 func TestE2ETemplate(t *testing.T) {
 	a := newE2E(t, "e2e-tpla")
+	// Runs before the VMs' own cleanups: whatever failed, no VM and then no
+	// template of this home is left.
+	t.Cleanup(func() {
+		for _, name := range []string{"e2e-tpla", "e2e-tplb", "e2e-tplc"} {
+			a.vmup(5*time.Minute, "destroy", name)
+		}
+		a.vmup(time.Minute, "prune", "--keep-templates", "0s")
+		if vols := templateVolumes(); len(vols) != 0 {
+			t.Errorf("template volumes left: %v", vols)
+		}
+	})
 	dir := t.TempDir()
 	playbook := filepath.Join(dir, "site.yml")
 	orig, err := os.ReadFile("testdata/marker.yml")

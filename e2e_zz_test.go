@@ -17,7 +17,7 @@ func TestE2EZNothingLeft(t *testing.T) {
 	doms, _ := virsh("list", "--all", "--name")
 	vols, _ := virsh("vol-list", "vmup")
 	for _, line := range strings.Split(doms+"\n"+vols, "\n") {
-		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "e2e-") {
+		if f := strings.Fields(line); len(f) > 0 && (strings.HasPrefix(f[0], "e2e-") || strings.HasPrefix(f[0], "vmup-tmpl-")) {
 			t.Errorf("left behind: %s", f[0])
 		}
 	}

@@ -87,6 +87,9 @@ type jsonEvent struct {
 	Cached      []cachedImage `json:"cached,omitempty"`
 	// Template is a template's key (events template_made, provisioned_from_template).
 	Template string `json:"template,omitempty"`
+	// Of a template (event template of `images`): its last use, and how many VMs of this home are its clones.
+	LastUsed time.Time `json:"last_used,omitzero"`
+	Count    *int      `json:"clones,omitempty"`
 	// DurationS is how long a finished step took, in seconds.
 	DurationS *float64 `json:"duration_s,omitempty"`
 	// One VM of `vmup status` (event vm); its name and phase are vm and phase.
