@@ -155,6 +155,12 @@ func TestE2ETemplate(t *testing.T) {
 	if got := ssh(b, "hostname"); got != "e2e-tplb" {
 		t.Errorf("b's hostname after a reboot: %q", got)
 	}
+	// reset takes b back to its template's state, as b.
+	ssh(b, "touch", "/var/tmp/after-clone")
+	b.must(5*time.Minute, "reset", b.name)
+	if got := ssh(b, "sh", "-c", "'hostname; test -e /var/tmp/after-clone && echo kept; wc -l < /var/tmp/vmup-runs'"); got != "e2e-tplb\n1" {
+		t.Errorf("b after its reset: %q, want its name, no file written after the clone, one playbook run", got)
+	}
 
 	// A changed playbook: a new key, a full first boot, a new template.
 	os.WriteFile(playbook, append(orig, []byte("    - name: changed\n      ansible.builtin.command: 'true'\n")...), 0o644)

@@ -24,6 +24,9 @@ const provisionedSnapshot = "vmup-provisioned"
 
 // provisionedKind says what a VM's provisioned state can hold.
 func provisionedKind(j *Journal) string {
+	if j.Template != "" {
+		return "template" // a clone: its template is its provisioned state
+	}
 	if j.Firmware == "uefi" {
 		return "disk"
 	}
@@ -306,6 +309,17 @@ func (u *upRun) prepareReset(ctx context.Context) error {
 		if !slices.Contains(snaps, provisionedSnapshot) {
 			gone = "its snapshot " + provisionedSnapshot + " is gone"
 		}
+	case p.Kind == "template":
+		rec, err := readTemplate(u.env.Home, j.Template)
+		if err != nil {
+			gone = "its template " + shortKey(j.Template) + " cannot be used: " + err.Error()
+			break
+		}
+		if u.releaseTemplate, err = holdTemplate(u.env.Home, j.Template); err != nil {
+			gone = "its template " + shortKey(j.Template) + " cannot be held: " + err.Error()
+			break
+		}
+		u.cloneOf = rec
 	case j.DiskVolume != runDiskVolume(o.Name):
 		gone = "its disk is not frozen under " + runDiskVolume(o.Name)
 	default:
@@ -349,7 +363,9 @@ func (u *upRun) prepareReset(ctx context.Context) error {
 		out.Say("settings_restored", "VM %s gets back the settings it was provisioned with (%s)", o.Name, d)
 	}
 	what := "its disk and memory"
-	if p.Kind == "disk" {
+	if p.Kind == "template" {
+		what = "its template " + shortKey(j.Template) + "'s disk and memory"
+	} else if p.Kind == "disk" {
 		what = "its disk; it boots"
 	}
 	out.Done(fmt.Sprintf("provisioned %s: %s", p.Made.Local().Format("2006-01-02 15:04"), what))

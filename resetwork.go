@@ -43,9 +43,12 @@ func (u *upRun) reset(ctx context.Context) {
 		return
 	}
 	var err error
-	if p.Kind == "memory" {
+	switch p.Kind {
+	case "memory":
 		err = u.resetMemory(ctx)
-	} else {
+	case "template":
+		err = u.resetTemplate(ctx)
+	default:
 		err = u.resetDisk(ctx)
 	}
 	if err != nil {

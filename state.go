@@ -105,6 +105,7 @@ type JournalEnv struct {
 // Provisioned is a VM's state as its first boot completed, and the settings
 // it had then (a reset brings them back too).
 type Provisioned struct {
+	// Kind template: a clone's, whose template is its provisioned state.
 	// Kind memory: an internal snapshot with the guest's memory
 	// (provisionedSnapshot); disk: NAME.qcow2 frozen under NAME-run.qcow2,
 	// and when NVRAM names the VM's NVRAM file (libvirt's definition names
@@ -258,8 +259,10 @@ func validateJournal(j *Journal, name string) error {
 	// By shape only: TMPDIR may differ between runs; what is used is checked
 	// again (validControlDir: owner, mode, no symlink) and a stale one ignored.
 	check(j.DiskVolume == "" || j.DiskVolume == runDiskVolume(name), "disk_volume %q is not a volume vmup makes for VM %s", j.DiskVolume, name)
+	check(j.Template == "" || sha256HexRE.MatchString(j.Template), "template %q is not a template's key", j.Template)
 	if p := j.Provisioned; p != nil {
-		check(p.Kind == "memory" || p.Kind == "disk", "provisioned: kind %q is not memory or disk", p.Kind)
+		check(p.Kind == "memory" || p.Kind == "disk" || p.Kind == "template",
+			"provisioned: kind %q is not memory, disk or template", p.Kind)
 		check(p.NVRAM == "" || p.Kind == "disk" && validNVRAMPath(name, j.Connect, p.NVRAM), "provisioned: nvram %q is not the NVRAM of VM %s", p.NVRAM, name)
 		check(p.Network == "nat" || p.Network == "user", "provisioned: network %q is not nat or user", p.Network)
 		check(p.SSHHost == "" || net.ParseIP(p.SSHHost) != nil, "provisioned: ssh_host %q is not an IP address", p.SSHHost)

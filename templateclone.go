@@ -113,7 +113,7 @@ func (u *upRun) clone(ctx context.Context) {
 		out.Fail(err.Error())
 		u.send(EvCloneFailed, err)
 	}
-	defer u.releaseTemplate()
+	defer u.letGoTemplate()
 	out.Step("Restoring template " + shortKey(rec.Key))
 	mem := filepath.Join(templateDir(u.env.Home, rec.Key), "memory.save")
 	if err := u.restoreFrom(ctx, rec, mem); err != nil {
@@ -149,6 +149,14 @@ func (u *upRun) clone(ctx context.Context) {
 	if err != nil {
 		u.send(EvRecordFailed, err)
 		return
+	}
+	// Its template is its provisioned state: `vmup reset` clones it again.
+	u.jmu.Lock()
+	p := settingsOf(u.j)
+	u.jmu.Unlock()
+	p.Kind, p.Made = "template", time.Now().UTC()
+	if err := u.updateJournal(func(j *Journal) { j.Provisioned = p }); err != nil {
+		out.Warn("VM %s cannot be reset to its template: %v", u.o.Name, err)
 	}
 	out.Data(jsonEvent{Event: "provisioned_from_template", Template: rec.Key,
 		Message: fmt.Sprintf("VM %s provisioned from template %s (made by VM %s)", u.o.Name, shortKey(rec.Key), rec.SourceVM)})
@@ -228,4 +236,45 @@ func templateNetdev(xml string) string {
 		return m[1]
 	}
 	return "user,id=vmupnet"
+}
+
+// resetTemplate is a clone's reset: forced off, its overlay on the
+// template's disk made anew, its definition from the provisioned settings,
+// the template's memory restored and the clone's identity given again (a
+// new host key, pinned). The boot that follows finds it running.
+func (u *upRun) resetTemplate(ctx context.Context) error {
+	defer u.letGoTemplate()
+	o, rec := u.o, u.cloneOf
+	if err := u.offForReset(ctx); err != nil {
+		return err
+	}
+	if err := u.discardSaved(ctx); err != nil {
+		return err
+	}
+	if err := u.commitReset(); err != nil {
+		return err
+	}
+	disk := o.Name + ".qcow2"
+	if err := u.virsh.VolDelete(ctx, o.Pool, disk); err != nil && !errors.Is(err, errNotFound) {
+		return err
+	}
+	if err := u.createVolume(ctx, disk, int64(u.j.DiskGiB)<<30, "qcow2", rec.DiskVolume, "qcow2"); err != nil {
+		return err
+	}
+	if err := u.define(ctx); err != nil {
+		return err
+	}
+	if err := u.restoreFrom(ctx, rec, filepath.Join(templateDir(u.env.Home, rec.Key), "memory.save")); err != nil {
+		return err
+	}
+	touchTemplate(u.env.Home, rec.Key)
+	return u.giveIdentity(ctx, rec)
+}
+
+// letGoTemplate releases the template this run holds, if any.
+func (u *vmRun) letGoTemplate() {
+	if u.releaseTemplate != nil {
+		u.releaseTemplate()
+		u.releaseTemplate = nil
+	}
 }
