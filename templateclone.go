@@ -24,6 +24,16 @@ func (u *vmRun) findTemplate(ctx context.Context, imageSHA256, domType string) e
 		return err
 	}
 	u.templateKey, u.imageSHA256 = key, imageSHA256
+	// What a maker or a prune killed midway left goes first.
+	if err := cleanHalfMade(u.env.Home, func(connect, pool, vol string) error {
+		err := newVirsh(u.env.Runner, connect).VolDelete(ctx, pool, vol)
+		if errors.Is(classify(err), errNotFound) {
+			return nil
+		}
+		return err
+	}); err != nil {
+		out.Warn("leftovers of an interrupted template remain: %v", err)
+	}
 	if u.kind != startFresh || u.recover != nil {
 		return nil
 	}
