@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -75,6 +76,10 @@ type fakeWorld struct {
 	// NVRAMFile, when set, is the NVRAM path a domain's definition names
 	// instead of NVRAMDir's (a definition changed by someone with libvirt access).
 	NVRAMFile map[string]string
+	// Saves and Restores name the domains `virsh save` and `virsh restore` ran.
+	Saves, Restores []string
+	// Identities counts the clone identity scripts the guest ran.
+	Identities int
 	// CloudInit is the guest's cloud-init, as vmup's ssh commands find it.
 	CloudInit fakeCloudInit
 }
@@ -96,6 +101,9 @@ type fakeCloudInit struct {
 	// Disabled is a guest whose cloud-init is disabled (it never writes result.json).
 	Disabled bool
 }
+
+// fakeGuestMemory is the memory stream a fake save image holds after its header.
+const fakeGuestMemory = "QEVM fake guest memory"
 
 // fakeResultJSON is where cloud-init says that all its stages are done.
 const fakeResultJSON = "/run/cloud-init/result.json"
@@ -422,6 +430,52 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		w.ManagedSave[arg(1)], w.Domains[arg(1)] = true, "shut off"
 		w.SaveXML[arg(1)] = w.Live[arg(1)]
 		return "\nDomain '" + arg(1) + "' state saved by libvirt", "", 0
+	case "save":
+		// As libvirt's qemu driver: the live definition (with its UUID, in
+		// libvirt's quoting) in a save image's header, then the memory.
+		if w.Domains[arg(1)] != "running" {
+			return "", "error: Requested operation is not valid: domain is not running", 1
+		}
+		live := strings.ReplaceAll(w.Live[arg(1)], `"`, "'")
+		uuid := "00000000-0000-0000-0000-" + fmt.Sprintf("%012d", len(arg(1)))
+		live = strings.Replace(live, "</name>", "</name>\n  <uuid>"+uuid+"</uuid>", 1)
+		img := &saveImage{Version: 2, DataLen: uint32(len(live) + 4096), WasRunning: 1, Cookie: []byte("<qemu-migration/>"), CookieOffset: 1}
+		head, err := img.header([]byte(live))
+		if err != nil {
+			return "", "error: " + err.Error(), 1
+		}
+		if err := os.WriteFile(arg(2), append(head, fakeGuestMemory...), 0o600); err != nil {
+			return "", "error: " + err.Error(), 1
+		}
+		w.Domains[arg(1)] = "shut off"
+		w.Saves = append(w.Saves, arg(1))
+		return "\nDomain '" + arg(1) + "' saved to " + arg(2), "", 0
+	case "restore":
+		img, err := readSaveImage(arg(1))
+		if err != nil {
+			return "", "error: " + err.Error(), 1
+		}
+		data, _ := os.ReadFile(arg(1))
+		if !strings.HasSuffix(string(data), fakeGuestMemory) {
+			return "", "error: operation failed: the memory state is damaged", 1
+		}
+		x := string(img.XML)
+		name, uuid := between(x, "<name>", "</name>"), between(x, "<uuid>", "</uuid>")
+		st, ok := w.Domains[name]
+		switch {
+		case !ok:
+			return notFound("domain", name)
+		case uuid != "00000000-0000-0000-0000-"+fmt.Sprintf("%012d", len(name)):
+			return "", "error: operation failed: domain '" + name + "' is already defined with uuid other than " + uuid, 1
+		case st == "running":
+			return "", "error: Requested operation is not valid: domain '" + name + "' is already active", 1
+		}
+		if msg := w.missingFile(x); msg != "" {
+			return "", msg, 1
+		}
+		w.Domains[name], w.Live[name] = "running", x
+		w.Restores = append(w.Restores, name)
+		return "Domain restored from " + arg(1), "", 0
 	case "managedsave-dumpxml":
 		if !w.ManagedSave[arg(1)] {
 			return "", "error: Requested operation is not valid: domain does not have managed save image", 1
@@ -750,8 +804,18 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 			<-ctx.Done()
 			return Result{}, ctx.Err()
 		}
+		stdin := c.Stdin
+		if short[1] == "vol-upload" && stdin != nil {
+			// Read before the world is locked: the stream may come from a
+			// vol-download of the same world (a template's disk copy).
+			data, err := io.ReadAll(stdin)
+			if err != nil {
+				return fail(1, "error: cannot read /dev/stdin: "+err.Error())
+			}
+			stdin = bytes.NewReader(data)
+		}
 		f.mu.Lock()
-		out, errOut, code := f.world.virsh(short[1:], c.Stdin)
+		out, errOut, code := f.world.virsh(short[1:], stdin)
 		f.mu.Unlock()
 		if code != 0 {
 			return fail(code, errOut)
@@ -777,7 +841,12 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		up := f.world.anyRunning()
 		var out, errOut string
 		code, block := 0, false
-		if up {
+		switch {
+		case up && strings.Contains(strings.Join(c.Args, " "), "vmup-identity done"):
+			// A clone's identity script (its words hold an '@', which abbreviate drops).
+			f.world.Identities++
+			out = "vmup-identity done sshd=reloaded\n"
+		case up:
 			out, errOut, code, block = f.world.guest(remoteCommand(short))
 		}
 		f.mu.Unlock()
@@ -788,9 +857,15 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 			<-ctx.Done()
 			return Result{}, ctx.Err()
 		case code != 0:
+			if c.Stdout != nil {
+				io.WriteString(c.Stdout, out)
+			}
 			res, err := fail(code, errOut)
 			res.Stdout = []byte(out)
 			return res, err
+		}
+		if c.Stdout != nil {
+			io.WriteString(c.Stdout, out)
 		}
 		return Result{Stdout: []byte(out)}, nil
 	case "ansible-playbook":

@@ -51,7 +51,16 @@ func (p *pruner) pruneTemplates() error {
 	if p.o.DryRun {
 		return nil
 	}
-	backed := func(key string) bool { return len(users[key]) > 0 }
+	// Asked while the template is held (pruneTemplates): the journals and the
+	// pool are read again then. A clone made since users was read held the
+	// template, and named it in its journal and made its disk before it let go.
+	backed := func(key string) bool {
+		if len(users[key]) > 0 {
+			return true
+		}
+		now, err := p.templateUsers([]templateInfo{byKey[key]})
+		return err != nil || len(now[key]) > 0
+	}
 	replaced, err1 := pruneTemplates(home, 0, func(k string) bool { return backed(k) || !superseded[k] }, del, now)
 	unused, err2 := pruneTemplates(home, p.o.KeepTemplates, backed, del, now)
 	for _, key := range append(replaced, unused...) {

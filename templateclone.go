@@ -75,6 +75,11 @@ func (u *vmRun) prepareClone(ctx context.Context, base string) error {
 	out.Replan(5)
 	out.Step("Creating disk from template " + shortKey(rec.Key))
 	size := max(int64(o.DiskGiB)<<30, 1)
+	// On disk before the overlay is: prune reads what holds a template in
+	// the journals (prunetemplates.go), and this hold ends with the worker.
+	if err := u.updateJournal(func(j *Journal) { j.Template = rec.Key }); err != nil {
+		return err
+	}
 	if err := u.createVolume(ctx, o.Name+".qcow2", size, "qcow2", rec.DiskVolume, "qcow2"); err != nil {
 		return err
 	}
