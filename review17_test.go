@@ -250,3 +250,23 @@ func TestReviewPruneSeesACloneMadeWhileItScans(t *testing.T) {
 		t.Errorf("the template c1 is cloned from is gone: %v", err)
 	}
 }
+
+// The template's disk is made by vol-create-as with the VM disk's virtual
+// capacity (20 GiB by default) and no --allocation: libvirt then allocates
+// the whole capacity (fallocate, or zeros written where the filesystem has
+// no fallocate), so each template takes the VM's full disk size on the
+// host, not "what the first boot wrote". The copy needs no allocation.
+func TestReviewTemplateDiskIsNotPreallocated(t *testing.T) {
+	h := templateHarness(t)
+	rec := h.makeTemplateVM()
+	for _, c := range h.calls() {
+		if len(c) > 3 && c[1] == "vol-create-as" && c[3] == rec.DiskVolume {
+			i := slices.Index(c, "--allocation")
+			if i < 0 || i+1 >= len(c) || c[i+1] != "0" {
+				t.Errorf("template disk made by %q: without --allocation 0, libvirt allocates its whole capacity", strings.Join(c, " "))
+			}
+			return
+		}
+	}
+	t.Fatalf("no vol-create-as of %s in %v", rec.DiskVolume, h.calls())
+}

@@ -146,7 +146,8 @@ func (u *vmRun) writeTemplate(ctx context.Context, m *templateMaking, key string
 // copyVolume copies a volume's bytes (a qcow2 overlay, backing path and
 // all) into a new raw-typed volume, through virsh's streams.
 func (u *vmRun) copyVolume(ctx context.Context, from, to string, capacity int64) (int64, error) {
-	if err := u.virsh.VolCreate(ctx, u.o.Pool, to, capacity, "raw", "", ""); err != nil {
+	// Sparse: it holds the disk file's bytes, far fewer than its capacity.
+	if err := u.virsh.VolCreateSparse(ctx, u.o.Pool, to, capacity, "raw"); err != nil {
 		return 0, err
 	}
 	pr, pw := io.Pipe()

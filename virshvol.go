@@ -94,6 +94,17 @@ func (v *Virsh) VolCreate(ctx context.Context, pool, vol string, bytes int64, fo
 	return err
 }
 
+// VolCreateSparse makes an empty volume of bytes that takes no space until
+// written: without --allocation, libvirt allocates the whole capacity.
+func (v *Virsh) VolCreateSparse(ctx context.Context, pool, vol string, bytes int64, format string) error {
+	_, err := v.run(ctx, "vol-create-as", pool, vol, fmt.Sprint(bytes), "--allocation", "0", "--format", format)
+	var ee *ExitError
+	if errors.As(err, &ee) && existsRE.MatchString(ee.Stderr) {
+		return fmt.Errorf("%w: %v", errExists, err)
+	}
+	return err
+}
+
 func (v *Virsh) VolResize(ctx context.Context, pool, vol string, bytes int64) error {
 	_, err := v.run(ctx, "vol-resize", "--pool", pool, vol, fmt.Sprint(bytes))
 	return err
