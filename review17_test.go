@@ -7,9 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // templateHarness is a harness whose disk has bytes to copy into a template.
@@ -269,4 +272,123 @@ func TestReviewTemplateDiskIsNotPreallocated(t *testing.T) {
 		}
 	}
 	t.Fatalf("no vol-create-as of %s in %v", rec.DiskVolume, h.calls())
+}
+
+// Ctrl+C twice while a clone's memory is restored: the clone is wiped (its
+// own volumes, domain and state), the template and its disk stay, and the
+// template's hold is let go (prune could lock it).
+func TestReviewCloneAbortedDuringRestore(t *testing.T) {
+	h := templateHarness(t)
+	rec := h.makeTemplateVM()
+	w := h.fake.world
+	h.fake.onCall = func(args []string) {
+		if len(args) > 1 && args[1] == "restore" {
+			h.sigs <- sigByName["INT"]
+			h.events.waitFor(t, "confirm_abort", "")
+			h.sigs <- sigByName["INT"]
+			h.events.waitFor(t, "aborting", "")
+		}
+	}
+	done := h.up(h.cloneArgs("c1")...)
+	code := h.wait(done)
+	h.fake.onCall = nil
+	if code != exitSIGINT {
+		t.Fatalf("exit %d, want %d\n%s", code, exitSIGINT, h.stderr)
+	}
+	if _, ok := w.Domains["c1"]; ok || w.Volumes["vmup/c1.qcow2"] {
+		t.Errorf("c1 left behind: domain %v, disk %v", w.Domains["c1"], w.Volumes["vmup/c1.qcow2"])
+	}
+	if _, err := os.Stat(pathsFor(h.env.Home, "c1").Dir); !os.IsNotExist(err) {
+		t.Errorf("c1's state dir: %v", err)
+	}
+	if !w.Volumes["vmup/"+rec.DiskVolume] || w.Domains["v1"] != "running" {
+		t.Errorf("template disk %v, v1 %s", w.Volumes["vmup/"+rec.DiskVolume], w.Domains["v1"])
+	}
+	if _, err := readTemplate(h.env.Home, rec.Key); err != nil {
+		t.Errorf("template after the aborted clone: %v", err)
+	}
+	if templateLockHeld(h.env.Home, rec.Key) {
+		t.Errorf("the aborted clone still holds the template")
+	}
+}
+
+// Two clones of one template at once: each rewrites the one save image's
+// header and restores from it under the template's restore lock, so each
+// runs its own definition.
+func TestReviewTwoClonesAtOnce(t *testing.T) {
+	h := templateHarness(t)
+	h.makeTemplateVM()
+	w := h.fake.world
+	a, b := h.up(h.cloneArgs("c1", "-d")...), h.up(h.cloneArgs("c2", "-d")...)
+	if ca, cb := h.wait(a), h.wait(b); ca != 0 || cb != 0 {
+		t.Fatalf("clones: exit %d and %d\n%s", ca, cb, h.stderr)
+	}
+	for _, n := range []string{"c1", "c2"} {
+		if w.Domains[n] != "running" || !strings.Contains(w.Live[n], "<name>"+n+"</name>") || !strings.Contains(w.Live[n], "/"+n+".qcow2") {
+			t.Errorf("%s is %s, running:\n%s", n, w.Domains[n], w.Live[n])
+		}
+	}
+}
+
+// A vmup killed while it cloned (its journal says cloning, its pid is gone):
+// up.go's diedMidFirstBoot says such a clone "is made again from its
+// template", but findTemplate uses no template when an earlier first boot
+// is recovered, so the next `up --template` pays a full first boot.
+func TestReviewKilledCloneIsClonedAgain(t *testing.T) {
+	h := templateHarness(t)
+	rec := h.makeTemplateVM()
+	w := h.fake.world
+	killed := make(chan struct{})
+	h.fake.onCall = func(args []string) {
+		if len(args) > 1 && args[1] == "restore" {
+			close(killed)
+			select {} // vmup dies in the restore
+		}
+	}
+	h.up(h.cloneArgs("c1", "-d")...)
+	<-killed
+	h.fake.onCall = nil
+	// What that death leaves: the journal (cloning, a dead pid), no locks.
+	paths := pathsFor(h.env.Home, "c1")
+	j := h.journalOf("c1")
+	if j.Phase != Cloning {
+		t.Fatalf("c1's journal says %s", j.Phase)
+	}
+	j.PID = deadPID(t)
+	writeJournal(paths, j)
+	unlockAsDeathWould(t, paths.Lock)
+	unlockAsDeathWould(t, templateLockPath(h.env.Home, rec.Key))
+	unlockAsDeathWould(t, filepath.Join(templateDir(h.env.Home, rec.Key), "memory.save.lock"))
+
+	h.events = newEventLog()
+	h.fake.mu.Lock()
+	h.fake.calls = nil
+	h.fake.mu.Unlock()
+	if code := h.wait(h.up(h.cloneArgs("c1", "-d")...)); code != 0 {
+		t.Fatalf("next up: exit %d\n%s", code, h.stderr)
+	}
+	if !h.has("provisioned_from_template") || h.has("template_exists") {
+		t.Errorf("the killed clone was not cloned again from template %s (a full first boot instead); events %v",
+			shortKey(rec.Key), h.events.names())
+	}
+	if j := h.journalOf("c1"); !j.FirstBootDone || w.Domains["c1"] != "running" {
+		t.Errorf("c1: %+v, domain %s", j, w.Domains["c1"])
+	}
+}
+
+// unlockAsDeathWould lets go of every flock this process holds on path, as
+// the death of a vmup would, without closing the files of the goroutine
+// that stands for it (it never runs again).
+func unlockAsDeathWould(t *testing.T, path string) {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	for _, fd := range fds {
+		if target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && target == path {
+			n, _ := strconv.Atoi(fd.Name())
+			unix.Flock(n, unix.LOCK_UN)
+		}
+	}
 }

@@ -34,7 +34,14 @@ func (u *vmRun) findTemplate(ctx context.Context, imageSHA256, domType string) e
 	}); err != nil {
 		out.Warn("leftovers of an interrupted template remain: %v", err)
 	}
-	if u.kind != startFresh || u.recover != nil {
+	if u.kind != startFresh {
+		return nil
+	}
+	if r := u.recover; r != nil && r.Phase == Failed && r.FailedIn == Cloning {
+		// A clone that failed would fail again: made by a first boot instead.
+		// One whose vmup was killed (or any other first boot cut short) is
+		// made from the template like a new VM.
+		out.Warn("template %s is not used: VM %s's clone of it failed before; a full first boot follows", shortKey(key), o.Name)
 		return nil
 	}
 	rec, err := readTemplate(u.env.Home, key)

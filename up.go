@@ -133,7 +133,8 @@ func diedMidFirstBoot(j *Journal) bool {
 	case Preparing, Starting, Provisioning, Cloning, Wiping:
 		return true
 	case Failed:
-		// A failed clone too: it is made again from its template.
+		// A failed clone too: it is made again, by a full first boot (a clone
+		// killed midway, in Cloning, is cloned again: findTemplate).
 		return j.FailedIn == Preparing || j.FailedIn == Wiping || j.FailedIn == Cloning
 	}
 	return false
