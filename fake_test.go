@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -76,6 +77,9 @@ type fakeWorld struct {
 	// NVRAMFile, when set, is the NVRAM path a domain's definition names
 	// instead of NVRAMDir's (a definition changed by someone with libvirt access).
 	NVRAMFile map[string]string
+	// SaveCompressed makes save images compressed, as a save_image_format
+	// in qemu.conf does: libvirt reads them, vmup's header code does not.
+	SaveCompressed bool
 	// Saves and Restores name the domains `virsh save` and `virsh restore` ran.
 	Saves, Restores []string
 	// Identities counts the clone identity scripts the guest ran.
@@ -100,6 +104,18 @@ type fakeCloudInit struct {
 	Recoverable map[string][]string
 	// Disabled is a guest whose cloud-init is disabled (it never writes result.json).
 	Disabled bool
+}
+
+// fakeReadSave reads a fake save image's header as libvirt does, compressed or not.
+func fakeReadSave(path string) (*saveImage, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > 32 {
+		binary.LittleEndian.PutUint32(data[28:], 0)
+	}
+	return readSaveHeader(bytes.NewReader(data), path)
 }
 
 // fakeGuestMemory is the memory stream a fake save image holds after its header.
@@ -444,14 +460,23 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		if err != nil {
 			return "", "error: " + err.Error(), 1
 		}
+		if w.SaveCompressed {
+			binary.LittleEndian.PutUint32(head[28:], 1) // save_image_format "gzip" in qemu.conf
+		}
 		if err := os.WriteFile(arg(2), append(head, fakeGuestMemory...), 0o600); err != nil {
 			return "", "error: " + err.Error(), 1
 		}
 		w.Domains[arg(1)] = "shut off"
 		w.Saves = append(w.Saves, arg(1))
 		return "\nDomain '" + arg(1) + "' saved to " + arg(2), "", 0
+	case "save-image-dumpxml":
+		img, err := fakeReadSave(arg(1))
+		if err != nil {
+			return "", "error: " + err.Error(), 1
+		}
+		return string(img.XML), "", 0
 	case "restore":
-		img, err := readSaveImage(arg(1))
+		img, err := fakeReadSave(arg(1))
 		if err != nil {
 			return "", "error: " + err.Error(), 1
 		}
@@ -460,6 +485,18 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			return "", "error: operation failed: the memory state is damaged", 1
 		}
 		x := string(img.XML)
+		if i := slices.Index(args, "--xml"); i > 0 {
+			// Another definition of the same domain (name and UUID): libvirt's own way.
+			alt, err := os.ReadFile(arg(i + 1))
+			if err != nil {
+				return "", "error: " + err.Error(), 1
+			}
+			if between(string(alt), "<name>", "</name>") != between(x, "<name>", "</name>") ||
+				between(string(alt), "<uuid>", "</uuid>") != between(x, "<uuid>", "</uuid>") {
+				return "", "error: unsupported configuration: Target domain name or uuid does not match source", 1
+			}
+			x = string(alt)
+		}
 		name, uuid := between(x, "<name>", "</name>"), between(x, "<uuid>", "</uuid>")
 		st, ok := w.Domains[name]
 		switch {

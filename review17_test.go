@@ -392,3 +392,103 @@ func unlockAsDeathWould(t *testing.T, path string) {
 		}
 	}
 }
+
+// Ctrl+C, then Ctrl+C again ("forces it off now"), while the template is
+// made and the VM is saved: the making completes (the VM is restored from
+// it), and then the VM goes off, as asked.
+func TestReviewForceOffWhileTheTemplateIsMade(t *testing.T) {
+	h := templateHarness(t)
+	w := h.fake.world
+	sent := false
+	h.fake.onCall = func(args []string) {
+		if sent || len(args) < 2 || args[1] != "vol-download" {
+			return
+		}
+		sent = true
+		h.sigs <- sigByName["INT"]
+		h.events.waitFor(t, "stop_once_kept", "")
+		h.sigs <- sigByName["INT"]
+		h.events.waitFor(t, "force_off", "")
+	}
+	code := h.wait(h.up(h.upArgs("--template")...))
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, h.stderr)
+	}
+	if !h.has("template_made") {
+		t.Errorf("no template made: %v", h.events.names())
+	}
+	if w.Domains["v1"] != "shut off" {
+		t.Errorf("v1 is %s after vmup ended; want shut off (forced off)\n%s", w.Domains["v1"], h.stderr)
+	}
+	if j := h.journal(); !j.FirstBootDone || j.Phase != Stopped {
+		t.Errorf("v1's journal: %s, first boot done %v", j.Phase, j.FirstBootDone)
+	}
+}
+
+// An environment with "template": true: its first up makes one template of
+// the VMs' shared recipe (the other maker finds it busy or made); once a VM
+// is destroyed, the next up clones it while the others re-up.
+func TestReviewEnvironmentTemplates(t *testing.T) {
+	h := envHarness(t, `{"web1": {"groups": ["web"]}, "web2": {"groups": ["web"]}}`)
+	data, _ := os.ReadFile(configFile)
+	os.WriteFile(configFile, []byte(strings.Replace(string(data), `{"image"`, `{"template": true, "image"`, 1)), 0o600)
+	for _, n := range []string{"shop-web1", "shop-web2"} {
+		h.fake.world.Content["vmup/"+n+".qcow2"] = []byte("QFI\xfb " + n)
+	}
+	if code := h.wait(h.envUp("-d")); code != 0 {
+		t.Fatalf("env up: exit %d\n%s", code, h.stderr)
+	}
+	infos, _ := listTemplates(h.env.Home)
+	if len(infos) != 1 || infos[0].Record == nil {
+		t.Fatalf("templates after the first env up: %+v\n%s", infos, h.stderr)
+	}
+	if code := h.runEnv("destroy", "web2"); code != 0 {
+		t.Fatalf("destroy web2: exit %d\n%s", code, h.stderr)
+	}
+	h.events = newEventLog()
+	if code := h.wait(h.envUp("-d")); code != 0 {
+		t.Fatalf("second env up: exit %d\n%s", code, h.stderr)
+	}
+	if !h.has("provisioned_from_template") {
+		t.Errorf("web2 was not cloned: %v", h.events.names())
+	}
+	for _, n := range []string{"shop-web1", "shop-web2"} {
+		if j := h.envJournal(n); !j.FirstBootDone || h.fake.world.Domains[n] != "running" {
+			t.Errorf("%s: %s, done %v, domain %s", n, j.Phase, j.FirstBootDone, h.fake.world.Domains[n])
+		}
+	}
+	if pb := h.playbookCalls(); len(pb) != 1 {
+		t.Errorf("%d playbooks ran; want the first up's one only", len(pb))
+	}
+}
+
+// A save image vmup cannot read (compressed by a save_image_format in
+// qemu.conf; or root's, 0600, under qemu:///system for a user who is not
+// root, which vmup cannot chmod): no template is made, and the VM whose
+// first boot just completed must run on from its saved memory, as libvirt
+// itself can restore it, not be booted again from its disk (its running
+// processes lost, its provisioned state then kept mid-boot).
+func TestReviewUnreadableSaveImageRestoresTheVM(t *testing.T) {
+	h := templateHarness(t)
+	w := h.fake.world
+	w.SaveCompressed = true
+	if code := h.wait(h.up(h.upArgs("--template", "-d")...)); code != 0 {
+		t.Fatalf("exit %d\n%s", code, h.stderr)
+	}
+	if h.has("template_made") {
+		t.Errorf("a template was made of a save image vmup cannot rewrite")
+	}
+	var starts int
+	for _, c := range h.calls() {
+		if len(c) > 2 && c[1] == "start" && c[2] == "v1" {
+			starts++
+		}
+	}
+	if starts != 1 || !slices.Equal(w.Restores, []string{"v1"}) || w.Domains["v1"] != "running" {
+		t.Errorf("v1 started %d times, restored %v, %s; want its first boot's start only, then a restore from its saved memory\n%s",
+			starts, w.Restores, w.Domains["v1"], h.stderr)
+	}
+	if es := entries(t, templatesDir(h.env.Home)); slices.ContainsFunc(es, func(e string) bool { return strings.HasPrefix(e, ".making-") }) {
+		t.Errorf("a making dir is left: %v", es)
+	}
+}

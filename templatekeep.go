@@ -106,6 +106,11 @@ func (u *vmRun) writeTemplate(ctx context.Context, m *templateMaking, key string
 			SaveDataLen: img.DataLen, SaveWasRunning: img.WasRunning, SaveCookie: string(img.Cookie)}, mem) == nil {
 			return
 		}
+		// A save image vmup cannot read or write (compressed, or root's
+		// under qemu:///system) is still libvirt's to restore.
+		if u.restoreOwn(ctx, mem) == nil {
+			return
+		}
 		u.env.Out.Warn("VM %s could not be restored from its saved memory: it boots again from its disk", o.Name)
 		u.virsh.Start(ctx, o.Name)
 	}()
@@ -212,6 +217,27 @@ func (u *vmRun) restoreFrom(ctx context.Context, rec *TemplateRecord, mem string
 	}
 	u.restored = true
 	return u.virsh.Restore(ctx, mem)
+}
+
+// restoreOwn runs the VM again from its own save image at mem by libvirt
+// alone: the definition the image holds, with this VM's current paths (the
+// seed of later boots for the first one, deleted since), by restore --xml.
+func (u *vmRun) restoreOwn(ctx context.Context, mem string) error {
+	saved, err := u.virsh.SaveImageDumpXML(ctx, mem)
+	if err != nil {
+		return err
+	}
+	xml, err := u.cloneXML(ctx, &TemplateRecord{SourceVM: u.o.Name, SourceXML: saved, Network: u.j.Network})
+	if err != nil {
+		return err
+	}
+	file := u.paths.File("restore.xml")
+	if err := writeFileAtomic(file, xml, 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(file)
+	u.restored = true
+	return u.virsh.RestoreXML(ctx, mem, file)
 }
 
 // cloneXML is the template's saved XML renamed for this VM.

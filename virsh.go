@@ -87,6 +87,20 @@ func (v *Virsh) Restore(ctx context.Context, file string) error {
 	return classify(err)
 }
 
+// SaveImageDumpXML is the domain definition a save image's header holds,
+// read by libvirt (which reads the images it writes, compressed or not).
+func (v *Virsh) SaveImageDumpXML(ctx context.Context, file string) (string, error) {
+	out, err := v.run(ctx, "save-image-dumpxml", file, "--security-info")
+	return out, classify(err)
+}
+
+// RestoreXML runs the domain a save image holds under another definition
+// of it (same name and UUID; host-side changes only): libvirt's own way.
+func (v *Virsh) RestoreXML(ctx context.Context, file, xmlFile string) error {
+	_, err := v.run(ctx, "restore", file, "--xml", xmlFile)
+	return classify(err)
+}
+
 func (v *Virsh) DumpXML(ctx context.Context, name string) (string, error) {
 	out, err := v.run(ctx, "dumpxml", name)
 	return out, classify(err)
