@@ -85,6 +85,19 @@ func (p *pruner) run() error {
 	if err := p.pruneTemplates(); err != nil {
 		return err
 	}
+	// A template's disk is an overlay on its base, which libvirt may not
+	// know yet (it learns a volume's backing when it refreshes the pool):
+	// the templates left keep theirs by their records. A damaged one's
+	// record is not read: it keeps none.
+	infos, err := listTemplates(p.env.Home)
+	if err != nil {
+		return err
+	}
+	for _, info := range infos {
+		if r := info.Record; r != nil && r.Pool == p.o.Pool && refs[r.BaseVolume] == "" {
+			refs[r.BaseVolume] = "template " + shortKey(info.Key)
+		}
+	}
 	kept, err := p.pruneBases(refs, making)
 	if err != nil {
 		return err
@@ -199,6 +212,8 @@ func (p *pruner) pruneBases(refs map[string]string, making []string) (map[string
 			newest = mark.Modified
 		}
 		switch {
+		case strings.HasPrefix(refs[vol], "template "):
+			why = refs[vol] + "'s disk is an overlay on it"
 		case refs[vol] != "":
 			why = fmt.Sprintf("VM %s's journal names it", refs[vol])
 		case len(making) > 0:

@@ -492,3 +492,37 @@ func TestReviewUnreadableSaveImageRestoresTheVM(t *testing.T) {
 		t.Errorf("a making dir is left: %v", es)
 	}
 }
+
+// A template's disk is an overlay on its image's base volume. prune keeps a
+// base only if a journal names it or libvirt reports a volume backed by it;
+// libvirt knows the template's disk (made raw, the overlay's bytes uploaded
+// into it) as an overlay only after a refresh of the pool probed it, which
+// libvirt skips while another stream (the download it is copied from) is
+// open. With its VM destroyed, an old base was pruned under the template:
+// every later clone found "its volume is gone" and booted in full, and no
+// new template could be made (the key has one) until the template went.
+func TestReviewPruneKeepsATemplatesBase(t *testing.T) {
+	h := templateHarness(t)
+	rec := h.makeTemplateVM()
+	w := h.fake.world
+	o, _, _ := parseCommand("destroy", []string{"v1"})
+	env := h.env
+	env.Out = h.out()
+	if code := runDestroy(env, o); code != 0 {
+		t.Fatalf("destroy v1: exit %d\n%s", code, h.stderr)
+	}
+	old := time.Now().Add(-2 * time.Hour).UnixNano()
+	for pv := range w.Volumes {
+		w.MTime[pv] = old
+	}
+	if w.Backing["vmup/"+rec.DiskVolume] != "" {
+		t.Fatalf("the fake knows the template's disk as an overlay")
+	}
+	s := &pruneSetup{t: t, fake: h.fake, home: h.env.Home, stderr: h.stderr, events: h.events}
+	if code := s.prune(false); code != 0 {
+		t.Fatalf("prune: exit %d\n%s", code, h.stderr)
+	}
+	if !s.has(rec.BaseVolume) || !s.has(rec.DiskVolume) {
+		t.Errorf("prune deleted %v: the base of template %s (its disk is an overlay on it)\n%s", s.deleted(), shortKey(rec.Key), h.stderr)
+	}
+}
