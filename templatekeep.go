@@ -39,7 +39,10 @@ func (u *vmRun) makeTemplate(ctx context.Context) {
 	rec, vol, err := u.writeTemplate(ctx, m, key)
 	// The VM's ssh master ended with the QEMU that the save stopped, and its
 	// clock stood still for the seconds the template took.
-	if u.ssh != nil && u.templateSaved {
+	u.keepMu.Lock()
+	forced := u.forcing
+	u.keepMu.Unlock()
+	if u.ssh != nil && u.templateSaved && !forced {
 		mctx, cancel := context.WithTimeout(ctx, time.Minute)
 		if done, err := u.ssh.WaitMaster(mctx, u.masterCtx, u.env.Poll, u.domainAlive); err == nil {
 			u.masterDone = done
@@ -92,7 +95,9 @@ func (u *vmRun) writeTemplate(ctx context.Context, m *templateMaking, key string
 	if err := u.virsh.Save(ctx, o.Name, mem); err != nil {
 		return nil, vol, fmt.Errorf("cannot save VM %s's memory: %w", o.Name, err)
 	}
+	u.keepMu.Lock()
 	u.templateSaved = true
+	u.keepMu.Unlock()
 	// The VM is off now: it runs again whatever happens next, from its
 	// memory state where it can, else booted from its disk.
 	var img *saveImage
@@ -100,6 +105,11 @@ func (u *vmRun) writeTemplate(ctx context.Context, m *templateMaking, key string
 	defer func() {
 		if restored {
 			return
+		}
+		u.keepMu.Lock()
+		defer u.keepMu.Unlock()
+		if u.forcing {
+			return // forced off meanwhile: it stays off
 		}
 		ctx := context.WithoutCancel(ctx)
 		if img != nil && u.restoreFrom(ctx, &TemplateRecord{SourceVM: o.Name, SourceXML: string(img.XML), Network: j.Network,
@@ -143,7 +153,12 @@ func (u *vmRun) writeTemplate(ctx context.Context, m *templateMaking, key string
 	}
 	// The VM itself comes back from the template's memory state, under its
 	// own XML (the first boot's seed, gone since, replaced by the later one).
-	err = u.restoreFrom(ctx, rec, mem)
+	// Not once a force off was asked: the VM stays off, as it is now.
+	u.keepMu.Lock()
+	if !u.forcing {
+		err = u.restoreFrom(ctx, rec, mem)
+	}
+	u.keepMu.Unlock()
 	restored = err == nil
 	return rec, vol, err
 }

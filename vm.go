@@ -55,6 +55,10 @@ type vmRun struct {
 	cloneOf                  *TemplateRecord
 	releaseTemplate          func()
 	templateSaved            bool // the VM was saved to make its template (and restored since)
+	// keepMu orders the maker's restore of a VM saved for its template and
+	// a force off: a VM forced off while saved stays off (forcing).
+	keepMu  sync.Mutex
+	forcing bool
 }
 
 // created is what a run made in Preparing, undone by an interrupt there.
@@ -341,6 +345,11 @@ func (u *upRun) startShutdown() {
 
 func (u *upRun) forceOff(ctx context.Context) {
 	u.env.Out.Say("force_off", "Forcing VM %s off", u.o.Name)
+	// A restore for a template under way ends first; one not begun never is.
+	u.keepMu.Lock()
+	u.forcing = true
+	saved := u.templateSaved
+	u.keepMu.Unlock()
 	err := u.virsh.Destroy(ctx, u.o.Name)
 	if (err == nil || errors.Is(err, errNotFound)) && ctx.Err() == nil {
 		u.send(EvDomainStopped, nil) // a force from running has no shutdown poll to see it
@@ -349,6 +358,9 @@ func (u *upRun) forceOff(ctx context.Context) {
 		return
 	}
 	if st, serr := u.virsh.DomState(ctx, u.o.Name); serr == nil && st != "running" {
+		if st == "shut off" && saved {
+			u.send(EvDomainStopped, nil) // saved for its template: off, and no shutdown poll sees it
+		}
 		return
 	}
 	u.send(EvForceOffFailed, err)
