@@ -51,15 +51,13 @@ func (p *pruner) pruneTemplates() error {
 	if p.o.DryRun {
 		return nil
 	}
-	// Asked while the template is held (pruneTemplates): the journals and the
-	// pool are read again then. A clone made since users was read held the
-	// template, and named it in its journal and made its disk before it let go.
+	// Asked while the template is held (pruneTemplates): the journals are
+	// read again then. A clone made since users was read held the template,
+	// and named it in its journal before it made its disk and let go. (The
+	// pool is not scanned again: a clone of another home is of a template
+	// of that home, and the scan holds the template for seconds.)
 	backed := func(key string) bool {
-		if len(users[key]) > 0 {
-			return true
-		}
-		now, err := p.templateUsers([]templateInfo{byKey[key]})
-		return err != nil || len(now[key]) > 0
+		return len(users[key]) > 0 || p.journalNames(key)
 	}
 	replaced, err1 := pruneTemplates(home, 0, func(k string) bool { return backed(k) || !superseded[k] }, del, now)
 	unused, err2 := pruneTemplates(home, p.o.KeepTemplates, backed, del, now)
@@ -140,6 +138,22 @@ func (p *pruner) templateUsers(infos []templateInfo) (map[string][]string, error
 		users[key] = compactStrings(users[key])
 	}
 	return users, nil
+}
+
+// journalNames says whether a journal of this home names the template of
+// key; one that cannot be read may, and counts as naming it.
+func (p *pruner) journalNames(key string) bool {
+	names, err := listVMs(p.env.Home)
+	if err != nil {
+		return true
+	}
+	for _, name := range names {
+		j, err := readJournal(pathsFor(p.env.Home, name))
+		if err != nil || j != nil && j.Template == key {
+			return true
+		}
+	}
+	return false
 }
 
 func compactStrings(s []string) []string {
