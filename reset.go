@@ -261,11 +261,6 @@ func runReset(env Env, o *Options) int {
 		return reportError(out, &hintedError{msg: "no VM named " + o.Name,
 			hint: "run `vmup status` to list the VMs"})
 	}
-	if j.Provisioned == nil && j.Template != "" && j.FirstBootDone {
-		// A clone keeps no provisioned state of its own: its template is it.
-		return reportError(out, usagef(fmt.Sprintf("run `vmup destroy %s` and `vmup up %s --template …` with its recipe: it is cloned anew from the template in seconds", o.Name, o.Name),
-			"VM %s has no provisioned state to reset to: it was cloned from template %s, and a clone keeps none of its own", o.Name, shortKey(j.Template)))
-	}
 	if j.Provisioned == nil {
 		why := "its first boot has not completed"
 		if j.FirstBootDone {

@@ -62,10 +62,12 @@ func (u *upRun) reset(ctx context.Context) {
 		if derr := u.define(ctx); derr != nil {
 			out.Warn("VM %s's definition may not match its journal: %v", o.Name, derr)
 		}
-		u.send(EvResetFailed, &hintedError{
-			msg:  fmt.Sprintf("could not reset VM %s: %v", o.Name, err),
-			hint: fmt.Sprintf("run `vmup reset %s` to try again, `vmup up %s` to start it as it is, or `vmup destroy %s`", o.Name, o.Name, o.Name),
-		})
+		hint := fmt.Sprintf("run `vmup reset %s` to try again, `vmup up %s` to start it as it is, or `vmup destroy %s`", o.Name, o.Name, o.Name)
+		if p.Kind == "template" {
+			// A clone's disk may be made anew already: it is not as it was.
+			hint = fmt.Sprintf("run `vmup reset %s` to try again, or `vmup destroy %s`", o.Name, o.Name)
+		}
+		u.send(EvResetFailed, &hintedError{msg: fmt.Sprintf("could not reset VM %s: %v", o.Name, err), hint: hint})
 		return
 	}
 	out.Done("")

@@ -70,6 +70,15 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 		}
 		return 0, err
 	}
+	if p := j.Provisioned; u.resetCutOff && p != nil && p.Kind == "template" {
+		// Its disk may be made anew on the template's, which holds the
+		// template VM's identity, or it may run with that identity: only
+		// a reset brings its template's state and its own identity back.
+		return 0, &hintedError{
+			msg:  fmt.Sprintf("the last reset of VM %s, a clone of template %s, did not complete", o.Name, shortKey(j.Template)),
+			hint: fmt.Sprintf("run `vmup reset %s` to finish it, or `vmup destroy %s`", o.Name, o.Name),
+		}
+	}
 	running := state != "shut off" && state != "crashed"
 	changed := settingsChanged(o, j)
 	saved := isSaved(state, reason)
