@@ -172,13 +172,8 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 	if err := u.writeSeed(ctx); err != nil {
 		return err
 	}
-	for _, f := range []struct{ src, vol string }{{o.Kernel, o.Name + "-kernel"}, {o.Initrd, o.Name + "-initrd"}} {
-		if f.src == "" {
-			continue
-		}
-		if err := u.upload(ctx, f.src, f.vol); err != nil {
-			return err
-		}
+	if err := u.uploadBoot(ctx); err != nil {
+		return err
 	}
 	u.updateJournal(func(j *Journal) {
 		j.BaseVolume, j.Kernel, j.Initrd, j.Cmdline, j.DomainType = base, o.Kernel != "", o.Initrd != "", o.Cmdline, domType
@@ -342,6 +337,20 @@ func (u *vmRun) createVolume(ctx context.Context, vol string, bytes int64, forma
 		return foreignVolume(u.o, vol)
 	}
 	return err
+}
+
+// uploadBoot uploads --kernel and --initrd, where given, as the VM's own volumes.
+func (u *vmRun) uploadBoot(ctx context.Context) error {
+	o := u.o
+	for _, f := range []struct{ src, vol string }{{o.Kernel, o.Name + "-kernel"}, {o.Initrd, o.Name + "-initrd"}} {
+		if f.src == "" {
+			continue
+		}
+		if err := u.upload(ctx, f.src, f.vol); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (u *vmRun) upload(ctx context.Context, file, vol string) error {

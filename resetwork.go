@@ -155,8 +155,10 @@ func (u *vmRun) discardSaved(ctx context.Context) error {
 	return u.virsh.ManagedSaveRemove(ctx, u.o.Name)
 }
 
-func (u *upRun) resetMemory(ctx context.Context) error {
-	if u.resetRunning {
+// offAndCommitReset begins every kind of reset: the VM forced off (when
+// off is set), a saved state dropped, the staged journal put in place.
+func (u *upRun) offAndCommitReset(ctx context.Context, off bool) error {
+	if off {
 		if err := u.offForReset(ctx); err != nil {
 			return err
 		}
@@ -164,7 +166,11 @@ func (u *upRun) resetMemory(ctx context.Context) error {
 	if err := u.discardSaved(ctx); err != nil {
 		return err
 	}
-	if err := u.commitReset(); err != nil {
+	return u.commitReset()
+}
+
+func (u *upRun) resetMemory(ctx context.Context) error {
+	if err := u.offAndCommitReset(ctx, u.resetRunning); err != nil {
 		return err
 	}
 	if err := u.virsh.SnapshotRevert(ctx, u.o.Name, provisionedSnapshot); err != nil {
@@ -179,13 +185,7 @@ func (u *upRun) resetMemory(ctx context.Context) error {
 // the provisioned settings (staged); the boot that follows starts it.
 func (u *upRun) resetDisk(ctx context.Context) error {
 	name, pool := u.o.Name, u.o.Pool
-	if err := u.offForReset(ctx); err != nil {
-		return err
-	}
-	if err := u.discardSaved(ctx); err != nil {
-		return err
-	}
-	if err := u.commitReset(); err != nil {
+	if err := u.offAndCommitReset(ctx, true); err != nil {
 		return err
 	}
 	if err := u.virsh.VolDelete(ctx, pool, runDiskVolume(name)); err != nil && !errors.Is(err, errNotFound) {

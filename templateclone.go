@@ -101,12 +101,8 @@ func (u *vmRun) prepareClone(ctx context.Context, base string) error {
 	if err := u.uploadBytes(ctx, u.laterSeedISO(), later); err != nil {
 		return err
 	}
-	for _, f := range []struct{ src, vol string }{{o.Kernel, o.Name + "-kernel"}, {o.Initrd, o.Name + "-initrd"}} {
-		if f.src != "" {
-			if err := u.upload(ctx, f.src, f.vol); err != nil {
-				return err
-			}
-		}
+	if err := u.uploadBoot(ctx); err != nil {
+		return err
 	}
 	u.updateJournal(func(j *Journal) {
 		j.BaseVolume, j.Kernel, j.Initrd, j.Cmdline, j.DomainType = base, o.Kernel != "", o.Initrd != "", o.Cmdline, rec.DomainType
@@ -267,13 +263,7 @@ func templateNetdev(xml string) string {
 func (u *upRun) resetTemplate(ctx context.Context) error {
 	defer u.letGoTemplate()
 	o, rec := u.o, u.cloneOf
-	if err := u.offForReset(ctx); err != nil {
-		return err
-	}
-	if err := u.discardSaved(ctx); err != nil {
-		return err
-	}
-	if err := u.commitReset(); err != nil {
+	if err := u.offAndCommitReset(ctx, true); err != nil {
 		return err
 	}
 	disk := o.Name + ".qcow2"
