@@ -13,6 +13,11 @@ import (
 // template. Medians of 3 clones; one first boot (it makes the template).
 func TestBenchTemplate(t *testing.T) {
 	a := newE2E(t, "benchtpla")
+	// Runs before the VMs' own cleanups: then no template of this home is left.
+	t.Cleanup(func() {
+		a.vmup(5*time.Minute, "destroy", "benchtpla")
+		a.vmup(time.Minute, "prune", "--keep-templates", "0s")
+	})
 	args := a.upArgs("marker.yml", "-d", "--template")
 	first := timed(func() { a.must(15*time.Minute, args...) })
 	var clones, runs []time.Duration
