@@ -112,7 +112,7 @@ func TestCloudInitErrorsFailPolicyKeepsVMAndLaterUpDecidesAgain(t *testing.T) {
 	if code := h.wait(h.up("v1", "-d")); code != 0 {
 		t.Fatalf("up under warn: exit %d, want 0\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(resume, cloudInitDone(), seq("ansible-playbook play.yml"), completeFirstBoot()))
+	h.checkCalls(concat(resume, cloudInitDone(), seq("ansible-playbook play.yml"), completeFirstBootAsked(false)))
 }
 
 // --cloud-init-errors takes warn or fail, from a flag or vmup.json; anything

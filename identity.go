@@ -24,8 +24,9 @@ import (
 // private key on stdin (never in argv, which any guest process can read).
 // Every step can run again: a second run with new values makes those.
 //
-// It prints "vmup-identity done sshd=reloaded" and exits 0 once the running
-// sshd serves the new host key to new connections (sessions stay), or prints
+// It prints "vmup-identity done sshd=reloaded" (or "…sshd=rexec": an sshd
+// whose connections read the host key from disk) and exits 0 once the
+// running sshd serves the new host key to new connections (sessions stay), or prints
 // "…sshd=unreloaded" and exits 3 when the identity is written but sshd still
 // serves the old key. ROOT, when set (tests), is put before every path, and
 // the clock, the running hostname and sshd are left alone ("sshd=skipped"),
@@ -56,17 +57,17 @@ for key in "$LOGIN_PUB" "$HOST_PUB"; do
 "*) fail "bad public key";; esac
 done
 
-# put FILE MODE CONTENT [OWNER]: CONTENT and a newline become FILE, whole,
-# by a rename. The mode comes from umask and the content from printf, both
-# built in: each program run costs an emulated guest a tenth of a second.
+# put FILE MODE CONTENT [OWNER]: FILE holds CONTENT and a newline, written
+# in place (a clone cut off midway is wiped, never used). A new file gets
+# MODE by umask and OWNER; an old one keeps its own. Built-ins only: each
+# program run costs an emulated guest a tenth of a second.
 put() {
-	t=$1.vmup-new
-	if [ -e "$t" ] || [ -L "$t" ]; then rm -f "$t"; fi
+	n=
+	if [ ! -e "$1" ]; then n=1; fi
 	case $2 in 644) umask 022;; 444) umask 222;; 600) umask 077;; *) fail "mode $2";; esac
-	printf '%s\n' "$3" >"$t"
+	printf '%s\n' "$3" >"$1"
 	umask 077
-	if [ -n "${4:-}" ]; then chown "$4" "$t"; fi
-	mv -f "$t" "$1"
+	if [ -n "$n" ] && [ -n "${4:-}" ]; then chown "$4" "$1"; fi
 }
 
 # relabel WORD: WORD with its first label, the old hostname, made NAME (in $rl).
@@ -76,14 +77,89 @@ relabel() {
 
 # The private host key first: nothing changes unless stdin holds it.
 k=$R/etc/ssh/ssh_host_ed25519_key
-if [ -e "$k.vmup-new" ] || [ -L "$k.vmup-new" ]; then rm -f "$k.vmup-new"; fi
-cat >"$k.vmup-new"
-first=
-read -r first <"$k.vmup-new" || true
-[ "$first" = "-----BEGIN OPENSSH PRIVATE KEY-----" ] || { rm -f "$k.vmup-new"; fail "no private key on stdin"; }
+hostkey=
+while IFS= read -r line || [ -n "$line" ]; do hostkey=$hostkey$line"
+"; done
+case $hostkey in "-----BEGIN OPENSSH PRIVATE KEY-----
+"*"-----END OPENSSH PRIVATE KEY-----
+") ;; *) fail "no private key on stdin";; esac
 
 # First the clock: the memory state is from the template's time.
 if [ -n "$L" ]; then date -u -s "@$TIME" >/dev/null; fi
+
+# The host key vmup pinned, and no other: the template's would be every clone's.
+printf '%s' "$hostkey" >"$k" # a new file 0600 by umask 077
+put "$k.pub" 644 "$HOST_PUB"
+set --
+for f in "$R"/etc/ssh/ssh_host_*_key "$R"/etc/ssh/ssh_host_*_key.pub; do
+	case ${f##*/} in ssh_host_ed25519_key|ssh_host_ed25519_key.pub) continue;; esac
+	if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "$f"; fi
+done
+if [ $# -gt 0 ]; then rm -f "$@"; fi
+
+# Only the new login key logs in: the template VM's no longer does.
+ent=$(awk -F: -v u="$LOGIN" '$1 == u { print $3 ":" $4 ":" $6; exit }' "$R/etc/passwd")
+[ -n "$ent" ] || fail "no user $LOGIN in /etc/passwd"
+ids=${ent%:*}
+home=${ent#*:*:}
+case $home in /*) ;; *) fail "user $LOGIN has no home";; esac
+s=$R$home/.ssh
+if [ ! -d "$s" ]; then mkdir -m 700 "$s"; chown "$ids" "$s"; fi
+put "$s/authorized_keys" 600 "$LOGIN_PUB" "$ids"
+
+served=
+if [ -n "$L" ]; then
+	# Which sshd listens: its pid file and the program it runs.
+	pid= pf=
+	for f in "$R/run/sshd.pid" "$R/var/run/sshd.pid"; do
+		if [ -s "$f" ]; then pf=$f; read -r pid <"$f" || true; break; fi
+	done
+	case $pid in ''|*[!0-9]*) pid=;; esac
+	comm=
+	if [ -n "$pid" ]; then read -r comm <"/proc/$pid/comm" 2>/dev/null || true; fi
+	# An OpenSSH listener without sshd-session (before 9.8) re-executes itself
+	# for each connection, and that process reads the host keys from disk: new
+	# connections get the new key with no reload. Later ones hold the keys in
+	# the listener, which a HUP makes read them again.
+	if [ "$comm" = sshd ]; then
+		split=
+		for f in lib/openssh libexec/openssh libexec lib/ssh lib sbin; do
+			if [ -e "$R/usr/$f/sshd-session" ]; then split=1; break; fi
+		done
+		if [ -z "$split" ]; then served=rexec; fi
+	fi
+
+	# The listener is HUPed, which re-execs it; sessions, this one too, are
+	# processes of their own and stay. A config it cannot load would end it,
+	# so it is tested first.
+	reloaded=
+	sshd=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
+	if [ -n "$served" ]; then
+		:
+	elif [ -x "$sshd" ] && ! "$sshd" -t; then
+		echo "vmup-identity: sshd -t failed: sshd not reloaded" >&2
+	elif [ "$comm" = sshd ]; then
+		# sshd writes its pid file anew once it listens again: vmup's next
+		# connection is not refused by a listener still starting.
+		rm -f "$pf"
+		if kill -HUP "$pid"; then
+			n=0
+			while [ ! -s "$pf" ] && [ $n -lt 100 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
+			if [ -s "$pf" ]; then reloaded=1; fi
+		else
+			printf '%s\n' "$pid" >"$pf"
+		fi
+	elif command -v systemctl >/dev/null 2>&1 && { systemctl reload ssh || systemctl reload sshd; } >/dev/null 2>&1; then
+		reloaded=1
+	elif command -v service >/dev/null 2>&1 && service ssh reload >/dev/null 2>&1; then
+		reloaded=1
+	fi
+	if [ -n "$reloaded" ]; then served=reloaded; fi
+	# vmup logs in with the VM's own keys from here on, while the rest is written.
+	if [ -n "$served" ]; then echo "vmup-identity keys"; fi
+else
+	served=skipped
+fi
 
 # The hostname. The old one is read as a name or not at all: it goes into
 # patterns below.
@@ -114,16 +190,6 @@ fi
 put "$R/etc/machine-id" 444 "$MID"
 m=$R/var/lib/dbus/machine-id
 if [ -f "$m" ] && [ ! -L "$m" ]; then put "$m" 444 "$MID"; fi
-
-# The host key vmup pinned, and no other: the template's would be every clone's.
-mv -f "$k.vmup-new" "$k" # 0600 by umask 077
-put "$k.pub" 644 "$HOST_PUB"
-set --
-for f in "$R"/etc/ssh/ssh_host_*_key "$R"/etc/ssh/ssh_host_*_key.pub; do
-	case ${f##*/} in ssh_host_ed25519_key|ssh_host_ed25519_key.pub) continue;; esac
-	if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "$f"; fi
-done
-if [ $# -gt 0 ]; then rm -f "$@"; fi
 
 # cloud-init: the instance becomes NEW with the per-instance semaphores kept,
 # so its next boot runs no per-instance module again (ssh's would make new
@@ -163,53 +229,8 @@ if [ -d "$c" ]; then
 	put "$d/previous-instance-id" 644 "$IID"
 fi
 
-# Only the new login key logs in: the template VM's no longer does.
-ent=$(awk -F: -v u="$LOGIN" '$1 == u { print $3 ":" $4 ":" $6; exit }' "$R/etc/passwd")
-[ -n "$ent" ] || fail "no user $LOGIN in /etc/passwd"
-ids=${ent%:*}
-home=${ent#*:*:}
-case $home in /*) ;; *) fail "user $LOGIN has no home";; esac
-s=$R$home/.ssh
-if [ ! -d "$s" ]; then mkdir -m 700 "$s"; chown "$ids" "$s"; fi
-a=$s/authorized_keys
-if [ -e "$a" ]; then ids=$(stat -c %u:%g "$a"); fi
-put "$a" 600 "$LOGIN_PUB" "$ids"
 
-if [ -z "$L" ]; then echo "vmup-identity done sshd=skipped"; exit 0; fi
-
-# sshd reads its host keys when it starts: the listener is HUPed, which
-# re-execs it; sessions, this one too, are processes of their own and stay.
-# A config it cannot load would end it, so it is tested first.
-reloaded=
-sshd=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
-if [ -x "$sshd" ] && ! "$sshd" -t; then
-	echo "vmup-identity: sshd -t failed: sshd not reloaded" >&2
-else
-	pid= pf=
-	for f in "$R/run/sshd.pid" "$R/var/run/sshd.pid"; do
-		if [ -s "$f" ]; then pf=$f; read -r pid <"$f" || true; break; fi
-	done
-	case $pid in ''|*[!0-9]*) pid=;; esac
-	comm=
-	if [ -n "$pid" ]; then read -r comm <"/proc/$pid/comm" 2>/dev/null || true; fi
-	if [ "$comm" = sshd ]; then
-		# sshd writes its pid file anew once it listens again: vmup's next
-		# connection is not refused by a listener still starting.
-		rm -f "$pf"
-		if kill -HUP "$pid"; then
-			n=0
-			while [ ! -s "$pf" ] && [ $n -lt 100 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
-			if [ -s "$pf" ]; then reloaded=1; fi
-		else
-			printf '%s\n' "$pid" >"$pf"
-		fi
-	elif command -v systemctl >/dev/null 2>&1 && { systemctl reload ssh || systemctl reload sshd; } >/dev/null 2>&1; then
-		reloaded=1
-	elif command -v service >/dev/null 2>&1 && service ssh reload >/dev/null 2>&1; then
-		reloaded=1
-	fi
-fi
-if [ -n "$reloaded" ]; then echo "vmup-identity done sshd=reloaded"; exit 0; fi
+if [ -n "$served" ]; then echo "vmup-identity done sshd=$served"; exit 0; fi
 echo "vmup-identity done sshd=unreloaded"
 exit 3
 `
@@ -351,8 +372,9 @@ func identityOutcome(stdout []byte, exitCode int) (sshdReloaded bool, err error)
 		}
 	}
 	switch {
-	case exitCode == 0 && (last == "vmup-identity done sshd=reloaded" || last == "vmup-identity done sshd=skipped"):
-		return last == "vmup-identity done sshd=reloaded", nil
+	case exitCode == 0 && (last == "vmup-identity done sshd=reloaded" || last == "vmup-identity done sshd=rexec" ||
+		last == "vmup-identity done sshd=skipped"):
+		return last != "vmup-identity done sshd=skipped", nil
 	case exitCode == 3 && last == "vmup-identity done sshd=unreloaded":
 		return false, nil
 	}

@@ -60,21 +60,26 @@ func TestIdentityScriptLive(t *testing.T) {
 	cases := []struct {
 		name     string
 		listener string // "sshd", "other" (a pid not sshd's) or none
+		split    bool   // OpenSSH 9.8 and later: sshd-session beside sshd
 		env      []string
 		code     int
-		calls    string // after date and hostname
+		calls    string // between date and hostname
 	}{
-		{"pid file", "sshd", nil, 0, "sshd -t\nsshd HUP\n"},
-		{"sshd -t fails", "sshd", []string{"FAKE_SSHD_T=1"}, 3, "sshd -t\n"},
-		{"systemctl", "", []string{"FAKE_SYSTEMCTL=0"}, 0, "sshd -t\nsystemctl reload ssh\n"},
-		{"pid not sshd's", "other", []string{"FAKE_SYSTEMCTL=0"}, 0, "sshd -t\nsystemctl reload ssh\n"},
-		{"no way", "", nil, 3, "sshd -t\nsystemctl reload ssh\nsystemctl reload sshd\nservice ssh reload\n"},
+		{"pid file, sshd before 9.8", "sshd", false, nil, 0, ""},
+		{"pid file, sshd-session", "sshd", true, nil, 0, "sshd -t\nsshd HUP\n"},
+		{"sshd -t fails", "sshd", true, []string{"FAKE_SSHD_T=1"}, 3, "sshd -t\n"},
+		{"systemctl", "", false, []string{"FAKE_SYSTEMCTL=0"}, 0, "sshd -t\nsystemctl reload ssh\n"},
+		{"pid not sshd's", "other", false, []string{"FAKE_SYSTEMCTL=0"}, 0, "sshd -t\nsystemctl reload ssh\n"},
+		{"no way", "", false, nil, 3, "sshd -t\nsystemctl reload ssh\nsystemctl reload sshd\nservice ssh reload\n"},
 	}
 	for _, sh := range guestShells(t, false) {
 		for _, c := range cases {
 			t.Run(sh.name+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
 				root := identityGuest(t, guestOpts{})
+				if c.split {
+					writeKeyFile(t, filepath.Join(root, "usr/lib/openssh/sshd-session"), "", 0o755)
+				}
 				log := filepath.Join(t.TempDir(), "log")
 				var p *os.Process
 				if c.listener != "" {
@@ -89,7 +94,7 @@ func TestIdentityScriptLive(t *testing.T) {
 					t.Fatalf("exit %d (reloaded %v, %v):\n%s", code, reloaded, err, out)
 				}
 				calls, _ := os.ReadFile(log)
-				want := fmt.Sprintf("date -u -s @%d\nhostname b\n%s", in.Time.Unix(), c.calls)
+				want := fmt.Sprintf("date -u -s @%d\n%shostname b\n", in.Time.Unix(), c.calls)
 				if diff := cmp.Diff(want, string(calls)); diff != "" {
 					t.Errorf("calls:\n%s", diff)
 				}

@@ -115,6 +115,9 @@ func identityGuest(t *testing.T, o guestOpts) string {
 		if strings.HasSuffix(name, "_key") || strings.Contains(name, "authorized_keys") {
 			mode = 0o600
 		}
+		if strings.HasSuffix(name, "machine-id") {
+			mode = 0o444 // as Debian has it; the script writes it in place, keeping that
+		}
 		writeKeyFile(t, filepath.Join(root, name), content, mode)
 	}
 	os.MkdirAll(filepath.Join(root, "home/vmup"), 0o755)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -31,6 +32,9 @@ type SSH struct {
 	ep    Endpoint
 	// control is the ControlMaster's socket; "" means none (ssh connects by itself).
 	control string
+	// keyFinal: the guest's sshd serves its pinned host key already (a
+	// clone after its identity), so another key ends WaitMaster at once.
+	keyFinal bool
 }
 
 func newSSH(r Runner, name, user string, paths Paths, ep Endpoint) *SSH {
@@ -181,7 +185,10 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 		}
 		for {
 			select {
-			case <-ended:
+			case err := <-ended:
+				if s.keyFinal && hostKeyRefused(err) {
+					return nil, errors.New("the guest's sshd serves another host key than the one vmup pinned")
+				}
 				goto retry // sshd not up yet: the master gave up
 			case <-ctx.Done():
 				return nil, ctx.Err()
@@ -204,6 +211,12 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 			return nil, err
 		}
 	}
+}
+
+// hostKeyRefused: ssh gave up because the host key is not the pinned one.
+func hostKeyRefused(err error) bool {
+	var ee *ExitError
+	return errors.As(err, &ee) && strings.Contains(ee.Stderr, "Host key verification failed")
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

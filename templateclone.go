@@ -79,7 +79,7 @@ func (u *vmRun) findTemplate(ctx context.Context, imageSHA256, domType string) e
 // VM's own instance-id), kernel and initrd, and the domain.
 func (u *vmRun) prepareClone(ctx context.Context, base string) error {
 	o, out, rec := u.o, u.env.Out, u.cloneOf
-	out.Replan(5)
+	out.Replan(4)
 	out.Step("Creating disk from template " + shortKey(rec.Key))
 	size := max(int64(o.DiskGiB)<<30, 1)
 	// On disk before the overlay is: prune reads what holds a template in
@@ -140,26 +140,46 @@ func (u *upRun) clone(ctx context.Context) {
 	}
 	touchTemplate(u.env.Home, rec.Key)
 	out.Done("no boot")
+	// The guest says when its sshd serves the new keys; the login with them
+	// runs while it writes the rest.
 	out.Step("Giving the clone its own identity")
-	if err := u.giveIdentity(ctx, rec); err != nil {
-		fail(err)
-		return
+	idCtx, stopIdentity := context.WithCancel(ctx)
+	defer stopIdentity()
+	keys := make(chan struct{})
+	identity := make(chan error, 1)
+	go func() { identity <- u.giveIdentity(idCtx, rec, keys) }()
+	select {
+	case <-keys:
+	case err := <-identity:
+		if err != nil {
+			fail(err)
+			return
+		}
+		identity <- nil
 	}
-	out.Done("hostname, machine-id, host key, login key, instance-id")
-	out.Step("Waiting for SSH")
 	ep, err := u.endpoint(ctx)
 	if err == nil {
 		u.ssh = newSSH(u.env.Runner, u.o.Name, u.j.User, u.paths, ep)
 		u.ssh.control, err = u.controlSocket()
+		u.ssh.keyFinal = true
 	}
 	if err == nil {
 		u.masterDone, err = u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive)
+		if err != nil {
+			err = fmt.Errorf("no SSH login with VM %s's own keys after its identity changed: %w", u.o.Name, err)
+		}
 	}
 	if err != nil {
-		fail(fmt.Errorf("no SSH login with VM %s's own keys after its identity changed: %w", u.o.Name, err))
+		stopIdentity()
+		<-identity
+		fail(err)
 		return
 	}
-	out.Done(ep.String())
+	if err := <-identity; err != nil {
+		fail(err)
+		return
+	}
+	out.Done("hostname, machine-id, host key, login key, instance-id; SSH at " + ep.String())
 	done, err := u.commitFirstBoot(ctx)
 	if !done {
 		return
@@ -183,9 +203,10 @@ func (u *upRun) clone(ctx context.Context) {
 
 // giveIdentity logs in as the template's guest (its login key, its host
 // key pinned under this VM's alias) and makes it this VM: hostname,
-// machine-id, host key, login key, cloud-init instance-id, clock. Then the
-// VM's known_hosts pins the new host key.
-func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord) error {
+// machine-id, host key, login key, cloud-init instance-id, clock. The VM's
+// known_hosts pins the new host key first; keys (if not nil) is closed once
+// the guest's sshd serves it and the new login key, before the rest is done.
+func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, keys chan<- struct{}) error {
 	o, j := u.o, u.j
 	dir := filepath.Join(u.paths.Dir, "template-login")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -212,6 +233,9 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord) error {
 	if err != nil {
 		return err
 	}
+	if err := writeFileAtomic(u.paths.KnownHosts(), []byte(knownHostsLine(o.Name, id.Host.Public)), 0o600); err != nil {
+		return err
+	}
 	ep, err := u.endpoint(ctx)
 	if err != nil {
 		return err
@@ -221,10 +245,11 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord) error {
 	// sshd answers at once after a restore; a few tries cover a connection
 	// that fails before the script ran (ssh's own exit code, 255).
 	var res Result
+	stdout := &markerWriter{marker: "vmup-identity keys\n", seen: keys}
 	for tries := 0; ; tries++ {
-		var stdout bytes.Buffer
-		res, err = s.ExecWith(ctx, bytes.NewReader(stdin), &stdout, cmd)
-		res.Stdout = stdout.Bytes()
+		stdout.buf.Reset()
+		res, err = s.ExecWith(ctx, bytes.NewReader(stdin), stdout, cmd)
+		res.Stdout = stdout.buf.Bytes()
 		var ee *ExitError
 		if err == nil || !errors.As(err, &ee) || ee.ExitCode != 255 || tries == 4 || ctx.Err() != nil {
 			if errors.As(err, &ee) {
@@ -243,7 +268,28 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord) error {
 	if _, err := identityOutcome(res.Stdout, res.ExitCode); err != nil {
 		return fmt.Errorf("cannot give the clone its identity: %w", err)
 	}
-	return writeFileAtomic(u.paths.KnownHosts(), []byte(knownHostsLine(o.Name, id.Host.Public)), 0o600)
+	return nil
+}
+
+// markerWriter keeps what is written and closes seen (once; nil: never)
+// when a line equal to marker arrives.
+type markerWriter struct {
+	buf    bytes.Buffer
+	marker string
+	seen   chan<- struct{}
+	closed bool
+}
+
+func (w *markerWriter) Write(p []byte) (int, error) {
+	n, _ := w.buf.Write(p)
+	if w.seen != nil && !w.closed {
+		b := w.buf.Bytes()
+		if i := bytes.Index(b, []byte(w.marker)); i == 0 || i > 0 && b[i-1] == '\n' {
+			w.closed = true
+			close(w.seen)
+		}
+	}
+	return n, nil
 }
 
 var netdevArgRE = regexp.MustCompile(`value='(user,id=vmupnet[^']*)'`)
@@ -280,7 +326,7 @@ func (u *upRun) resetTemplate(ctx context.Context) error {
 		return err
 	}
 	touchTemplate(u.env.Home, rec.Key)
-	return u.giveIdentity(ctx, rec)
+	return u.giveIdentity(ctx, rec, nil)
 }
 
 // letGoTemplate releases the template this run holds, if any.

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -19,6 +20,10 @@ type Virsh struct {
 	r    Runner
 	prog string
 	uri  string
+	// Volume paths asked before: a volume's path follows from its pool and
+	// name, and a VM's start asks for each of them several times.
+	pathMu sync.Mutex
+	paths  map[[2]string]string
 }
 
 func newVirsh(r Runner, uri string) *Virsh {

@@ -124,7 +124,22 @@ func (v *Virsh) VolUploadFrom(ctx context.Context, pool, vol string, r io.Reader
 }
 
 func (v *Virsh) VolPath(ctx context.Context, pool, vol string) (string, error) {
-	return v.run(ctx, "vol-path", "--pool", pool, vol)
+	v.pathMu.Lock()
+	path, ok := v.paths[[2]string{pool, vol}]
+	v.pathMu.Unlock()
+	if ok {
+		return path, nil
+	}
+	path, err := v.run(ctx, "vol-path", "--pool", pool, vol)
+	if err == nil {
+		v.pathMu.Lock()
+		if v.paths == nil {
+			v.paths = map[[2]string]string{}
+		}
+		v.paths[[2]string{pool, vol}] = path
+		v.pathMu.Unlock()
+	}
+	return path, err
 }
 
 // errBusy is a volume libvirt holds, as while a stream uploads into it.
@@ -134,6 +149,9 @@ var busyRE = regexp.MustCompile(`(?i)still in use|still being allocated|busy`)
 
 // VolDelete deletes a volume; one already gone is not an error.
 func (v *Virsh) VolDelete(ctx context.Context, pool, vol string) error {
+	v.pathMu.Lock()
+	delete(v.paths, [2]string{pool, vol})
+	v.pathMu.Unlock()
 	_, err := v.run(ctx, "vol-delete", "--pool", pool, vol)
 	if err = classify(err); errors.Is(err, errNotFound) {
 		return nil
