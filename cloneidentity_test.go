@@ -89,3 +89,16 @@ func TestMarkerWriter(t *testing.T) {
 		}
 	}
 }
+
+// The clone's SSH forward replaces the template's: a saved definition
+// without vmup's user netdev is refused, never restored with the
+// template VM's forward.
+func TestTemplateNetdev(t *testing.T) {
+	got, err := templateNetdev(`<qemu:arg value='user,id=vmupnet,restrict=on,hostfwd=tcp:127.0.0.1:4022-:22'/>`)
+	if err != nil || got != "user,id=vmupnet,restrict=on,hostfwd=tcp:127.0.0.1:4022-:22" {
+		t.Errorf("got %q, %v", got, err)
+	}
+	if got, err := templateNetdev(`<interface type='network'><source network='default'/></interface>`); err == nil {
+		t.Errorf("no user netdev: got %q, want an error", got)
+	}
+}

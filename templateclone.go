@@ -81,13 +81,12 @@ func (u *vmRun) prepareClone(ctx context.Context, base string) error {
 	o, out, rec := u.o, u.env.Out, u.cloneOf
 	out.Replan(4)
 	out.Step("Creating disk from template " + shortKey(rec.Key))
-	size := max(int64(o.DiskGiB)<<30, 1)
 	// On disk before the overlay is: prune reads what holds a template in
 	// the journals (prunetemplates.go), and this hold ends with the worker.
 	if err := u.updateJournal(func(j *Journal) { j.Template = rec.Key }); err != nil {
 		return err
 	}
-	if err := u.createVolume(ctx, o.Name+".qcow2", size, "qcow2", rec.DiskVolume, "qcow2"); err != nil {
+	if err := u.createCloneDisk(ctx, rec, o.DiskGiB); err != nil {
 		return err
 	}
 	if _, err := loadOrCreateKey(u.paths.Key(), "vmup-"+o.Name); err != nil {
@@ -245,24 +244,22 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, keys chan
 	// sshd answers at once after a restore; a few tries cover a connection
 	// that fails before the script ran (ssh's own exit code, 255).
 	var res Result
+	var ee *ExitError
 	stdout := &markerWriter{marker: "vmup-identity keys\n", seen: keys}
 	for tries := 0; ; tries++ {
 		stdout.buf.Reset()
 		res, err = s.ExecWith(ctx, bytes.NewReader(stdin), stdout, cmd)
 		res.Stdout = stdout.buf.Bytes()
-		var ee *ExitError
-		if err == nil || !errors.As(err, &ee) || ee.ExitCode != 255 || tries == 4 || ctx.Err() != nil {
-			if errors.As(err, &ee) {
-				res.ExitCode = ee.ExitCode
-			}
-			break
+		if ee = nil; !errors.As(err, &ee) {
+			break // the script's answer, or no ssh at all
 		}
-		if sleepCtx(ctx, 500*time.Millisecond) != nil {
+		res.ExitCode = ee.ExitCode
+		// A guest that took the new keys no longer lets the template's in.
+		if ee.ExitCode != 255 || stdout.closed || tries == 4 || sleepCtx(ctx, 500*time.Millisecond) != nil {
 			break
 		}
 	}
-	var ee *ExitError
-	if err != nil && !errors.As(err, &ee) {
+	if err != nil && ee == nil {
 		return fmt.Errorf("cannot give the clone its identity: %w", err)
 	}
 	if _, err := identityOutcome(res.Stdout, res.ExitCode); err != nil {
@@ -294,12 +291,14 @@ func (w *markerWriter) Write(p []byte) (int, error) {
 
 var netdevArgRE = regexp.MustCompile(`value='(user,id=vmupnet[^']*)'`)
 
-// templateNetdev is the user network's -netdev argument in a saved XML.
-func templateNetdev(xml string) string {
+// templateNetdev is the user network's -netdev argument in a saved XML:
+// the SSH port forward the clone gets in its place. A saved XML without one
+// would restore with the template VM's forward, or none.
+func templateNetdev(xml string) (string, error) {
 	if m := netdevArgRE.FindStringSubmatch(xml); m != nil {
-		return m[1]
+		return m[1], nil
 	}
-	return "user,id=vmupnet"
+	return "", errors.New("the template's saved definition has no user network device of vmup's; it cannot be cloned")
 }
 
 // resetTemplate is a clone's reset: forced off, its overlay on the
@@ -312,11 +311,10 @@ func (u *upRun) resetTemplate(ctx context.Context) error {
 	if err := u.offAndCommitReset(ctx, true); err != nil {
 		return err
 	}
-	disk := o.Name + ".qcow2"
-	if err := u.virsh.VolDelete(ctx, o.Pool, disk); err != nil && !errors.Is(err, errNotFound) {
+	if err := u.virsh.VolDelete(ctx, o.Pool, o.Name+".qcow2"); err != nil && !errors.Is(err, errNotFound) {
 		return err
 	}
-	if err := u.createVolume(ctx, disk, int64(u.j.DiskGiB)<<30, "qcow2", rec.DiskVolume, "qcow2"); err != nil {
+	if err := u.createCloneDisk(ctx, rec, u.j.DiskGiB); err != nil {
 		return err
 	}
 	if err := u.define(ctx); err != nil {
@@ -327,6 +325,12 @@ func (u *upRun) resetTemplate(ctx context.Context) error {
 	}
 	touchTemplate(u.env.Home, rec.Key)
 	return u.giveIdentity(ctx, rec, nil)
+}
+
+// createCloneDisk makes the VM's disk, of gib GiB, an overlay on the
+// template's.
+func (u *vmRun) createCloneDisk(ctx context.Context, rec *TemplateRecord, gib int) error {
+	return u.createVolume(ctx, u.o.Name+".qcow2", max(int64(gib)<<30, 1), "qcow2", rec.DiskVolume, "qcow2")
 }
 
 // letGoTemplate releases the template this run holds, if any.

@@ -282,7 +282,11 @@ func (u *vmRun) cloneXML(ctx context.Context, rec *TemplateRecord) ([]byte, erro
 		{filepath.Join(filepath.Dir(u.paths.Dir), src, "console.log"), u.paths.Console()},
 	}}
 	if j.Network == "user" {
-		r.Values = append(r.Values, [2]string{templateNetdev(rec.SourceXML), userNetdev(DomainSpec{SSHPort: j.SSHPort, Forwards: o.Forwards, Restrict: o.RestrictNetwork})})
+		netdev, err := templateNetdev(rec.SourceXML)
+		if err != nil {
+			return nil, err
+		}
+		r.Values = append(r.Values, [2]string{netdev, userNetdev(DomainSpec{SSHPort: j.SSHPort, Forwards: o.Forwards, Restrict: o.RestrictNetwork})})
 	}
 	return cloneDomainXML([]byte(rec.SourceXML), r)
 }
