@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 func (u *upRun) boot(ctx context.Context, firstBoot bool) {
@@ -183,7 +184,7 @@ func (u *vmRun) endpoint(ctx context.Context) (Endpoint, error) {
 			u.updateJournal(func(j *Journal) { j.SSHHost, j.SSHPort = ip, 22 })
 			return Endpoint{Host: ip, Port: 22}, nil
 		}
-		if err := sleepCtx(ctx, u.env.Poll); err != nil {
+		if err := sleepCtx(ctx, min(u.env.Poll, 250*time.Millisecond)); err != nil {
 			return Endpoint{}, err
 		}
 	}

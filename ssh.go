@@ -136,8 +136,15 @@ func (s *SSH) argv(extra ...string) []string {
 
 // Master runs the ControlMaster until ctx ends. started is closed once the
 // ssh process runs; the returned error says why it ended.
-func (s *SSH) Master(ctx context.Context, started chan<- struct{}) error {
-	args := append([]string{s.prog, "-F", "none"}, s.Options()...)
+// Master runs the ControlMaster; connectTimeout, when not 0, bounds its
+// connect and banner exchange in place of the options' ConnectTimeout (ssh
+// takes an option's first value).
+func (s *SSH) Master(ctx context.Context, started chan<- struct{}, connectTimeout time.Duration) error {
+	args := []string{s.prog, "-F", "none"}
+	if connectTimeout > 0 {
+		args = append(args, "-o", fmt.Sprintf("ConnectTimeout=%d", int(connectTimeout.Seconds())))
+	}
+	args = append(args, s.Options()...)
 	args = append(args, "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N")
 	args = append(args, s.target()...)
 	_, err := s.r.Run(ctx, Cmd{Args: args, Started: func(int) { close(started) }})
@@ -174,10 +181,19 @@ func (s *SSH) ExecWith(ctx context.Context, stdin io.Reader, stdout io.Writer, c
 // WaitMaster keeps starting the ControlMaster until it holds a connection or
 // ctx ends. The master then runs until masterCtx ends; its result goes to done.
 func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, alive func(context.Context) error) (done <-chan error, err error) {
-	for {
+	for attempt := 1; ; attempt++ {
+		// Short tries, a quarter second apart, as by hand: a booting guest
+		// behind QEMU's user network holds a connection for seconds after
+		// its sshd listens (the SYN it missed is sent again late). Every
+		// sixth try waits the whole ConnectTimeout, for a guest too busy to
+		// answer within two seconds.
+		timeout := waitConnectTimeout
+		if attempt%6 == 0 {
+			timeout = 0
+		}
 		started := make(chan struct{})
 		ended := make(chan error, 1)
-		go func() { ended <- s.Master(masterCtx, started) }()
+		go func() { ended <- s.Master(masterCtx, started, timeout) }()
 		select {
 		case <-started:
 		case err := <-ended:
@@ -207,11 +223,14 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 		if err := alive(ctx); err != nil {
 			return nil, err
 		}
-		if err := sleepCtx(ctx, poll); err != nil {
+		if err := sleepCtx(ctx, min(poll, 250*time.Millisecond)); err != nil {
 			return nil, err
 		}
 	}
 }
+
+// waitConnectTimeout bounds most of WaitMaster's tries (see there).
+const waitConnectTimeout = 2 * time.Second
 
 // hostKeyRefused: ssh gave up because the host key is not the pinned one.
 func hostKeyRefused(err error) bool {
