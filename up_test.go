@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -350,6 +351,50 @@ func completedWipeCalls() [][]string {
 	return slices.Insert(calls, 4, argv("virsh snapshot-delete v1 vmup-provisioned"))
 }
 
+// anyOrderMark heads a group of calls made concurrently; its second word
+// is how many follow.
+const anyOrderMark = "<any order>"
+
+// anyOrder is calls made concurrently: checkCalls takes them in any order.
+func anyOrder(parts ...[][]string) [][]string {
+	calls := concat(parts...)
+	return append([][]string{{anyOrderMark, strconv.Itoa(len(calls))}}, calls...)
+}
+
+// alignAnyOrder returns want without its anyOrder marks, and got with each
+// marked group put in want's order where got holds the same calls there:
+// cmp.Diff of the two then shows only real differences.
+func alignAnyOrder(want, got [][]string) (flat, aligned [][]string) {
+	aligned = slices.Clone(got)
+	for i := 0; i < len(want); i++ {
+		if len(want[i]) != 2 || want[i][0] != anyOrderMark {
+			flat = append(flat, want[i])
+			continue
+		}
+		n, _ := strconv.Atoi(want[i][1])
+		group := want[i+1 : i+1+n]
+		if at := len(flat); at+n <= len(aligned) && sameCalls(group, aligned[at:at+n]) {
+			copy(aligned[at:], group)
+		}
+		flat = append(flat, group...)
+		i += n
+	}
+	return flat, aligned
+}
+
+// sameCalls says whether a and b hold the same calls, in any order.
+func sameCalls(a, b [][]string) bool {
+	key := func(calls [][]string) []string {
+		var keys []string
+		for _, c := range calls {
+			keys = append(keys, strings.Join(c, "\x00"))
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	return slices.Equal(key(a), key(b))
+}
+
 // The volumes of v1 during its first boot, and once it completed (the first
 // seed, which holds the host's private key, is gone then).
 var (
@@ -383,7 +428,8 @@ func (h *harness) natUpArgs(extra ...string) []string {
 
 func (h *harness) checkCalls(want [][]string) {
 	h.t.Helper()
-	if diff := cmp.Diff(want, h.calls()); diff != "" {
+	want, got := alignAnyOrder(want, h.calls())
+	if diff := cmp.Diff(want, got); diff != "" {
 		h.t.Errorf("recorded argv mismatch (-want +got):\n%s\nstderr:\n%s", diff, h.stderr)
 	}
 }
@@ -864,5 +910,27 @@ func TestReupMovesOffATakenSSHPort(t *testing.T) {
 	xml, _ := os.ReadFile(filepath.Join(h.env.Home, "vms", "v1", "domain.xml"))
 	if port == old || !strings.Contains(string(xml), fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:22", port)) {
 		t.Errorf("SSH port %d (was %d); domain XML:\n%s", port, old, xml)
+	}
+}
+
+// anyOrder lets a group's calls come in any order, and nothing else: not
+// another call, one more or one less, nor a call of the group outside it.
+func TestAnyOrderGroups(t *testing.T) {
+	want := concat(seq("virsh uri"), anyOrder(seq("virsh a", "virsh b")), seq("virsh c"))
+	for _, c := range []struct {
+		got [][]string
+		ok  bool
+	}{
+		{seq("virsh uri", "virsh a", "virsh b", "virsh c"), true},
+		{seq("virsh uri", "virsh b", "virsh a", "virsh c"), true},
+		{seq("virsh uri", "virsh b", "virsh c", "virsh a"), false},
+		{seq("virsh uri", "virsh a", "virsh a", "virsh c"), false},
+		{seq("virsh uri", "virsh a", "virsh c"), false},
+		{seq("virsh a", "virsh uri", "virsh b", "virsh c"), false},
+	} {
+		flat, aligned := alignAnyOrder(want, c.got)
+		if ok := cmp.Equal(flat, aligned); ok != c.ok {
+			t.Errorf("%v: matched %v, want %v", c.got, ok, c.ok)
+		}
 	}
 }
