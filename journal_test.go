@@ -243,7 +243,7 @@ func TestDestroyWithDamagedJournal(t *testing.T) {
 			h.checkCalls(concat(seq("virsh uri", "virsh metadata v1 "+metadataURI, "virsh dumpxml v1",
 				"virsh vol-path --pool vmup v1.qcow2", "virsh vol-path --pool vmup v1-seed-boot.iso",
 				"virsh vol-info --pool vmup v1-run.qcow2", "virsh vol-info --pool vmup v1-seed.iso"),
-				completedWipeCalls()))
+				wipeCalls(true, completedVolumes...)))
 			if _, err := os.Stat(paths.Dir); !os.IsNotExist(err) {
 				t.Errorf("state dir left: %v", err)
 			}

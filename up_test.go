@@ -326,29 +326,50 @@ func keepProvisioned(pathKnown bool) [][]string {
 // abortWipeCalls is what a confirmed abort of v1's first boot runs: the
 // domain goes off at once, then it is removed as by wipeCalls.
 func abortWipeCalls(vols ...string) [][]string {
-	return concat(seq("virsh metadata v1 "+metadataURI, "virsh destroy v1"), wipeCalls(vols...))
+	return concat(seq("virsh metadata v1 "+metadataURI, "virsh destroy v1"), wipeCalls(false, vols...))
 }
 
-// wipeCalls is what removing VM v1 runs: domain, then every volume its journal lists.
-func wipeCalls(vols ...string) [][]string {
+// wipeCalls is what removing VM v1 runs (wipeVM): its questions at once,
+// then the changes.
+func wipeCalls(running bool, vols ...string) [][]string {
+	return concat(anyOrder(wipeAsks(vols...)), wipeChanges(running, vols...))
+}
+
+// destroyCalls is `vmup destroy v1` of a VM with a journal: libvirt is
+// checked, then the VM is wiped.
+func destroyCalls(running bool, vols ...string) [][]string {
+	return concat(seq("virsh uri"), wipeCalls(running, vols...))
+}
+
+// wipeAsks is what removing v1 asks before it changes anything (askDomain);
+// the pool is listed only when volumes go.
+func wipeAsks(vols ...string) [][]string {
 	calls := seq(
 		"virsh metadata v1 "+metadataURI,
+		"virsh domstate v1",
 		"virsh snapshot-list v1 --external --name",
-		"virsh destroy v1",
 		"virsh snapshot-list v1 --internal --name",
-		"virsh undefine v1 --snapshots-metadata --managed-save --nvram",
+		"virsh dumpxml v1",
 	)
-	for _, vol := range vols {
-		calls = append(calls, argv("virsh vol-delete --pool vmup "+vol))
+	if len(vols) > 0 {
+		calls = append(calls, argv("virsh vol-list --pool vmup"))
 	}
 	return calls
 }
 
-// completedWipeCalls removes a VM whose first boot completed: its provisioned
-// snapshot goes before the domain.
-func completedWipeCalls() [][]string {
-	calls := wipeCalls(completedVolumes...)
-	return slices.Insert(calls, 4, argv("virsh snapshot-delete v1 vmup-provisioned"))
+// wipeChanges is what removing v1 changes: a running domain goes off, the
+// domain is undefined, then every volume its journal lists goes at once.
+func wipeChanges(running bool, vols ...string) [][]string {
+	var calls [][]string
+	if running {
+		calls = seq("virsh destroy v1")
+	}
+	calls = append(calls, argv("virsh undefine v1 --snapshots-metadata --managed-save --nvram"))
+	var deletes [][]string
+	for _, vol := range vols {
+		deletes = append(deletes, argv("virsh vol-delete --pool vmup "+vol))
+	}
+	return concat(calls, anyOrder(deletes))
 }
 
 // anyOrderMark heads a group of calls made concurrently; its second word
@@ -552,7 +573,7 @@ func TestReupAfterKilledFirstBoot(t *testing.T) {
 	if err := bystander.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Errorf("a process of that group that is no part of the VM was killed: %v", err)
 	}
-	wipe := wipeCalls(firstBootVolumes...)
+	wipe := wipeCalls(true, firstBootVolumes...) // the killed run left it running
 	prep := h.freshPrepare()
 	base := "vmup-base-" + h.imgHash + ".qcow2"
 	// The image is checked before the killed run's VM is wiped; the pool and
@@ -744,7 +765,7 @@ func TestDownAndDestroy(t *testing.T) {
 	if code := runDestroy(env, o); code != 0 {
 		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(seq("virsh uri"), completedWipeCalls()))
+	h.checkCalls(destroyCalls(false, completedVolumes...)) // shut off by the down
 	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Dir); !os.IsNotExist(err) {
 		t.Errorf("state dir left: %v", err)
 	}
