@@ -336,9 +336,9 @@ func wipeCalls(running bool, vols ...string) [][]string {
 }
 
 // destroyCalls is `vmup destroy v1` of a VM with a journal: libvirt is
-// checked, then the VM is wiped.
+// checked while the wipe's questions are asked.
 func destroyCalls(running bool, vols ...string) [][]string {
-	return concat(seq("virsh uri"), wipeCalls(running, vols...))
+	return concat(anyOrder(seq("virsh uri"), wipeAsks(vols...)), wipeChanges(running, vols...))
 }
 
 // wipeAsks is what removing v1 asks before it changes anything (askDomain);

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -130,7 +132,7 @@ func TestDestroyTriesEveryVolume(t *testing.T) {
 		t.Fatalf("destroy again: exit %d\n%s", code, h.stderr)
 	}
 	// The domain went with the first try: no questions about it matter now.
-	h.checkCalls(concat(seq("virsh uri"), anyOrder(wipeAsks(completedVolumes...)), anyOrder(seq(
+	h.checkCalls(concat(anyOrder(seq("virsh uri"), wipeAsks(completedVolumes...)), anyOrder(seq(
 		"virsh vol-delete --pool vmup v1.qcow2", "virsh vol-delete --pool vmup v1-seed-boot.iso"))))
 	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Dir); !os.IsNotExist(err) {
 		t.Errorf("state dir left: %v", err)
@@ -146,7 +148,7 @@ func TestDestroyWithoutJournalDeletesInternalSnapshots(t *testing.T) {
 	if code := h.destroyV1(); code != exitOK {
 		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(seq("virsh uri", "virsh domstate v1"), anyOrder(wipeAsks()), seq("virsh destroy v1",
+	h.checkCalls(concat(anyOrder(seq("virsh uri"), wipeAsks()), seq("virsh destroy v1",
 		"virsh snapshot-delete v1 vmup-provisioned", "virsh undefine v1 --snapshots-metadata --managed-save --nvram")))
 	if w := h.fake.world; !w.Volumes["vmup/v1.qcow2"] || !w.Volumes["vmup/v1-seed-boot.iso"] {
 		t.Errorf("volumes %v: a VM without a journal has none vmup may delete", w.Volumes)
@@ -178,7 +180,7 @@ func TestDestroyAsksAndDeletesAtOnce(t *testing.T) {
 	var mu sync.Mutex
 	started := map[string]int{}
 	all := map[string]chan struct{}{"ask": make(chan struct{}), "delete": make(chan struct{})}
-	size := map[string]int{"ask": 6, "delete": 2} // wipeAsks; two volumes
+	size := map[string]int{"ask": 7, "delete": 2} // uri and wipeAsks; two volumes
 	h.fake.onCall = func(args []string) {
 		group := "ask"
 		switch {
@@ -186,7 +188,7 @@ func TestDestroyAsksAndDeletesAtOnce(t *testing.T) {
 			return
 		case args[1] == "vol-delete":
 			group = "delete"
-		case !slices.Contains([]string{"metadata", "domstate", "snapshot-list", "dumpxml", "vol-list"}, args[1]):
+		case !slices.Contains([]string{"uri", "metadata", "domstate", "snapshot-list", "dumpxml", "vol-list"}, args[1]):
 			return
 		}
 		mu.Lock()
@@ -204,4 +206,41 @@ func TestDestroyAsksAndDeletesAtOnce(t *testing.T) {
 		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
 	}
 	h.checkCalls(destroyCalls(true, completedVolumes...))
+}
+
+// hungLibvirt is a libvirtd that answers nothing: every virsh runs until cancelled.
+type hungLibvirt struct{}
+
+func (hungLibvirt) Run(ctx context.Context, c Cmd) (Result, error) {
+	<-ctx.Done()
+	return Result{ExitCode: -1}, ctx.Err()
+}
+
+// The questions asked beside `virsh uri` keep its timeout and its hints:
+// a hung libvirt is said to be one, at its timeout, and a missing virsh
+// is said to be missing.
+func TestDestroyChecksLibvirtAsBefore(t *testing.T) {
+	defer func(d time.Duration) { libvirtTimeout = d }(libvirtTimeout)
+	libvirtTimeout = 100 * time.Millisecond
+	h := newHarness(t)
+	h.createDetached()
+	h.env.Runner = hungLibvirt{}
+	start := time.Now()
+	code := h.destroyV1()
+	if took := time.Since(start); code != exitFailed || took > 5*time.Second {
+		t.Errorf("exit %d after %s, want %d at once", code, took, exitFailed)
+	}
+	if got := h.stderr.String(); !strings.Contains(got, "vmup: error: libvirt did not answer within 100ms") ||
+		!strings.Contains(got, "vmup: hint: check that libvirtd runs") {
+		t.Errorf("stderr:\n%s", got)
+	}
+
+	t.Setenv("VMUP_VIRSH", filepath.Join(t.TempDir(), "virsh"))
+	h.env.Runner = execRunner{}
+	if code := h.destroyV1(); code != exitFailed || !strings.Contains(h.stderr.String(), "install libvirt's client") {
+		t.Errorf("exit %d, want 1 with the install hint:\n%s", code, h.stderr)
+	}
+	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Journal()); err != nil {
+		t.Errorf("the state is gone: %v", err)
+	}
 }
