@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -325,29 +326,94 @@ func keepProvisioned(pathKnown bool) [][]string {
 // abortWipeCalls is what a confirmed abort of v1's first boot runs: the
 // domain goes off at once, then it is removed as by wipeCalls.
 func abortWipeCalls(vols ...string) [][]string {
-	return concat(seq("virsh metadata v1 "+metadataURI, "virsh destroy v1"), wipeCalls(vols...))
+	return concat(seq("virsh metadata v1 "+metadataURI, "virsh destroy v1"), wipeCalls(false, vols...))
 }
 
-// wipeCalls is what removing VM v1 runs: domain, then every volume its journal lists.
-func wipeCalls(vols ...string) [][]string {
+// wipeCalls is what removing VM v1 runs (wipeVM): its questions at once,
+// then the changes.
+func wipeCalls(running bool, vols ...string) [][]string {
+	return concat(anyOrder(wipeAsks(vols...)), wipeChanges(running, vols...))
+}
+
+// destroyCalls is `vmup destroy v1` of a VM with a journal: libvirt is
+// checked while the wipe's questions are asked.
+func destroyCalls(running bool, vols ...string) [][]string {
+	return concat(anyOrder(seq("virsh uri"), wipeAsks(vols...)), wipeChanges(running, vols...))
+}
+
+// wipeAsks is what removing v1 asks before it changes anything (askDomain);
+// the pool is listed only when volumes go.
+func wipeAsks(vols ...string) [][]string {
 	calls := seq(
 		"virsh metadata v1 "+metadataURI,
+		"virsh domstate v1",
 		"virsh snapshot-list v1 --external --name",
-		"virsh destroy v1",
 		"virsh snapshot-list v1 --internal --name",
-		"virsh undefine v1 --snapshots-metadata --managed-save --nvram",
+		"virsh dumpxml v1",
 	)
-	for _, vol := range vols {
-		calls = append(calls, argv("virsh vol-delete --pool vmup "+vol))
+	if len(vols) > 0 {
+		calls = append(calls, argv("virsh vol-list --pool vmup"))
 	}
 	return calls
 }
 
-// completedWipeCalls removes a VM whose first boot completed: its provisioned
-// snapshot goes before the domain.
-func completedWipeCalls() [][]string {
-	calls := wipeCalls(completedVolumes...)
-	return slices.Insert(calls, 4, argv("virsh snapshot-delete v1 vmup-provisioned"))
+// wipeChanges is what removing v1 changes: a running domain goes off, the
+// domain is undefined, then every volume its journal lists goes at once.
+func wipeChanges(running bool, vols ...string) [][]string {
+	var calls [][]string
+	if running {
+		calls = seq("virsh destroy v1")
+	}
+	calls = append(calls, argv("virsh undefine v1 --snapshots-metadata --managed-save --nvram"))
+	var deletes [][]string
+	for _, vol := range vols {
+		deletes = append(deletes, argv("virsh vol-delete --pool vmup "+vol))
+	}
+	return concat(calls, anyOrder(deletes))
+}
+
+// anyOrderMark heads a group of calls made concurrently; its second word
+// is how many follow.
+const anyOrderMark = "<any order>"
+
+// anyOrder is calls made concurrently: checkCalls takes them in any order.
+func anyOrder(parts ...[][]string) [][]string {
+	calls := concat(parts...)
+	return append([][]string{{anyOrderMark, strconv.Itoa(len(calls))}}, calls...)
+}
+
+// alignAnyOrder returns want without its anyOrder marks, and got with each
+// marked group put in want's order where got holds the same calls there:
+// cmp.Diff of the two then shows only real differences.
+func alignAnyOrder(want, got [][]string) (flat, aligned [][]string) {
+	aligned = slices.Clone(got)
+	for i := 0; i < len(want); i++ {
+		if len(want[i]) != 2 || want[i][0] != anyOrderMark {
+			flat = append(flat, want[i])
+			continue
+		}
+		n, _ := strconv.Atoi(want[i][1])
+		group := want[i+1 : i+1+n]
+		if at := len(flat); at+n <= len(aligned) && sameCalls(group, aligned[at:at+n]) {
+			copy(aligned[at:], group)
+		}
+		flat = append(flat, group...)
+		i += n
+	}
+	return flat, aligned
+}
+
+// sameCalls says whether a and b hold the same calls, in any order.
+func sameCalls(a, b [][]string) bool {
+	key := func(calls [][]string) []string {
+		var keys []string
+		for _, c := range calls {
+			keys = append(keys, strings.Join(c, "\x00"))
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	return slices.Equal(key(a), key(b))
 }
 
 // The volumes of v1 during its first boot, and once it completed (the first
@@ -383,7 +449,8 @@ func (h *harness) natUpArgs(extra ...string) []string {
 
 func (h *harness) checkCalls(want [][]string) {
 	h.t.Helper()
-	if diff := cmp.Diff(want, h.calls()); diff != "" {
+	want, got := alignAnyOrder(want, h.calls())
+	if diff := cmp.Diff(want, got); diff != "" {
 		h.t.Errorf("recorded argv mismatch (-want +got):\n%s\nstderr:\n%s", diff, h.stderr)
 	}
 }
@@ -506,7 +573,7 @@ func TestReupAfterKilledFirstBoot(t *testing.T) {
 	if err := bystander.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Errorf("a process of that group that is no part of the VM was killed: %v", err)
 	}
-	wipe := wipeCalls(firstBootVolumes...)
+	wipe := wipeCalls(true, firstBootVolumes...) // the killed run left it running
 	prep := h.freshPrepare()
 	base := "vmup-base-" + h.imgHash + ".qcow2"
 	// The image is checked before the killed run's VM is wiped; the pool and
@@ -698,7 +765,7 @@ func TestDownAndDestroy(t *testing.T) {
 	if code := runDestroy(env, o); code != 0 {
 		t.Fatalf("destroy: exit %d\n%s", code, h.stderr)
 	}
-	h.checkCalls(concat(seq("virsh uri"), completedWipeCalls()))
+	h.checkCalls(destroyCalls(false, completedVolumes...)) // shut off by the down
 	if _, err := os.Stat(pathsFor(h.env.Home, "v1").Dir); !os.IsNotExist(err) {
 		t.Errorf("state dir left: %v", err)
 	}
@@ -864,5 +931,27 @@ func TestReupMovesOffATakenSSHPort(t *testing.T) {
 	xml, _ := os.ReadFile(filepath.Join(h.env.Home, "vms", "v1", "domain.xml"))
 	if port == old || !strings.Contains(string(xml), fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:22", port)) {
 		t.Errorf("SSH port %d (was %d); domain XML:\n%s", port, old, xml)
+	}
+}
+
+// anyOrder lets a group's calls come in any order, and nothing else: not
+// another call, one more or one less, nor a call of the group outside it.
+func TestAnyOrderGroups(t *testing.T) {
+	want := concat(seq("virsh uri"), anyOrder(seq("virsh a", "virsh b")), seq("virsh c"))
+	for _, c := range []struct {
+		got [][]string
+		ok  bool
+	}{
+		{seq("virsh uri", "virsh a", "virsh b", "virsh c"), true},
+		{seq("virsh uri", "virsh b", "virsh a", "virsh c"), true},
+		{seq("virsh uri", "virsh b", "virsh c", "virsh a"), false},
+		{seq("virsh uri", "virsh a", "virsh a", "virsh c"), false},
+		{seq("virsh uri", "virsh a", "virsh c"), false},
+		{seq("virsh a", "virsh uri", "virsh b", "virsh c"), false},
+	} {
+		flat, aligned := alignAnyOrder(want, c.got)
+		if ok := cmp.Equal(flat, aligned); ok != c.ok {
+			t.Errorf("%v: matched %v, want %v", c.got, ok, c.ok)
+		}
 	}
 }

@@ -180,6 +180,27 @@ func (v *Virsh) VolDeleteWhenFree(ctx context.Context, pool, vol string, wait ti
 
 // VolList names the volumes of a pool.
 func (v *Virsh) VolList(ctx context.Context, pool string) ([]string, error) {
+	rows, err := v.volRows(ctx, pool)
+	var names []string
+	for _, r := range rows {
+		names = append(names, r[0])
+	}
+	return names, err
+}
+
+// VolPaths maps the pool's volumes to their files, from one call.
+func (v *Virsh) VolPaths(ctx context.Context, pool string) (map[string]string, error) {
+	rows, err := v.volRows(ctx, pool)
+	paths := map[string]string{}
+	for _, r := range rows {
+		paths[r[0]] = r[1]
+	}
+	return paths, err
+}
+
+// volRows reads `virsh vol-list`: name and path of each volume. A name is
+// one word (vmup's are); the path is the rest, spaces and all.
+func (v *Virsh) volRows(ctx context.Context, pool string) ([][2]string, error) {
 	out, err := v.run(ctx, "vol-list", "--pool", pool)
 	if err != nil {
 		return nil, classify(err)
@@ -190,13 +211,14 @@ func (v *Virsh) VolList(ctx context.Context, pool string) ([]string, error) {
 		return nil, nil
 	}
 	lines := strings.Split(rows, "\n")
-	var names []string
+	var list [][2]string
 	for _, l := range lines[1:] {
 		if f := strings.Fields(l); len(f) > 0 {
-			names = append(names, f[0])
+			path := strings.TrimPrefix(strings.TrimSpace(l), f[0])
+			list = append(list, [2]string{f[0], strings.TrimSpace(path)})
 		}
 	}
-	return names, nil
+	return list, nil
 }
 
 // VolBacking returns the path of the volume's backing store, "" for none.

@@ -79,9 +79,9 @@ func TestResetValidatesBeforeDeleting(t *testing.T) {
 		if code := h.wait(h.up(h.upArgs("--reset", "-d")...)); code != 0 {
 			t.Fatalf("reset: exit %d\n%s", code, h.stderr)
 		}
-		if d := h.deletes(); len(d) < 4 || !cmp.Equal(d[:4], seq("virsh destroy v1",
-			"virsh undefine v1 --snapshots-metadata --managed-save --nvram",
-			"virsh vol-delete --pool vmup v1.qcow2", "virsh vol-delete --pool vmup v1-seed-boot.iso")) {
+		if d := h.deletes(); len(d) < 4 || !cmp.Equal(d[:2], seq("virsh destroy v1",
+			"virsh undefine v1 --snapshots-metadata --managed-save --nvram")) ||
+			!sameCalls(d[2:4], seq("virsh vol-delete --pool vmup v1.qcow2", "virsh vol-delete --pool vmup v1-seed-boot.iso")) {
 			t.Errorf("reset deleted %v", d)
 		}
 		if j := h.journal(); !j.FirstBootDone || !slices.Equal(j.Volumes, []string{"v1.qcow2", "v1-seed-boot.iso"}) {

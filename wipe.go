@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"os"
@@ -157,28 +158,26 @@ func namesDir(cmdline []byte, dir string) bool {
 // not create is refused, and so is a journal that names a volume vmup would
 // not have made for this VM.
 func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths, vols []string) error {
+	return wipeVMAsked(ctx, v, pool, p, vols, nil)
+}
+
+// wipeVMAsked is wipeVM with its questions to libvirt already asked (nil:
+// ask them now), so that `destroy` asks them while it checks libvirt.
+func wipeVMAsked(ctx context.Context, v *Virsh, pool string, p Paths, vols []string, f *domainFacts) error {
 	name := p.Name()
 	for _, vol := range vols {
 		if !validVMVolume(name, vol) {
 			return fmt.Errorf("%s names volume %q, which is no volume of VM %s; not deleting anything", p.Journal(), vol, name)
 		}
 	}
-	owned, err := v.Owned(ctx, name)
-	switch {
-	case errors.Is(err, errNotFound):
-	case err != nil:
-		return err
-	case !owned:
-		return fmt.Errorf("domain %s was not created by vmup; not touching it", name)
-	default:
-		if err := removeDomain(ctx, v, name); err != nil {
-			return err
-		}
+	if f == nil {
+		f = askDomain(ctx, v, name, pool, len(vols) > 0)
 	}
-	for _, vol := range vols {
-		if err := v.VolDelete(ctx, pool, vol); err != nil {
-			return err
-		}
+	if err := removeDomain(ctx, v, name, vols, f); err != nil {
+		return err
+	}
+	if err := deleteVolumes(ctx, v, pool, vols); err != nil {
+		return err // the state stays: it names what a retry deletes
 	}
 	// A private socket dir (see controlPath) goes with the VM.
 	if j, err := readJournal(p); err == nil && j != nil && validControlDir(j.ControlDir) == nil {
@@ -187,37 +186,141 @@ func wipeVM(ctx context.Context, v *Virsh, pool string, p Paths, vols []string) 
 	return os.RemoveAll(p.Dir)
 }
 
+// deleteVolumes deletes the volumes at once: each is tried even when
+// another fails, and every failure is told.
+func deleteVolumes(ctx context.Context, v *Virsh, pool string, vols []string) error {
+	errs := make(joinedErrors, len(vols))
+	var wg sync.WaitGroup
+	for i, vol := range vols {
+		wg.Go(func() { errs[i] = v.VolDelete(ctx, pool, vol) })
+	}
+	wg.Wait()
+	errs = slices.DeleteFunc(errs, func(err error) bool { return err == nil })
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}
+
+// joinedErrors is errors.Join on one line: vmup's error voice is one line.
+type joinedErrors []error
+
+func (e joinedErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e joinedErrors) Unwrap() []error { return e }
+
+// domainFacts is what removing a domain decides on. Each answer is a virsh
+// call of ~40 ms: they are asked at once, before anything is changed.
+type domainFacts struct {
+	owned              bool
+	state              string // virsh's word: "running", "shut off", …
+	external, internal []string
+	xml                string
+	volPaths           map[string]string // the pool's volumes' files, by name
+
+	ownedErr, stateErr, externalErr, internalErr, xmlErr, volPathsErr error
+}
+
+// askDomain asks libvirt everything removeDomain decides on, concurrently.
+// withPool lists the pool too (only needed when volumes are deleted).
+func askDomain(ctx context.Context, v *Virsh, name, pool string, withPool bool) *domainFacts {
+	f := &domainFacts{}
+	var wg sync.WaitGroup
+	wg.Go(func() { f.owned, f.ownedErr = v.Owned(ctx, name) })
+	wg.Go(func() { f.state, f.stateErr = v.DomState(ctx, name) })
+	wg.Go(func() { f.external, f.externalErr = v.Snapshots(ctx, name, "--external") })
+	wg.Go(func() { f.internal, f.internalErr = v.Snapshots(ctx, name, "--internal") })
+	wg.Go(func() { f.xml, f.xmlErr = v.DumpXML(ctx, name) })
+	if withPool {
+		wg.Go(func() { f.volPaths, f.volPathsErr = v.VolPaths(ctx, pool) })
+	}
+	wg.Wait()
+	return f
+}
+
 // removeDomain stops and undefines a domain with what virsh users may have
 // added by hand: internal snapshots, a managed save image, UEFI NVRAM.
 // External snapshots name files vmup did not make: refused before anything
 // is changed.
-func removeDomain(ctx context.Context, v *Virsh, name string) error {
-	external, err := v.Snapshots(ctx, name, "--external")
-	if err != nil && !errors.Is(err, errNotFound) {
-		return err
+func removeDomain(ctx context.Context, v *Virsh, name string, vols []string, f *domainFacts) error {
+	switch {
+	case errors.Is(f.ownedErr, errNotFound):
+		return nil
+	case f.ownedErr != nil:
+		return f.ownedErr
+	case !f.owned:
+		return fmt.Errorf("domain %s was not created by vmup; not touching it", name)
 	}
-	if len(external) > 0 {
+	for _, err := range []error{f.externalErr, f.internalErr} {
+		if err != nil && !errors.Is(err, errNotFound) {
+			return err
+		}
+	}
+	if len(f.external) > 0 {
 		return &hintedError{
-			msg:  fmt.Sprintf("domain %s has external snapshots that vmup did not make (%s); nothing was removed", name, strings.Join(external, ", ")),
+			msg:  fmt.Sprintf("domain %s has external snapshots that vmup did not make (%s); nothing was removed", name, strings.Join(f.external, ", ")),
 			hint: fmt.Sprintf("remove them with `virsh -c %s snapshot-delete %s NAME`, or merge them into the disk, then run the command again", v.uri, name),
 		}
 	}
-	if err := v.Destroy(ctx, name); err != nil && !errors.Is(err, errNotFound) && !isNotRunning(err) {
-		return err
-	}
-	internal, err := v.Snapshots(ctx, name, "--internal")
-	if err != nil && !errors.Is(err, errNotFound) {
-		return err
-	}
-	for _, snap := range internal {
-		if err := v.SnapshotDelete(ctx, name, snap); err != nil && !errors.Is(err, errNotFound) {
+	// A state libvirt could not tell is treated as running.
+	if f.stateErr != nil || f.state != "shut off" {
+		if err := v.Destroy(ctx, name); err != nil && !errors.Is(err, errNotFound) && !isNotRunning(err) {
 			return err
+		}
+	}
+	// Undefine drops internal snapshots' metadata; their data is in the
+	// disks, deleted right after. Only a disk that stays (no journal, or one
+	// added by hand) would keep it: then each is deleted first, slowly.
+	if len(f.internal) > 0 && !disksDeleted(f, vols) {
+		for _, snap := range f.internal {
+			if err := v.SnapshotDelete(ctx, name, snap); err != nil && !errors.Is(err, errNotFound) {
+				return err
+			}
 		}
 	}
 	if err := v.Undefine(ctx, name); err != nil && !errors.Is(err, errNotFound) {
 		return err
 	}
 	return nil
+}
+
+// disksDeleted says whether every disk of the domain's definition is a file
+// of one of vols, which the wipe deletes; false when it cannot tell.
+func disksDeleted(f *domainFacts, vols []string) bool {
+	if f.xmlErr != nil || f.volPathsErr != nil {
+		return false
+	}
+	var d struct {
+		Disks []struct {
+			Type   string `xml:"type,attr"`
+			Source *struct {
+				File string `xml:"file,attr"`
+			} `xml:"source"`
+		} `xml:"devices>disk"`
+	}
+	if err := xml.Unmarshal([]byte(f.xml), &d); err != nil {
+		return false
+	}
+	deleted := map[string]bool{}
+	for _, vol := range vols {
+		if path := f.volPaths[vol]; path != "" {
+			deleted[path] = true
+		}
+	}
+	for _, disk := range d.Disks {
+		switch {
+		case disk.Source == nil: // an empty drive
+		case disk.Type != "file" || !deleted[disk.Source.File]:
+			return false
+		}
+	}
+	return true
 }
 
 func isNotRunning(err error) bool {
