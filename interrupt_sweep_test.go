@@ -24,13 +24,18 @@ func (h *harness) interruptAt(n int, args ...string) (code int, hit string) {
 		count++
 		c := count
 		mu.Unlock()
+		// The world is the fake's, under its lock: a wipe's calls run at once.
 		if c == n+1 && h.killHit {
+			h.fake.mu.Lock()
 			h.fake.world.Fail = map[string]string{} // a killed call fails once; the next ones run
+			h.fake.mu.Unlock()
 		}
 		if c == n {
 			hit = strings.Join(a, " ")
 			if h.killHit {
+				h.fake.mu.Lock()
 				h.fake.world.Fail[strings.Join(a[1:], " ")] = "error: killed by signal"
+				h.fake.mu.Unlock()
 			}
 			h.events.mu.Lock()
 			before := len(h.events.events)
