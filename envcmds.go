@@ -223,7 +223,7 @@ func prepareEnvUp(env Env, o *Options) (run *envRun, code int) {
 	}
 	r := &envRun{env: env, o: first, e: e, vms: runs, parallel: parallel, events: make(chan evMsg, 64)}
 	for _, u := range runs {
-		u.envRun, u.inEnvironment = r, true
+		u.envRun = r
 	}
 	return r, 0
 }

@@ -72,17 +72,9 @@ func (u *vmRun) findTemplate(ctx context.Context, imageSHA256, domType string) e
 	// A memory state keeps the NIC and its lease: on a shared network a
 	// clone would have its template's MAC and address. Then the clone
 	// boots the template's disk instead.
-	switch {
-	case rec.Network == "user" && o.Network == "user":
+	if rec.Network == "user" && o.Network == "user" {
 		u.cloneOf = rec
-	case u.inEnvironment:
-		// Its first boot would wait for the environment's one playbook,
-		// which a clone by disk must not get, and not give itself its identity.
-		release()
-		u.releaseTemplate = nil
-		out.Warn("template %s is not used: VM %s is on %s, where a clone boots its template's disk, which an environment's up does not do yet; a full first boot follows",
-			shortKey(key), o.Name, o.Network)
-	default:
+	} else {
 		u.diskCloneOf = rec
 	}
 	return nil

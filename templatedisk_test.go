@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -54,45 +53,5 @@ func TestDiskCloneOnNAT(t *testing.T) {
 	// No second template: the recipe has one.
 	if infos, _ := listTemplates(h.env.Home); len(infos) != 1 {
 		t.Errorf("%d templates, want 1", len(infos))
-	}
-}
-
-// In an environment a VM's first boot waits for the environment's one
-// playbook, which a clone by disk must not get: until an environment runs
-// a clone's identity itself, a VM on nat there makes a full first boot,
-// and says why.
-func TestEnvironmentOnNATMakesNoDiskClone(t *testing.T) {
-	h := envHarness(t, `{"web1": {"groups": ["web"]}, "web2": {"groups": ["web"]}}`)
-	data, _ := os.ReadFile(configFile)
-	conf := strings.Replace(string(data), `{"image"`, `{"template": true, "image"`, 1)
-	os.WriteFile(configFile, []byte(strings.Replace(conf, `"network": "user"`, `"network": "nat"`, 1)), 0o600)
-	for _, n := range []string{"shop-web1", "shop-web2"} {
-		h.fake.world.Content["vmup/"+n+".qcow2"] = []byte("QFI\xfb " + n)
-	}
-	if code := h.wait(h.envUp("-d")); code != 0 {
-		t.Fatalf("env up: exit %d\n%s", code, h.stderr)
-	}
-	if infos, _ := listTemplates(h.env.Home); len(infos) != 1 || infos[0].Record == nil {
-		t.Fatalf("templates after the first env up: %+v\n%s", infos, h.stderr)
-	}
-	if code := h.runEnv("destroy", "web2"); code != 0 {
-		t.Fatalf("destroy web2: exit %d\n%s", code, h.stderr)
-	}
-	h.events = newEventLog()
-	h.fake.world.Identities = 0
-	if code := h.wait(h.envUp("-d")); code != 0 {
-		t.Fatalf("second env up: exit %d\n%s", code, h.stderr)
-	}
-	if h.has("template_by_disk") || h.has("provisioned_from_template") || h.fake.world.Identities != 0 {
-		t.Errorf("web2 was cloned by disk in an environment: %v", h.events.names())
-	}
-	if !strings.Contains(h.stderr.String(), "environment") {
-		t.Errorf("no word of why web2 makes a full first boot:\n%s", h.stderr)
-	}
-	if j := h.envJournal("shop-web2"); !j.FirstBootDone || j.Template != "" {
-		t.Errorf("web2: done %v, template %q", j.FirstBootDone, j.Template)
-	}
-	if pb := h.playbookCalls(); len(pb) != 2 {
-		t.Errorf("%d playbooks ran; want one per env up", len(pb))
 	}
 }

@@ -54,7 +54,6 @@ type vmRun struct {
 	// the memory state cannot join), each held until releaseTemplate.
 	templateKey, imageSHA256 string
 	cloneOf, diskCloneOf     *TemplateRecord
-	inEnvironment            bool // its first boot's playbook is the environment's
 	releaseTemplate          func()
 	templateSaved            bool // the VM was saved to make its template (and restored since)
 	// keepMu orders the maker's restore of a VM saved for its template and
