@@ -110,7 +110,7 @@ func TestNATTemplateByDisk(t *testing.T) {
 	// Its provisioned state is its own: a reset reverts to it, as b.
 	ssh(b, "touch", "/var/tmp/after-clone")
 	b.must(5*time.Minute, "reset", b.name)
-	if got := ssh(b, "sh", "-c", "'hostname; test ! -e /var/tmp/after-clone || echo kept'"); got != "e2e-natb" {
+	if got := ssh(b, "sh", "-c", "'hostname; test -e /var/tmp/after-clone && echo kept'"); got != "e2e-natb" {
 		t.Errorf("b after reset: %q, want its hostname and no file written after the clone", got)
 	}
 	b.must(5*time.Minute, "destroy", b.name)
