@@ -165,15 +165,9 @@ func (u *vmRun) prepareFresh(ctx context.Context) error {
 		return u.prepareClone(ctx, base)
 	}
 
-	if rec := u.diskCloneOf; rec != nil {
-		if err := u.createDiskFromTemplate(ctx, rec); err != nil {
-			return err
-		}
-	} else {
-		out.Step("Creating disk and cloud-init seed")
-		if err := u.createDisk(ctx, img, base); err != nil {
-			return err
-		}
+	out.Step("Creating disk and cloud-init seed")
+	if err := u.createDisk(ctx, img, base); err != nil {
+		return err
 	}
 	if err := u.writeSeed(ctx); err != nil {
 		return err

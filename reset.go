@@ -24,7 +24,7 @@ const provisionedSnapshot = "vmup-provisioned"
 
 // provisionedKind says what a VM's provisioned state can hold.
 func provisionedKind(j *Journal) string {
-	if j.Template != "" && !j.TemplateByDisk {
+	if j.Template != "" {
 		return "template" // a clone: its template is its provisioned state
 	}
 	if j.Firmware == "uefi" {

@@ -70,9 +70,6 @@ type Journal struct {
 	// Template is the key of the template the VM was cloned from: its disk
 	// is an overlay on that template's.
 	Template string `json:"template,omitempty"`
-	// TemplateByDisk: the clone booted its template's disk (templatedisk.go);
-	// its provisioned state is its own, as any VM's.
-	TemplateByDisk bool `json:"template_by_disk,omitempty"`
 	// Provisioned is the state the first boot completed in, which `vmup
 	// reset` brings back; nil when none was kept.
 	Provisioned *Provisioned `json:"provisioned,omitempty"`
@@ -263,7 +260,6 @@ func validateJournal(j *Journal, name string) error {
 	// again (validControlDir: owner, mode, no symlink) and a stale one ignored.
 	check(j.DiskVolume == "" || j.DiskVolume == runDiskVolume(name), "disk_volume %q is not a volume vmup makes for VM %s", j.DiskVolume, name)
 	check(j.Template == "" || sha256HexRE.MatchString(j.Template), "template %q is not a template's key", j.Template)
-	check(!j.TemplateByDisk || j.Template != "", "template_by_disk names no template")
 	if p := j.Provisioned; p != nil {
 		check(p.Kind == "memory" || p.Kind == "disk" || p.Kind == "template",
 			"provisioned: kind %q is not memory, disk or template", p.Kind)

@@ -54,6 +54,8 @@ func (u *vmRun) findTemplate(ctx context.Context, imageSHA256, domType string) e
 	case rec.Connect != o.Connect || rec.Pool != o.Pool:
 		out.Warn("template %s is in pool %s of %s, not this VM's: a full first boot follows", shortKey(key), rec.Pool, rec.Connect)
 		return nil
+	case rec.Network != "user" || o.Network != "user":
+		return nil
 	}
 	for _, vol := range []string{rec.DiskVolume, rec.BaseVolume} {
 		if ok, err := u.virsh.VolExists(ctx, o.Pool, vol); err != nil {
@@ -68,15 +70,7 @@ func (u *vmRun) findTemplate(ctx context.Context, imageSHA256, domType string) e
 		out.Warn("template %s is not used: %v", shortKey(key), err)
 		return nil
 	}
-	u.releaseTemplate = release
-	// A memory state keeps the NIC and its lease: on a shared network a
-	// clone would have its template's MAC and address. Then the clone
-	// boots the template's disk instead.
-	if rec.Network == "user" && o.Network == "user" {
-		u.cloneOf = rec
-	} else {
-		u.diskCloneOf = rec
-	}
+	u.cloneOf, u.releaseTemplate = rec, release
 	return nil
 }
 

@@ -19,7 +19,7 @@ import (
 // a failure is a warning, and the VM runs on as any other.
 func (u *vmRun) makeTemplate(ctx context.Context) {
 	out, key := u.env.Out, u.templateKey
-	if key == "" || u.cloneOf != nil || u.diskCloneOf != nil {
+	if key == "" || u.cloneOf != nil {
 		return
 	}
 	m, err := beginTemplate(u.env.Home, key)

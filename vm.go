@@ -49,11 +49,10 @@ type vmRun struct {
 	logPath  string // the last playbook log, set by the provision worker
 
 	// templateKey is the key of this VM's recipe under --template (Preparing
-	// sets it, with imageSHA256); cloneOf the template it is cloned from
-	// with its memory, diskCloneOf the one whose disk it boots (a network
-	// the memory state cannot join), each held until releaseTemplate.
+	// sets it, with imageSHA256); cloneOf the template it is cloned from,
+	// held until releaseTemplate.
 	templateKey, imageSHA256 string
-	cloneOf, diskCloneOf     *TemplateRecord
+	cloneOf                  *TemplateRecord
 	releaseTemplate          func()
 	templateSaved            bool // the VM was saved to make its template (and restored since)
 	// keepMu orders the maker's restore of a VM saved for its template and
@@ -125,10 +124,6 @@ func (u *vmRun) releaseJournal() {
 
 func (u *upRun) provision(ctx context.Context) {
 	out := u.env.Out
-	if key := u.bootedFromTemplate(); key != "" {
-		u.provisionFromTemplateDisk(ctx, key)
-		return
-	}
 	if u.o.Playbook == "" || u.o.NoProvision {
 		out.Step("Provisioning")
 		out.Skip("no playbook")
