@@ -135,10 +135,9 @@ func (s *SSH) argv(extra ...string) []string {
 }
 
 // Master runs the ControlMaster until ctx ends. started is closed once the
-// ssh process runs; the returned error says why it ended.
-// Master runs the ControlMaster; connectTimeout, when not 0, bounds its
-// connect and banner exchange in place of the options' ConnectTimeout (ssh
-// takes an option's first value).
+// ssh process runs; the returned error says why it ended. connectTimeout,
+// when not 0, bounds its connect and banner exchange in place of the
+// options' ConnectTimeout (ssh takes an option's first value).
 func (s *SSH) Master(ctx context.Context, started chan<- struct{}, connectTimeout time.Duration) error {
 	args := []string{s.prog, "-F", "none"}
 	if connectTimeout > 0 {
