@@ -33,6 +33,7 @@ func newEnvE2E(t *testing.T, name string) *envE2E {
 	if dir == "" {
 		t.Fatal("VMUP_TEST_IMAGE_DIR is not set: run the suite with `make e2e`")
 	}
+	templateVolumesBefore()
 	e := &envE2E{t: t, dir: t.TempDir(), home: t.TempDir(), name: name, imageDir: dir}
 	t.Cleanup(func() {
 		e.vmup(10*time.Minute, "destroy")

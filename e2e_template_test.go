@@ -5,7 +5,9 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -52,7 +54,20 @@ func templateDirs(t *testing.T, home string) []string {
 	return keys
 }
 
+// templateVolumes lists the pool's template disks the suite made: not those
+// there before its first VM (a user's own templates, another run's).
 func templateVolumes() []string {
+	before := templateVolumesBefore()
+	var out []string
+	for _, vol := range allTemplateVolumes() {
+		if !slices.Contains(before, vol) {
+			out = append(out, vol)
+		}
+	}
+	return out
+}
+
+func allTemplateVolumes() []string {
 	vols, _ := virsh("vol-list", "vmup")
 	var out []string
 	for _, line := range strings.Split(vols, "\n") {
@@ -62,6 +77,9 @@ func templateVolumes() []string {
 	}
 	return out
 }
+
+// templateVolumesBefore is read once, when the suite's first VM is made.
+var templateVolumesBefore = sync.OnceValue(allTemplateVolumes)
 
 // Issue 17: a provisioned template, a clone of it in seconds with its own
 // identity, a changed playbook making a new one, and prune.

@@ -52,6 +52,7 @@ func newE2E(t *testing.T, name string) *e2e {
 	if dir == "" {
 		t.Fatal("VMUP_TEST_IMAGE_DIR is not set: run the suite with `make e2e`")
 	}
+	templateVolumesBefore()
 	e := &e2e{t: t, home: t.TempDir(), imageDir: dir, name: name}
 	t.Cleanup(func() {
 		// Whatever the test did, leave no VM behind.

@@ -17,9 +17,13 @@ func TestE2EZNothingLeft(t *testing.T) {
 	doms, _ := virsh("list", "--all", "--name")
 	vols, _ := virsh("vol-list", "vmup")
 	for _, line := range strings.Split(doms+"\n"+vols, "\n") {
-		if f := strings.Fields(line); len(f) > 0 && (strings.HasPrefix(f[0], "e2e-") || strings.HasPrefix(f[0], "vmup-tmpl-")) {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "e2e-") {
 			t.Errorf("left behind: %s", f[0])
 		}
+	}
+	// Template disks there before the suite's first VM are not its own.
+	for _, vol := range templateVolumes() {
+		t.Errorf("template disk left behind: %s", vol)
 	}
 	if nvram, _ := filepath.Glob("/var/lib/libvirt/qemu/nvram/e2e-*"); len(nvram) > 0 {
 		t.Errorf("NVRAM left behind: %v", nvram)
