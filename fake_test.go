@@ -955,7 +955,12 @@ func loadWorld(path string) *fakeWorld {
 	return w
 }
 
+// saveWorld replaces the file by a rename: a test reads the world without
+// the fakes' lock, and a truncated file would read as an empty world.
 func saveWorld(path string, w *fakeWorld) {
 	data, _ := json.Marshal(w)
-	os.WriteFile(path, data, 0o600)
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	if os.WriteFile(tmp, data, 0o600) == nil {
+		os.Rename(tmp, path)
+	}
 }

@@ -167,7 +167,9 @@ func versionString() string {
 
 func main() {
 	surviveClosedOutput()
-	os.Exit(run(os.Args[1:]))
+	code := run(os.Args[1:])
+	virshSessions.Close()
+	os.Exit(code)
 }
 
 func run(args []string) int {
@@ -224,7 +226,7 @@ func run(args []string) int {
 		return finishWith(out, reportError(out, err))
 	}
 	env := Env{
-		Runner:        execRunner{},
+		Runner:        mainRunner(),
 		Clock:         realClock{},
 		Out:           out,
 		Home:          home,

@@ -20,7 +20,7 @@ import (
 
 // The test binary doubles as the fake virsh, ssh, qemu-img and
 // ansible-playbook: it is linked under those names and told apart by argv[0].
-var fakePrograms = []string{"virsh", "ssh", "qemu-img", "ansible-playbook", "fake-child"}
+var fakePrograms = []string{"virsh", "ssh", "qemu-img", "ansible-playbook", "fake-child", "virsh-session"}
 
 var vmupBinary string
 
@@ -51,6 +51,9 @@ func TestMain(m *testing.M) {
 // fakeMain is one fake program run. Its world lives in $VMUP_FAKE_DIR.
 func fakeMain(prog string, args []string) int {
 	dir := os.Getenv("VMUP_FAKE_DIR")
+	if prog == "virsh-session" {
+		return fakeVirshSession(os.Stdin, os.Stdout, os.Stderr)
+	}
 	if prog == "fake-child" {
 		time.Sleep(24 * time.Hour) // a grandchild in the playbook's process group, like ansible's ssh
 		return 0

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -339,18 +340,19 @@ func (u *vmRun) createVolume(ctx context.Context, vol string, bytes int64, forma
 	return err
 }
 
-// uploadBoot uploads --kernel and --initrd, where given, as the VM's own volumes.
+// uploadBoot uploads --kernel and --initrd, where given, as the VM's own
+// volumes, both at once: each is a stream of its own.
 func (u *vmRun) uploadBoot(ctx context.Context) error {
 	o := u.o
-	for _, f := range []struct{ src, vol string }{{o.Kernel, o.Name + "-kernel"}, {o.Initrd, o.Name + "-initrd"}} {
-		if f.src == "" {
-			continue
-		}
-		if err := u.upload(ctx, f.src, f.vol); err != nil {
-			return err
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, f := range [][2]string{{o.Kernel, o.Name + "-kernel"}, {o.Initrd, o.Name + "-initrd"}} {
+		if f[0] != "" {
+			wg.Go(func() { errs[i] = u.upload(ctx, f[0], f[1]) })
 		}
 	}
-	return nil
+	wg.Wait()
+	return joinErrors(errs...)
 }
 
 func (u *vmRun) upload(ctx context.Context, file, vol string) error {

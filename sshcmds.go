@@ -43,6 +43,7 @@ func runSSH(env Env, o *Options, command []string) int {
 	if err != nil {
 		return reportError(env.Out, fmt.Errorf("cannot run ssh: %w", err))
 	}
+	virshSessions.Close()
 	err = unix.Exec(prog, argv, os.Environ())
 	return reportError(env.Out, fmt.Errorf("cannot run ssh: %w", err))
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sync"
 	"time"
 )
 
@@ -97,10 +98,12 @@ func (u *vmRun) prepareClone(ctx context.Context, base string) error {
 		return err
 	}
 	later := laterSeedVolume(o.Name)
-	if err := u.uploadBytes(ctx, u.laterSeedISO(), later); err != nil {
-		return err
-	}
-	if err := u.uploadBoot(ctx); err != nil {
+	var seedErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { seedErr = u.uploadBytes(ctx, u.laterSeedISO(), later) })
+	bootErr := u.uploadBoot(ctx)
+	wg.Wait()
+	if err := joinErrors(seedErr, bootErr); err != nil {
 		return err
 	}
 	u.updateJournal(func(j *Journal) {

@@ -189,21 +189,25 @@ func wipeVMAsked(ctx context.Context, v *Virsh, pool string, p Paths, vols []str
 // deleteVolumes deletes the volumes at once: each is tried even when
 // another fails, and every failure is told.
 func deleteVolumes(ctx context.Context, v *Virsh, pool string, vols []string) error {
-	errs := make(joinedErrors, len(vols))
+	errs := make([]error, len(vols))
 	var wg sync.WaitGroup
 	for i, vol := range vols {
 		wg.Go(func() { errs[i] = v.VolDelete(ctx, pool, vol) })
 	}
 	wg.Wait()
-	errs = slices.DeleteFunc(errs, func(err error) bool { return err == nil })
-	if len(errs) == 0 {
-		return nil
-	}
-	return errs
+	return joinErrors(errs...)
 }
 
 // joinedErrors is errors.Join on one line: vmup's error voice is one line.
 type joinedErrors []error
+
+// joinErrors is the errors that are not nil, or nil if none is.
+func joinErrors(errs ...error) error {
+	if errs = slices.DeleteFunc(errs, func(err error) bool { return err == nil }); len(errs) > 0 {
+		return joinedErrors(errs)
+	}
+	return nil
+}
 
 func (e joinedErrors) Error() string {
 	msgs := make([]string, len(e))
@@ -215,8 +219,9 @@ func (e joinedErrors) Error() string {
 
 func (e joinedErrors) Unwrap() []error { return e }
 
-// domainFacts is what removing a domain decides on. Each answer is a virsh
-// call of ~40 ms: they are asked at once, before anything is changed.
+// domainFacts is what removing a domain decides on, asked at once before
+// anything is changed (a virsh session answers each in milliseconds, a
+// virsh process of its own in ~40 ms).
 type domainFacts struct {
 	owned              bool
 	state              string // virsh's word: "running", "shut off", …

@@ -1,0 +1,358 @@
+// One interactive virsh per libvirt URI runs vmup's quick virsh commands: a
+// virsh process costs ≈ 35 ms to start and connect here, a command in a
+// session a few ms, and a destroy or a clone asks a dozen questions.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sessionCommands are the virsh commands that take milliseconds: anything
+// that waits on a guest, QEMU or a stream runs as a process of its own, so
+// that a session is never busy for long and a cancel stops that one child.
+var sessionCommands = map[string]bool{
+	"uri": true, "domstate": true, "domuuid": true, "dumpxml": true, "metadata": true, "define": true,
+	"undefine": true, "domstats": true, "domcapabilities": true, "list": true,
+	"vol-dumpxml": true, "vol-path": true, "vol-list": true, "vol-info": true, "vol-delete": true,
+	"vol-create-as": true, "vol-resize": true, "pool-info": true,
+	"snapshot-list": true, "snapshot-dumpxml": true,
+	"save-image-dumpxml": true, "managedsave-dumpxml": true, "managedsave-remove": true, "managedsave-define": true,
+}
+
+// sessionArgRE: an argument a session passes exactly as argv would. virsh
+// parses a session's line itself (quotes, backslashes, `;`, `#`, spaces):
+// an argument with any such character runs as a process of its own.
+var sessionArgRE = regexp.MustCompile(`^[A-Za-z0-9._/:=@,+-]+$`)
+
+var (
+	sessionIdle      = 10 * time.Second // an older session is replaced: its connection may be gone
+	sessionHandshake = 3 * time.Second  // else one process per command, as before
+)
+
+const sessionMaxOutput = 64 << 20
+
+// sessionRunner sends prog's quick commands to a session of their URI and
+// everything else, or everything once a session of that URI failed to
+// start, to inner.
+type sessionRunner struct {
+	inner Runner
+	prog  string
+	mu    sync.Mutex
+	byURI map[string]*virshSession
+	off   map[string]bool
+}
+
+// virshSessions is the vmup command's; main ends them before it exits.
+var virshSessions = newSessionRunner(execRunner{}, "virsh")
+
+// mainRunner is the runner of a vmup command: virsh's sessions, unless
+// VMUP_VIRSH names another program (a wrapper may not read commands on stdin).
+func mainRunner() Runner {
+	if os.Getenv("VMUP_VIRSH") != "" {
+		return execRunner{}
+	}
+	return virshSessions
+}
+
+func newSessionRunner(inner Runner, prog string) *sessionRunner {
+	return &sessionRunner{inner: inner, prog: prog, byURI: map[string]*virshSession{}, off: map[string]bool{}}
+}
+
+// sessionable is the URI of a command a session can run.
+func (r *sessionRunner) sessionable(c Cmd) (string, bool) {
+	a := c.Args
+	if len(a) < 4 || a[0] != r.prog || a[1] != "-c" || !sessionCommands[a[3]] ||
+		c.Env != nil || c.Stdin != nil || c.Stdout != nil || c.Stderr != nil || c.Started != nil || c.Grace != 0 {
+		return "", false
+	}
+	for _, arg := range a[2:] {
+		if !sessionArgRE.MatchString(arg) {
+			return "", false
+		}
+	}
+	return a[2], true
+}
+
+func (r *sessionRunner) Run(ctx context.Context, c Cmd) (Result, error) {
+	uri, ok := r.sessionable(c)
+	// A second try, in a new session, when the first one ran nothing.
+	for try := 0; ok && try < 2; try++ {
+		s, err := r.session(ctx, uri)
+		if err != nil {
+			return Result{ExitCode: -1}, err
+		}
+		if s == nil {
+			break
+		}
+		res, err, notRun := s.run(ctx, c.Args)
+		if !notRun {
+			return res, err
+		}
+		r.forget(s)
+	}
+	return r.inner.Run(ctx, c)
+}
+
+// session is uri's session, started if need be; nil if none can be had.
+func (r *sessionRunner) session(ctx context.Context, uri string) (*virshSession, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.byURI[uri]; s != nil {
+		return s, nil
+	}
+	if r.off[uri] {
+		return nil, nil
+	}
+	s, err := startSession(ctx, r.prog, uri)
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		r.off[uri] = true
+		return nil, nil
+	}
+	r.byURI[uri] = s
+	return s, nil
+}
+
+func (r *sessionRunner) forget(s *virshSession) {
+	r.mu.Lock()
+	if r.byURI[s.uri] == s {
+		delete(r.byURI, s.uri)
+	}
+	r.mu.Unlock()
+	s.kill()
+}
+
+// Close ends every session: killed, so that virsh writes no history file.
+func (r *sessionRunner) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for uri, s := range r.byURI {
+		s.kill()
+		delete(r.byURI, uri)
+	}
+}
+
+// virshSession is one `virsh -c URI` reading commands on its stdin. After
+// each command vmup sends `echo --err TAG` and `echo TAG`: what comes before
+// them is the command's output, and any `error:` line on stderr its failure.
+type virshSession struct {
+	uri    string
+	sem    chan struct{} // one command at a time
+	pgid   int
+	stdin  io.WriteCloser
+	out    *bufio.Reader
+	errOut *bufio.Reader
+	prompt []byte // virsh's, read back at the start: readline echoes each line after it
+	nonce  string
+	n      int
+	last   time.Time
+	dead   atomic.Bool
+}
+
+func startSession(ctx context.Context, prog, uri string) (*virshSession, error) {
+	cmd := exec.Command(prog, "-c", uri) // not -q: it drops the tables' headers
+	// A plain line echo (no terminal's escapes), no user's inputrc, no history.
+	cmd.Env = append(os.Environ(), "TERM=dumb", "INPUTRC=/dev/null", "VIRSH_HISTSIZE=0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	started := make(chan error, 1)
+	go func() {
+		// Pdeathsig fires when the thread that started the child exits.
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			runtime.UnlockOSThread()
+			started <- err
+			return
+		}
+		started <- nil
+		cmd.Wait()
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	s := &virshSession{uri: uri, sem: make(chan struct{}, 1), pgid: cmd.Process.Pid, stdin: stdin,
+		out: bufio.NewReader(stdout), errOut: bufio.NewReader(stderr), nonce: "vmup" + randomHex(8), last: time.Now()}
+	hctx, cancel := context.WithTimeout(ctx, sessionHandshake)
+	defer cancel()
+	if err := s.handshake(hctx); err != nil {
+		s.kill()
+		return nil, err
+	}
+	return s, nil
+}
+
+// handshake reads virsh's prompt back from two echoes, and checks that the
+// connection was made (virsh says nothing on stderr).
+func (s *virshSession) handshake(ctx context.Context) error {
+	tag := s.nonce + "0"
+	out, errOut, err := s.exchange(ctx, "", tag, []byte("echo "+tag+"\n"+tag+"\n"))
+	if err != nil {
+		return err
+	}
+	// After virsh's welcome, each line is echoed after the prompt.
+	i := bytes.Index(out, []byte("echo --err "+tag+"\n"))
+	j := bytes.LastIndexByte(out[:max(i, 0)], '\n') + 1
+	if i < 0 || i == j || i-j > 64 {
+		return fmt.Errorf("virsh session: no prompt in %q", out)
+	}
+	s.prompt = bytes.Clone(out[j:i])
+	if !bytes.Equal(out[j:], s.suffix(tag)) {
+		return fmt.Errorf("virsh session: unexpected echo %q", out)
+	}
+	if len(errOut) > 0 {
+		return fmt.Errorf("virsh session: %s", bytes.TrimSpace(errOut))
+	}
+	return nil
+}
+
+// suffix is what stdout ends with once both echoes of tag ran (virsh ends
+// each command's output with an empty line, as a process of its own does).
+func (s *virshSession) suffix(tag string) []byte {
+	p := string(s.prompt)
+	return []byte(p + "echo --err " + tag + "\n\n" + p + "echo " + tag + "\n" + tag + "\n")
+}
+
+// exchange sends line (if any) and the two echoes of tag, and reads stdout
+// through outEnd and stderr through the echoed tag (which it drops).
+func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []byte) (out, errOut []byte, err error) {
+	if line != "" {
+		line += "\n"
+	}
+	if _, err := io.WriteString(s.stdin, line+"echo --err "+tag+"\necho "+tag+"\n"); err != nil {
+		return nil, nil, errSessionNotSent
+	}
+	errEnd := []byte("error: " + tag + "\n")
+	type read struct {
+		b   []byte
+		err error
+	}
+	outc, errc := make(chan read, 1), make(chan read, 1)
+	go func() { b, err := readThrough(s.out, outEnd); outc <- read{b, err} }()
+	go func() { b, err := readThrough(s.errOut, errEnd); errc <- read{b, err} }()
+	var o, e *read
+	for o == nil || e == nil {
+		select {
+		case r := <-outc:
+			o = &r
+		case r := <-errc:
+			e = &r
+		case <-ctx.Done():
+			s.kill()
+			return nil, nil, ctx.Err()
+		}
+	}
+	if o.err != nil || e.err != nil {
+		s.kill()
+		return nil, e.b, fmt.Errorf("virsh session ended: %w", errors.Join(o.err, e.err))
+	}
+	return o.b, e.b[:len(e.b)-len(errEnd)], nil
+}
+
+var errSessionNotSent = errors.New("virsh session gone before the command was sent")
+
+// readThrough reads r up to and including end.
+func readThrough(r *bufio.Reader, end []byte) ([]byte, error) {
+	var buf []byte
+	for {
+		chunk, err := r.ReadSlice(end[len(end)-1])
+		buf = append(buf, chunk...)
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+		case err != nil:
+			return buf, err
+		case bytes.HasSuffix(buf, end):
+			return buf, nil
+		}
+		if len(buf) > sessionMaxOutput {
+			return buf, errors.New("output too long")
+		}
+	}
+}
+
+// lostRE: virsh lost its connection; the command was not run.
+var lostRE = regexp.MustCompile(`(?i)disconnected from|failed to reconnect|no valid connection|end of file while reading data`)
+
+// run runs one command (argv, with prog -c URI first). notRun: the session
+// is gone or lost its connection without running it; run it elsewhere.
+func (s *virshSession) run(ctx context.Context, argv []string) (res Result, err error, notRun bool) {
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return Result{ExitCode: -1}, ctx.Err(), false
+	}
+	defer func() { <-s.sem }()
+	if s.dead.Load() || s.n > 0 && time.Since(s.last) > sessionIdle {
+		return Result{}, nil, true
+	}
+	s.n++
+	tag := s.nonce + strconv.Itoa(s.n)
+	end := s.suffix(tag)
+	out, errOut, err := s.exchange(ctx, strings.Join(argv[3:], " "), tag, end)
+	s.last = time.Now()
+	switch {
+	case errors.Is(err, errSessionNotSent):
+		return Result{}, nil, true
+	case ctx.Err() != nil:
+		return Result{ExitCode: -1}, ctx.Err(), false
+	case err != nil:
+		return Result{ExitCode: -1, Stderr: errOut}, &ExitError{Args: argv, ExitCode: -1, Stderr: string(errOut) + err.Error()}, false
+	}
+	// out: the prompt and the command's line as readline echoed it (one
+	// line), its output, then the echoes.
+	nl := bytes.IndexByte(out, '\n')
+	if !bytes.HasPrefix(out, s.prompt) || nl < 0 || nl+1 > len(out)-len(end) {
+		s.kill()
+		return Result{ExitCode: -1}, fmt.Errorf("virsh session: unexpected output %q", out), false
+	}
+	res = Result{Stdout: out[nl+1 : len(out)-len(end)], Stderr: errOut}
+	if !failed(errOut) {
+		return res, nil, false
+	}
+	if lostRE.Match(errOut) {
+		s.kill()
+		return Result{}, nil, true
+	}
+	res.ExitCode = 1
+	return res, &ExitError{Args: argv, ExitCode: 1, Stderr: string(errOut)}, false
+}
+
+// failed: virsh reported an error (every one begins a line with "error: ").
+func failed(stderr []byte) bool {
+	return bytes.HasPrefix(stderr, []byte("error: ")) || bytes.Contains(stderr, []byte("\nerror: "))
+}
+
+func (s *virshSession) kill() {
+	s.dead.Store(true)
+	unix.Kill(-s.pgid, unix.SIGKILL)
+	s.stdin.Close()
+}

@@ -1,0 +1,264 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fakeVirshSession is virsh 9's interactive mode as a pipe sees it: a
+// welcome, each line echoed after the prompt (scrolled when long, as
+// readline does on a dumb terminal), an empty line after each command's
+// output, errors on stderr.
+func fakeVirshSession(stdin io.Reader, stdout, stderr io.Writer) int {
+	if os.Getenv("FAKE_SESSION_NO_CONNECT") != "" {
+		fmt.Fprint(stderr, "error: failed to connect to the hypervisor\n")
+		return 1
+	}
+	out := bufio.NewWriter(stdout)
+	fmt.Fprint(out, "Welcome to virsh, the virtualization interactive terminal.\n\nType:  'help' for help with commands\n       'quit' to quit\n\n")
+	in := bufio.NewScanner(stdin)
+	in.Buffer(nil, 1<<20)
+	for {
+		fmt.Fprint(out, "virsh # ")
+		out.Flush()
+		if !in.Scan() {
+			fmt.Fprint(out, "\n")
+			out.Flush()
+			return 0
+		}
+		line := in.Text()
+		if len(line) > 70 {
+			fmt.Fprintf(out, "\r<%s\n", line[len(line)-60:])
+		} else {
+			fmt.Fprintf(out, "%s\n", line)
+		}
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 3 && f[0] == "echo" && f[1] == "--err":
+			fmt.Fprintf(stderr, "error: %s\n", f[2])
+		case len(f) == 2 && f[0] == "echo":
+			fmt.Fprint(out, f[1])
+		case len(f) == 1 && f[0] == "uri":
+			fmt.Fprint(out, "qemu:///fake\n")
+		case len(f) == 2 && f[0] == "domstate":
+			switch name := f[1]; {
+			case name == "sleepy":
+				out.Flush()
+				time.Sleep(time.Hour)
+			case name == "dying":
+				out.Flush()
+				return 3
+			case name == "lost":
+				fmt.Fprint(stderr, "error: Disconnected from qemu:///fake due to end of file\nerror: failed to get domain 'lost'\n")
+			case strings.HasPrefix(name, "no-"):
+				fmt.Fprintf(stderr, "error: failed to get domain '%s'\nerror: Domain not found: no domain with matching name '%s'\n", name, name)
+			default:
+				fmt.Fprintf(out, "running %s\n", name)
+			}
+		default:
+			fmt.Fprintf(stderr, "error: unknown command: '%s'\n", f[0])
+		}
+		fmt.Fprint(out, "\n")
+	}
+}
+
+type countingRunner struct {
+	mu   sync.Mutex
+	args [][]string
+}
+
+func (c *countingRunner) Run(ctx context.Context, cmd Cmd) (Result, error) {
+	c.mu.Lock()
+	c.args = append(c.args, cmd.Args)
+	c.mu.Unlock()
+	return Result{Stdout: []byte("by process\n")}, nil
+}
+
+func (c *countingRunner) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.args)
+}
+
+func newFakeSessions(t *testing.T) (*sessionRunner, *countingRunner, string) {
+	self, _ := os.Executable()
+	prog := filepath.Join(t.TempDir(), "virsh-session")
+	if err := os.Symlink(self, prog); err != nil {
+		t.Fatal(err)
+	}
+	inner := &countingRunner{}
+	r := newSessionRunner(inner, prog)
+	t.Cleanup(r.Close)
+	return r, inner, prog
+}
+
+func vcmd(prog string, args ...string) Cmd {
+	return Cmd{Args: append([]string{prog, "-c", "qemu:///fake"}, args...)}
+}
+
+func TestVirshSessionAnswersAsAProcessWould(t *testing.T) {
+	r, inner, prog := newFakeSessions(t)
+	ctx := context.Background()
+	res, err := r.Run(ctx, vcmd(prog, "uri"))
+	if err != nil || string(res.Stdout) != "qemu:///fake\n\n" || len(res.Stderr) != 0 {
+		t.Fatalf("uri: %q %q %v", res.Stdout, res.Stderr, err)
+	}
+	long := strings.Repeat("v", 500)
+	res, err = r.Run(ctx, vcmd(prog, "domstate", long))
+	if err != nil || string(res.Stdout) != "running "+long+"\n\n" {
+		t.Fatalf("a line readline scrolls: %q %v", res.Stdout, err)
+	}
+	res, err = r.Run(ctx, vcmd(prog, "domstate", "no-vm"))
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.ExitCode != 1 || !errors.Is(classify(err), errNotFound) ||
+		string(res.Stderr) != "error: failed to get domain 'no-vm'\nerror: Domain not found: no domain with matching name 'no-vm'\n" {
+		t.Fatalf("a failure: %q %v", res.Stderr, err)
+	}
+	if ee.Args[0] != prog || ee.Args[4] != "no-vm" {
+		t.Errorf("the failure names %v", ee.Args)
+	}
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := r.Run(ctx, vcmd(prog, "domstate", fmt.Sprint("vm", i)))
+			if err != nil || string(res.Stdout) != fmt.Sprintf("running vm%d\n\n", i) {
+				t.Errorf("vm%d at once: %q %v", i, res.Stdout, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := inner.count(); n != 0 {
+		t.Errorf("%d commands ran as processes", n)
+	}
+}
+
+// What virsh would parse other than argv does, what takes long, and what
+// needs its own stdin, stdout, environment or process group runs alone.
+func TestVirshSessionRunsOnlyWhatItRunsAsArgvWould(t *testing.T) {
+	r, inner, prog := newFakeSessions(t)
+	ctx := context.Background()
+	cmds := []Cmd{
+		vcmd(prog, "domstate", "a b"), vcmd(prog, "domstate", "a'b"), vcmd(prog, "domstate", `a"b`),
+		vcmd(prog, "domstate", `a\b`), vcmd(prog, "domstate", "a;b"), vcmd(prog, "domstate", "#a"),
+		vcmd(prog, "domstate", "a\nuri"), vcmd(prog, "domstate", ""), vcmd(prog, "domstate", "a$b"),
+		vcmd(prog, "start", "vm"), vcmd(prog, "restore", "/x"), vcmd(prog, "shutdown", "vm"), vcmd(prog, "destroy", "vm"),
+		vcmd(prog, "qemu-agent-command", "vm", "{}"), vcmd(prog, "vol-upload", "--pool", "p", "v", "/f"),
+		{Args: []string{"/usr/bin/virsh", "-c", "qemu:///fake", "uri"}},
+		{Args: []string{prog, "uri"}},
+	}
+	withStdin := vcmd(prog, "uri")
+	withStdin.Stdin = strings.NewReader("")
+	withEnv := vcmd(prog, "uri")
+	withEnv.Env = []string{"A=b"}
+	withGroup := vcmd(prog, "uri")
+	withGroup.Started = func(int) {}
+	cmds = append(cmds, withStdin, withEnv, withGroup)
+	for i, c := range cmds {
+		if res, err := r.Run(ctx, c); err != nil || string(res.Stdout) != "by process\n" {
+			t.Errorf("%q: %q %v", c.Args, res.Stdout, err)
+		}
+		if inner.count() != i+1 {
+			t.Fatalf("%q was not run as a process", c.Args)
+		}
+	}
+	if len(r.byURI) != 0 {
+		t.Errorf("a session was started: %v", r.byURI)
+	}
+}
+
+func TestVirshSessionCancelledEndsWithinASecondAndTheNextCommandHasANewOne(t *testing.T) {
+	r, inner, prog := newFakeSessions(t)
+	if _, err := r.Run(context.Background(), vcmd(prog, "uri")); err != nil {
+		t.Fatal(err)
+	}
+	first := r.byURI["qemu:///fake"]
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := r.Run(ctx, vcmd(prog, "domstate", "sleepy")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cancelled: %v", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the cancel took %v", took)
+	}
+	if !first.dead.Load() || unix.Kill(-first.pgid, 0) == nil && !sessionGone(first.pgid) {
+		t.Error("the cancelled session is still there")
+	}
+	res, err := r.Run(context.Background(), vcmd(prog, "domstate", "vm"))
+	if err != nil || string(res.Stdout) != "running vm\n\n" || r.byURI["qemu:///fake"] == first || inner.count() != 0 {
+		t.Errorf("after a cancel: %q %v, %d processes", res.Stdout, err, inner.count())
+	}
+}
+
+func sessionGone(pgid int) bool {
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if unix.Kill(-pgid, 0) != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// A session that ends within a command fails that command (it may have
+// run); one that lost its connection ran nothing: the command runs alone.
+func TestVirshSessionEndedOrDisconnected(t *testing.T) {
+	r, inner, prog := newFakeSessions(t)
+	ctx := context.Background()
+	if _, err := r.Run(ctx, vcmd(prog, "domstate", "dying")); err == nil {
+		t.Fatal("a session that died within the command: no error")
+	}
+	if res, err := r.Run(ctx, vcmd(prog, "domstate", "vm")); err != nil || string(res.Stdout) != "running vm\n\n" {
+		t.Fatalf("the next command: %q %v", res.Stdout, err)
+	}
+	if res, err := r.Run(ctx, vcmd(prog, "domstate", "lost")); err != nil || string(res.Stdout) != "by process\n" || inner.count() != 1 {
+		t.Fatalf("a lost connection: %q %v, %d processes", res.Stdout, err, inner.count())
+	}
+	// An idle session is replaced (its connection may have gone meanwhile).
+	old := r.byURI["qemu:///fake"]
+	if old == nil {
+		r.Run(ctx, vcmd(prog, "uri"))
+		old = r.byURI["qemu:///fake"]
+	}
+	defer func(d time.Duration) { sessionIdle = d }(sessionIdle)
+	sessionIdle = time.Nanosecond
+	time.Sleep(time.Millisecond)
+	if _, err := r.Run(ctx, vcmd(prog, "uri")); err != nil || r.byURI["qemu:///fake"] == old || !old.dead.Load() {
+		t.Errorf("an idle session: %v, replaced %v", err, r.byURI["qemu:///fake"] != old)
+	}
+}
+
+func TestVirshSessionThatCannotConnectLeavesEveryCommandToAProcess(t *testing.T) {
+	t.Setenv("FAKE_SESSION_NO_CONNECT", "1")
+	r, inner, prog := newFakeSessions(t)
+	for i := range 3 {
+		if res, err := r.Run(context.Background(), vcmd(prog, "uri")); err != nil || string(res.Stdout) != "by process\n" || inner.count() != i+1 {
+			t.Fatalf("without a session: %q %v", res.Stdout, err)
+		}
+	}
+	if !r.off["qemu:///fake"] {
+		t.Error("a session is tried again for each command")
+	}
+}
+
+func TestVirshSessionsClosedAreKilled(t *testing.T) {
+	r, _, prog := newFakeSessions(t)
+	r.Run(context.Background(), vcmd(prog, "uri"))
+	s := r.byURI["qemu:///fake"]
+	r.Close()
+	if !sessionGone(s.pgid) {
+		t.Error("a closed session's virsh runs on")
+	}
+}
