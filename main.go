@@ -226,7 +226,7 @@ func run(args []string) int {
 		return finishWith(out, reportError(out, err))
 	}
 	env := Env{
-		Runner:        mainRunner(),
+		Runner:        mainRunner(home),
 		Clock:         realClock{},
 		Out:           out,
 		Home:          home,

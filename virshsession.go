@@ -12,8 +12,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +29,7 @@ import (
 // sessionCommands are the virsh commands that take milliseconds: anything
 // that waits on a guest, QEMU or a stream runs as a process of its own, so
 // that a session is never busy for long and a cancel stops that one child.
+// vol-create-as only for a volume that is not written in full (see sessionable).
 var sessionCommands = map[string]bool{
 	"uri": true, "domstate": true, "domuuid": true, "dumpxml": true, "metadata": true, "define": true,
 	"undefine": true, "domstats": true, "domcapabilities": true, "list": true,
@@ -44,9 +47,15 @@ var sessionArgRE = regexp.MustCompile(`^[A-Za-z0-9._/:=@,+-]+$`)
 var (
 	sessionIdle      = 10 * time.Second // an older session is replaced: its connection may be gone
 	sessionHandshake = 3 * time.Second  // else one process per command, as before
+	// sessionDeadline ends a command whose end never came: the session is
+	// killed, and the command fails as a hung virsh process would not.
+	sessionDeadline = 2 * time.Minute
 )
 
-const sessionMaxOutput = 64 << 20
+const (
+	sessionMaxOutput = 64 << 20
+	smallVolume      = 64 << 20 // vol-create-as writes a raw volume's every byte
+)
 
 // sessionRunner sends prog's quick commands to a session of their URI and
 // everything else, or everything once a session of that URI failed to
@@ -54,9 +63,19 @@ const sessionMaxOutput = 64 << 20
 type sessionRunner struct {
 	inner Runner
 	prog  string
-	mu    sync.Mutex
-	byURI map[string]*virshSession
-	off   map[string]bool
+	// cacheDir is where the sessions' virsh keeps its history (XDG_CACHE_HOME),
+	// not the user's own; "" leaves it.
+	cacheDir string
+	mu       sync.Mutex
+	byURI    map[string]*sessionSlot
+	closed   bool
+}
+
+// sessionSlot is a URI's session: being started until ready is closed, then
+// s, or nil if none could be had (off: none is tried again).
+type sessionSlot struct {
+	ready chan struct{}
+	s     *virshSession
 }
 
 // virshSessions is the vmup command's; main ends them before it exits.
@@ -64,15 +83,16 @@ var virshSessions = newSessionRunner(execRunner{}, "virsh")
 
 // mainRunner is the runner of a vmup command: virsh's sessions, unless
 // VMUP_VIRSH names another program (a wrapper may not read commands on stdin).
-func mainRunner() Runner {
+func mainRunner(home string) Runner {
 	if os.Getenv("VMUP_VIRSH") != "" {
 		return execRunner{}
 	}
+	virshSessions.cacheDir = filepath.Join(home, "cache", "virsh")
 	return virshSessions
 }
 
 func newSessionRunner(inner Runner, prog string) *sessionRunner {
-	return &sessionRunner{inner: inner, prog: prog, byURI: map[string]*virshSession{}, off: map[string]bool{}}
+	return &sessionRunner{inner: inner, prog: prog, byURI: map[string]*sessionSlot{}}
 }
 
 // sessionable is the URI of a command a session can run.
@@ -83,7 +103,13 @@ func (r *sessionRunner) sessionable(c Cmd) (string, bool) {
 		return "", false
 	}
 	for _, arg := range a[2:] {
-		if !sessionArgRE.MatchString(arg) {
+		// A file virsh would read from the session's own stdin, or never end.
+		if !sessionArgRE.MatchString(arg) || strings.HasPrefix(arg, "/dev/") || strings.HasPrefix(arg, "/proc/") {
+			return "", false
+		}
+	}
+	if a[3] == "vol-create-as" && len(a) > 6 && !slices.Contains(a, "--backing-vol") && !slices.Contains(a, "--allocation") {
+		if n, err := strconv.ParseInt(a[6], 10, 64); err != nil || n > smallVolume {
 			return "", false
 		}
 	}
@@ -110,44 +136,80 @@ func (r *sessionRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	return r.inner.Run(ctx, c)
 }
 
-// session is uri's session, started if need be; nil if none can be had.
+// session is uri's session, started if need be (by one caller; the others
+// wait for it, or for their ctx); nil if none can be had.
 func (r *sessionRunner) session(ctx context.Context, uri string) (*virshSession, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if s := r.byURI[uri]; s != nil {
-		return s, nil
-	}
-	if r.off[uri] {
+	if r.closed {
+		r.mu.Unlock()
 		return nil, nil
 	}
-	s, err := startSession(ctx, r.prog, uri)
-	if ctx.Err() != nil {
+	slot := r.byURI[uri]
+	starter := slot == nil
+	if starter {
+		slot = &sessionSlot{ready: make(chan struct{})}
+		r.byURI[uri] = slot
+	}
+	r.mu.Unlock()
+	if starter {
+		s, err := startSession(ctx, r.prog, uri, r.sessionEnv(uri))
+		r.mu.Lock()
+		switch {
+		case (ctx.Err() != nil || r.closed) && s != nil:
+			s.kill()
+		case err == nil:
+			slot.s = s
+		}
+		if ctx.Err() != nil {
+			delete(r.byURI, uri) // not the session's fault: the next caller tries
+		}
+		r.mu.Unlock()
+		close(slot.ready)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return slot.s, nil
+	}
+	select {
+	case <-slot.ready:
+		return slot.s, nil
+	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	if err != nil {
-		r.off[uri] = true
-		return nil, nil
-	}
-	r.byURI[uri] = s
-	return s, nil
 }
 
+// sessionEnv is what a session's virsh gets on top of vmup's environment:
+// a plain line echo as wide as any line (no terminal's escapes, no user's
+// inputrc), and its history where vmup keeps its cache, not the user's
+// (qemu:///session's daemon, which the client may start, keeps the user's).
+func (r *sessionRunner) sessionEnv(uri string) []string {
+	env := []string{"TERM=dumb", "INPUTRC=/dev/null", "COLUMNS=100000"}
+	if r.cacheDir != "" && !strings.Contains(uri, "/session") && os.MkdirAll(r.cacheDir, 0o700) == nil {
+		env = append(env, "XDG_CACHE_HOME="+r.cacheDir)
+	}
+	return env
+}
+
+// forget drops s (killed) as its URI's session; the next command starts another.
 func (r *sessionRunner) forget(s *virshSession) {
+	s.kill()
 	r.mu.Lock()
-	if r.byURI[s.uri] == s {
+	if slot := r.byURI[s.uri]; slot != nil && slot.s == s {
 		delete(r.byURI, s.uri)
 	}
 	r.mu.Unlock()
-	s.kill()
 }
 
 // Close ends every session: killed, so that virsh writes no history file.
+// Commands after it run as processes of their own.
 func (r *sessionRunner) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for uri, s := range r.byURI {
-		s.kill()
-		delete(r.byURI, uri)
+	r.closed = true
+	for _, slot := range r.byURI {
+		if slot.s != nil {
+			slot.s.kill()
+		}
 	}
 }
 
@@ -166,12 +228,15 @@ type virshSession struct {
 	n      int
 	last   time.Time
 	dead   atomic.Bool
+	// exited: virsh is gone (a zombie still, so its pid is no other's yet);
+	// its group is signalled only before, under procMu.
+	procMu sync.Mutex
+	exited bool
 }
 
-func startSession(ctx context.Context, prog, uri string) (*virshSession, error) {
+func startSession(ctx context.Context, prog, uri string, env []string) (*virshSession, error) {
 	cmd := exec.Command(prog, "-c", uri) // not -q: it drops the tables' headers
-	// A plain line echo (no terminal's escapes), no user's inputrc, no history.
-	cmd.Env = append(os.Environ(), "TERM=dumb", "INPUTRC=/dev/null", "VIRSH_HISTSIZE=0")
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -185,6 +250,8 @@ func startSession(ctx context.Context, prog, uri string) (*virshSession, error) 
 	if err != nil {
 		return nil, err
 	}
+	s := &virshSession{uri: uri, sem: make(chan struct{}, 1), stdin: stdin,
+		out: bufio.NewReader(stdout), errOut: bufio.NewReader(stderr), nonce: "vmup" + randomHex(8), last: time.Now()}
 	started := make(chan error, 1)
 	go func() {
 		// Pdeathsig fires when the thread that started the child exits.
@@ -195,13 +262,17 @@ func startSession(ctx context.Context, prog, uri string) (*virshSession, error) 
 			return
 		}
 		started <- nil
+		var info unix.Siginfo
+		unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		s.procMu.Lock()
+		s.exited = true
+		s.procMu.Unlock()
 		cmd.Wait()
 	}()
 	if err := <-started; err != nil {
 		return nil, err
 	}
-	s := &virshSession{uri: uri, sem: make(chan struct{}, 1), pgid: cmd.Process.Pid, stdin: stdin,
-		out: bufio.NewReader(stdout), errOut: bufio.NewReader(stderr), nonce: "vmup" + randomHex(8), last: time.Now()}
+	s.pgid = cmd.Process.Pid
 	hctx, cancel := context.WithTimeout(ctx, sessionHandshake)
 	defer cancel()
 	if err := s.handshake(hctx); err != nil {
@@ -242,8 +313,11 @@ func (s *virshSession) suffix(tag string) []byte {
 	return []byte(p + "echo --err " + tag + "\n\n" + p + "echo " + tag + "\n" + tag + "\n")
 }
 
+var errSessionNotSent = errors.New("virsh session gone before the command was sent")
+
 // exchange sends line (if any) and the two echoes of tag, and reads stdout
-// through outEnd and stderr through the echoed tag (which it drops).
+// through outEnd and stderr through the tag's line. Any failure to read
+// both ends kills the session: what it would print next is not known.
 func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []byte) (out, errOut []byte, err error) {
 	if line != "" {
 		line += "\n"
@@ -251,7 +325,9 @@ func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []
 	if _, err := io.WriteString(s.stdin, line+"echo --err "+tag+"\necho "+tag+"\n"); err != nil {
 		return nil, nil, errSessionNotSent
 	}
-	errEnd := []byte("error: " + tag + "\n")
+	// On the tag alone: virsh writes "error: " and the rest apart, and a
+	// message of its event thread may come in between.
+	errEnd := []byte(tag + "\n")
 	type read struct {
 		b   []byte
 		err error
@@ -259,6 +335,8 @@ func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []
 	outc, errc := make(chan read, 1), make(chan read, 1)
 	go func() { b, err := readThrough(s.out, outEnd); outc <- read{b, err} }()
 	go func() { b, err := readThrough(s.errOut, errEnd); errc <- read{b, err} }()
+	deadline := time.NewTimer(sessionDeadline)
+	defer deadline.Stop()
 	var o, e *read
 	for o == nil || e == nil {
 		select {
@@ -269,16 +347,23 @@ func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []
 		case <-ctx.Done():
 			s.kill()
 			return nil, nil, ctx.Err()
+		case <-deadline.C:
+			s.kill()
+			return nil, nil, fmt.Errorf("virsh session: no answer within %v", sessionDeadline)
+		}
+		for _, r := range []*read{o, e} {
+			if r != nil && r.err != nil {
+				s.kill()
+				return nil, nil, fmt.Errorf("virsh session ended: %w", r.err)
+			}
 		}
 	}
-	if o.err != nil || e.err != nil {
-		s.kill()
-		return nil, e.b, fmt.Errorf("virsh session ended: %w", errors.Join(o.err, e.err))
+	errOut = e.b[:len(e.b)-len(errEnd)]
+	if i := bytes.LastIndex(errOut, []byte("error: ")); i >= 0 && i == len(errOut)-len("error: ") {
+		errOut = errOut[:i]
 	}
-	return o.b, e.b[:len(e.b)-len(errEnd)], nil
+	return o.b, errOut, nil
 }
-
-var errSessionNotSent = errors.New("virsh session gone before the command was sent")
 
 // readThrough reads r up to and including end.
 func readThrough(r *bufio.Reader, end []byte) ([]byte, error) {
@@ -299,11 +384,17 @@ func readThrough(r *bufio.Reader, end []byte) ([]byte, error) {
 	}
 }
 
-// lostRE: virsh lost its connection; the command was not run.
-var lostRE = regexp.MustCompile(`(?i)disconnected from|failed to reconnect|no valid connection|end of file while reading data`)
+// connectionRE: what virsh says of its connection, at any moment (from its
+// event thread) or when it reconnects before a command. Such a line is no
+// failure of the command; a session that says one is replaced after it.
+var connectionRE = regexp.MustCompile(`(?im)^(error: )+(disconnected from .*|reconnected to the hypervisor)\n?`)
+
+// notConnectedRE: virsh did not reach libvirt for the command, so it ran
+// nothing: it can run again elsewhere.
+var notConnectedRE = regexp.MustCompile(`(?i)failed to reconnect to the hypervisor|no valid connection`)
 
 // run runs one command (argv, with prog -c URI first). notRun: the session
-// is gone or lost its connection without running it; run it elsewhere.
+// is gone or was not connected, and ran nothing; run it elsewhere.
 func (s *virshSession) run(ctx context.Context, argv []string) (res Result, err error, notRun bool) {
 	select {
 	case s.sem <- struct{}{}:
@@ -325,22 +416,27 @@ func (s *virshSession) run(ctx context.Context, argv []string) (res Result, err 
 	case ctx.Err() != nil:
 		return Result{ExitCode: -1}, ctx.Err(), false
 	case err != nil:
-		return Result{ExitCode: -1, Stderr: errOut}, &ExitError{Args: argv, ExitCode: -1, Stderr: string(errOut) + err.Error()}, false
+		return Result{ExitCode: -1}, &ExitError{Args: argv, ExitCode: -1, Stderr: err.Error()}, false
 	}
 	// out: the prompt and the command's line as readline echoed it (one
 	// line), its output, then the echoes.
 	nl := bytes.IndexByte(out, '\n')
 	if !bytes.HasPrefix(out, s.prompt) || nl < 0 || nl+1 > len(out)-len(end) {
 		s.kill()
-		return Result{ExitCode: -1}, fmt.Errorf("virsh session: unexpected output %q", out), false
+		return Result{ExitCode: -1}, &ExitError{Args: argv, ExitCode: -1, Stderr: fmt.Sprintf("virsh session: unexpected output %q", out)}, false
 	}
 	res = Result{Stdout: out[nl+1 : len(out)-len(end)], Stderr: errOut}
-	if !failed(errOut) {
-		return res, nil, false
-	}
-	if lostRE.Match(errOut) {
+	if notConnectedRE.Match(errOut) {
 		s.kill()
 		return Result{}, nil, true
+	}
+	if connectionRE.Match(errOut) {
+		s.kill() // the next command gets a session of its own
+		errOut = connectionRE.ReplaceAll(errOut, nil)
+		res.Stderr = errOut
+	}
+	if !failed(errOut) {
+		return res, nil, false
 	}
 	res.ExitCode = 1
 	return res, &ExitError{Args: argv, ExitCode: 1, Stderr: string(errOut)}, false
@@ -351,8 +447,15 @@ func failed(stderr []byte) bool {
 	return bytes.HasPrefix(stderr, []byte("error: ")) || bytes.Contains(stderr, []byte("\nerror: "))
 }
 
+// kill ends the session: its virsh's group is killed unless virsh exited.
 func (s *virshSession) kill() {
-	s.dead.Store(true)
-	unix.Kill(-s.pgid, unix.SIGKILL)
+	if s.dead.Swap(true) {
+		return
+	}
+	s.procMu.Lock()
+	if !s.exited && s.pgid > 0 {
+		unix.Kill(-s.pgid, unix.SIGKILL)
+	}
+	s.procMu.Unlock()
 	s.stdin.Close()
 }

@@ -29,6 +29,7 @@ func fakeVirshSession(stdin io.Reader, stdout, stderr io.Writer) int {
 	fmt.Fprint(out, "Welcome to virsh, the virtualization interactive terminal.\n\nType:  'help' for help with commands\n       'quit' to quit\n\n")
 	in := bufio.NewScanner(stdin)
 	in.Buffer(nil, 1<<20)
+	split := false // the next error line is cut by a message of the event thread
 	for {
 		fmt.Fprint(out, "virsh # ")
 		out.Flush()
@@ -46,6 +47,13 @@ func fakeVirshSession(stdin io.Reader, stdout, stderr io.Writer) int {
 		f := strings.Fields(line)
 		switch {
 		case len(f) == 3 && f[0] == "echo" && f[1] == "--err":
+			if split {
+				fmt.Fprint(stderr, "error: ")
+				fmt.Fprint(stderr, "error: Disconnected from qemu:///fake due to keepalive timeout\n")
+				fmt.Fprintf(stderr, "%s\n", f[2])
+				split = false
+				break
+			}
 			fmt.Fprintf(stderr, "error: %s\n", f[2])
 		case len(f) == 2 && f[0] == "echo":
 			fmt.Fprint(out, f[1])
@@ -59,8 +67,16 @@ func fakeVirshSession(stdin io.Reader, stdout, stderr io.Writer) int {
 			case name == "dying":
 				out.Flush()
 				return 3
-			case name == "lost":
+			case name == "lost": // within the command: it may have run, and failed
 				fmt.Fprint(stderr, "error: Disconnected from qemu:///fake due to end of file\nerror: failed to get domain 'lost'\n")
+			case name == "reconnected": // before the command, which then ran
+				fmt.Fprint(stderr, "error: Reconnected to the hypervisor\n")
+				fmt.Fprint(out, "running reconnected\n")
+			case name == "unconnected": // the command did not run
+				fmt.Fprint(stderr, "error: Failed to reconnect to the hypervisor\nerror: no valid connection\n")
+			case name == "split":
+				split = true
+				fmt.Fprint(out, "running split\n")
 			case strings.HasPrefix(name, "no-"):
 				fmt.Fprintf(stderr, "error: failed to get domain '%s'\nerror: Domain not found: no domain with matching name '%s'\n", name, name)
 			default:
@@ -184,7 +200,7 @@ func TestVirshSessionCancelledEndsWithinASecondAndTheNextCommandHasANewOne(t *te
 	if _, err := r.Run(context.Background(), vcmd(prog, "uri")); err != nil {
 		t.Fatal(err)
 	}
-	first := r.byURI["qemu:///fake"]
+	first := r.byURI["qemu:///fake"].s
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -198,7 +214,7 @@ func TestVirshSessionCancelledEndsWithinASecondAndTheNextCommandHasANewOne(t *te
 		t.Error("the cancelled session is still there")
 	}
 	res, err := r.Run(context.Background(), vcmd(prog, "domstate", "vm"))
-	if err != nil || string(res.Stdout) != "running vm\n\n" || r.byURI["qemu:///fake"] == first || inner.count() != 0 {
+	if err != nil || string(res.Stdout) != "running vm\n\n" || r.byURI["qemu:///fake"].s == first || inner.count() != 0 {
 		t.Errorf("after a cancel: %q %v, %d processes", res.Stdout, err, inner.count())
 	}
 }
@@ -213,7 +229,8 @@ func sessionGone(pgid int) bool {
 }
 
 // A session that ends within a command fails that command (it may have
-// run); one that lost its connection ran nothing: the command runs alone.
+// run). What virsh says of its connection is no failure; a command it did
+// not run for want of one runs alone; the session is replaced after it.
 func TestVirshSessionEndedOrDisconnected(t *testing.T) {
 	r, inner, prog := newFakeSessions(t)
 	ctx := context.Background()
@@ -223,20 +240,73 @@ func TestVirshSessionEndedOrDisconnected(t *testing.T) {
 	if res, err := r.Run(ctx, vcmd(prog, "domstate", "vm")); err != nil || string(res.Stdout) != "running vm\n\n" {
 		t.Fatalf("the next command: %q %v", res.Stdout, err)
 	}
-	if res, err := r.Run(ctx, vcmd(prog, "domstate", "lost")); err != nil || string(res.Stdout) != "by process\n" || inner.count() != 1 {
-		t.Fatalf("a lost connection: %q %v, %d processes", res.Stdout, err, inner.count())
-	}
-	// An idle session is replaced (its connection may have gone meanwhile).
-	old := r.byURI["qemu:///fake"]
-	if old == nil {
+	for _, c := range []struct {
+		name, stdout string
+		failed       bool
+		processes    int
+	}{
+		{"reconnected", "running reconnected\n\n", false, 0},
+		{"split", "running split\n\n", false, 0},
+		{"lost", "\n", true, 0},
+		{"unconnected", "by process\n", false, 1},
+	} {
+		before := r.byURI["qemu:///fake"].s
+		res, err := r.Run(ctx, vcmd(prog, "domstate", c.name))
+		if string(res.Stdout) != c.stdout || (err != nil) != c.failed || inner.count() != c.processes {
+			t.Errorf("%s: %q %v, %d processes", c.name, res.Stdout, err, inner.count())
+		}
+		if c.failed && !strings.Contains(err.Error(), "failed to get domain") {
+			t.Errorf("%s: the failure says %v", c.name, err)
+		}
+		if !before.dead.Load() {
+			t.Errorf("%s: the session is kept", c.name)
+		}
+		inner.args = nil
 		r.Run(ctx, vcmd(prog, "uri"))
-		old = r.byURI["qemu:///fake"]
 	}
+
+	// An idle session is replaced (its connection may have gone meanwhile).
+	r.Run(ctx, vcmd(prog, "uri"))
+	old := r.byURI["qemu:///fake"].s
 	defer func(d time.Duration) { sessionIdle = d }(sessionIdle)
 	sessionIdle = time.Nanosecond
 	time.Sleep(time.Millisecond)
-	if _, err := r.Run(ctx, vcmd(prog, "uri")); err != nil || r.byURI["qemu:///fake"] == old || !old.dead.Load() {
-		t.Errorf("an idle session: %v, replaced %v", err, r.byURI["qemu:///fake"] != old)
+	if _, err := r.Run(ctx, vcmd(prog, "uri")); err != nil || r.byURI["qemu:///fake"].s == old || !old.dead.Load() {
+		t.Errorf("an idle session: %v, replaced %v", err, r.byURI["qemu:///fake"].s != old)
+	}
+}
+
+// A command whose end never comes fails once the deadline passed, and ends
+// its session.
+func TestVirshSessionCommandWithoutEndFailsAtItsDeadline(t *testing.T) {
+	r, _, prog := newFakeSessions(t)
+	defer func(d time.Duration) { sessionDeadline = d }(sessionDeadline)
+	sessionDeadline = 300 * time.Millisecond
+	if _, err := r.Run(context.Background(), vcmd(prog, "domstate", "sleepy")); err == nil || !strings.Contains(err.Error(), "no answer") {
+		t.Fatalf("a hung command: %v", err)
+	}
+	if res, err := r.Run(context.Background(), vcmd(prog, "uri")); err != nil || string(res.Stdout) != "qemu:///fake\n\n" {
+		t.Errorf("after it: %q %v", res.Stdout, err)
+	}
+}
+
+func TestVirshSessionableVolumesAndFiles(t *testing.T) {
+	r := newSessionRunner(nil, "virsh")
+	for _, c := range []struct {
+		args []string
+		ok   bool
+	}{
+		{[]string{"vol-create-as", "vmup", "v.qcow2", "4294967296", "--format", "qcow2", "--backing-vol", "/b", "--backing-vol-format", "qcow2"}, true},
+		{[]string{"vol-create-as", "vmup", "t.qcow2", "4294967296", "--allocation", "0", "--format", "raw"}, true},
+		{[]string{"vol-create-as", "vmup", "seed.iso", "55296", "--format", "raw"}, true},
+		{[]string{"vol-create-as", "vmup", "base.qcow2", "536870912", "--format", "raw"}, false}, // every byte written
+		{[]string{"define", "/dev/stdin"}, false},
+		{[]string{"define", "/proc/self/fd/0"}, false},
+		{[]string{"define", "/home/u/vms/a/domain.xml"}, true},
+	} {
+		if _, ok := r.sessionable(Cmd{Args: append([]string{"virsh", "-c", "qemu:///system"}, c.args...)}); ok != c.ok {
+			t.Errorf("%v: sessionable %v, want %v", c.args, ok, c.ok)
+		}
 	}
 }
 
@@ -248,7 +318,7 @@ func TestVirshSessionThatCannotConnectLeavesEveryCommandToAProcess(t *testing.T)
 			t.Fatalf("without a session: %q %v", res.Stdout, err)
 		}
 	}
-	if !r.off["qemu:///fake"] {
+	if slot := r.byURI["qemu:///fake"]; slot == nil || slot.s != nil {
 		t.Error("a session is tried again for each command")
 	}
 }
@@ -256,7 +326,7 @@ func TestVirshSessionThatCannotConnectLeavesEveryCommandToAProcess(t *testing.T)
 func TestVirshSessionsClosedAreKilled(t *testing.T) {
 	r, _, prog := newFakeSessions(t)
 	r.Run(context.Background(), vcmd(prog, "uri"))
-	s := r.byURI["qemu:///fake"]
+	s := r.byURI["qemu:///fake"].s
 	r.Close()
 	if !sessionGone(s.pgid) {
 		t.Error("a closed session's virsh runs on")
