@@ -50,6 +50,7 @@ var (
 	// sessionDeadline ends a command whose end never came: the session is
 	// killed, and the command fails as a hung virsh process would not.
 	sessionDeadline = 2 * time.Minute
+	stderrGrace     = time.Second // for stderr's end once stdout's came
 )
 
 const (
@@ -342,6 +343,9 @@ func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []
 		select {
 		case r := <-outc:
 			o = &r
+			// `echo --err` ran before `echo`: its line is in the pipe already,
+			// unless this virsh has no --err (older than libvirt's echo of it).
+			deadline.Reset(stderrGrace)
 		case r := <-errc:
 			e = &r
 		case <-ctx.Done():
@@ -349,6 +353,9 @@ func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []
 			return nil, nil, ctx.Err()
 		case <-deadline.C:
 			s.kill()
+			if o != nil {
+				return nil, nil, errors.New("virsh session: no end on stderr (a virsh whose echo has no --err?)")
+			}
 			return nil, nil, fmt.Errorf("virsh session: no answer within %v", sessionDeadline)
 		}
 		for _, r := range []*read{o, e} {

@@ -21,6 +21,7 @@ import (
 // readline does on a dumb terminal), an empty line after each command's
 // output, errors on stderr.
 func fakeVirshSession(stdin io.Reader, stdout, stderr io.Writer) int {
+	noErr := os.Getenv("FAKE_SESSION_NO_ECHO_ERR") != "" // a virsh whose echo has no --err
 	if os.Getenv("FAKE_SESSION_NO_CONNECT") != "" {
 		fmt.Fprint(stderr, "error: failed to connect to the hypervisor\n")
 		return 1
@@ -46,6 +47,8 @@ func fakeVirshSession(stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		f := strings.Fields(line)
 		switch {
+		case len(f) == 3 && f[0] == "echo" && f[1] == "--err" && noErr:
+			fmt.Fprint(stderr, "error: command 'echo' doesn't support option --err\n")
 		case len(f) == 3 && f[0] == "echo" && f[1] == "--err":
 			if split {
 				fmt.Fprint(stderr, "error: ")
@@ -320,6 +323,24 @@ func TestVirshSessionThatCannotConnectLeavesEveryCommandToAProcess(t *testing.T)
 	}
 	if slot := r.byURI["qemu:///fake"]; slot == nil || slot.s != nil {
 		t.Error("a session is tried again for each command")
+	}
+}
+
+// A virsh whose echo has no --err is found out in about a second, not at
+// the handshake's 3 s, and every command runs as a process of its own.
+func TestVirshSessionWithoutEchoErrLeavesEveryCommandToAProcess(t *testing.T) {
+	t.Setenv("FAKE_SESSION_NO_ECHO_ERR", "1")
+	r, inner, prog := newFakeSessions(t)
+	start := time.Now()
+	if res, err := r.Run(context.Background(), vcmd(prog, "uri")); err != nil || string(res.Stdout) != "by process\n" {
+		t.Fatalf("without echo --err: %q %v", res.Stdout, err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("found out after %v", took)
+	}
+	r.Run(context.Background(), vcmd(prog, "uri"))
+	if inner.count() != 2 {
+		t.Errorf("%d commands as processes, want 2", inner.count())
 	}
 }
 
