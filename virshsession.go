@@ -354,7 +354,7 @@ func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []
 		case <-deadline.C:
 			s.kill()
 			if o != nil {
-				return nil, nil, errors.New("virsh session: no end on stderr (a virsh whose echo has no --err?)")
+				return nil, nil, errors.New("virsh session: stderr never ended (its echo has no --err)")
 			}
 			return nil, nil, fmt.Errorf("virsh session: no answer within %v", sessionDeadline)
 		}
