@@ -85,22 +85,8 @@ func (r execRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	// A grandchild holding a pipe open must not hang vmup once the child exited.
 	cmd.WaitDelay = 2 * time.Second
 
-	started := make(chan error, 1)
 	waited := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the thread that started the child exits, so that
-		// thread stays locked to this goroutine for the child's life.
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			runtime.UnlockOSThread()
-			started <- err
-			return
-		}
-		started <- nil
-		waited <- cmd.Wait()
-		// Left locked on purpose: the runtime ends this thread with the goroutine.
-	}()
-	if err := <-started; err != nil {
+	if err := startHeld(cmd, func() { waited <- cmd.Wait() }); err != nil {
 		return Result{ExitCode: -1}, fmt.Errorf("cannot run %s: %w", c.Args[0], err)
 	}
 	pgid := cmd.Process.Pid
@@ -134,6 +120,24 @@ func (r execRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		return res, &ExitError{Args: c.Args, ExitCode: res.ExitCode, Stderr: stderr.String()}
 	}
 	return res, waitErr
+}
+
+// startHeld starts cmd, then runs wait, on a thread of its own for the
+// child's life: Pdeathsig fires when the thread that started the child exits.
+func startHeld(cmd *exec.Cmd, wait func()) error {
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			runtime.UnlockOSThread()
+			started <- err
+			return
+		}
+		started <- nil
+		wait()
+		// Left locked on purpose: the runtime ends this thread with the goroutine.
+	}()
+	return <-started
 }
 
 func (r execRunner) grace() time.Duration {

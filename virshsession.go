@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -253,24 +252,15 @@ func startSession(ctx context.Context, prog, uri string, env []string) (*virshSe
 	}
 	s := &virshSession{uri: uri, sem: make(chan struct{}, 1), stdin: stdin,
 		out: bufio.NewReader(stdout), errOut: bufio.NewReader(stderr), nonce: "vmup" + randomHex(8), last: time.Now()}
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the thread that started the child exits.
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			runtime.UnlockOSThread()
-			started <- err
-			return
-		}
-		started <- nil
+	err = startHeld(cmd, func() {
 		var info unix.Siginfo
 		unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		s.procMu.Lock()
 		s.exited = true
 		s.procMu.Unlock()
 		cmd.Wait()
-	}()
-	if err := <-started; err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
 	s.pgid = cmd.Process.Pid
