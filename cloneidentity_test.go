@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -101,4 +102,101 @@ func TestTemplateNetdev(t *testing.T) {
 	if got, err := templateNetdev(`<interface type='network'><source network='default'/></interface>`); err == nil {
 		t.Errorf("no user netdev: got %q, want an error", got)
 	}
+}
+
+// A clone costs one login: the template's, kept as the clone's ssh master,
+// with the identity script run through it; the new host key is proved by a
+// connection that authenticates nothing, pinned to the clone's known_hosts.
+func TestCloneOneLoginProvesHostKey(t *testing.T) {
+	h := templateHarness(t)
+	h.makeTemplateVM()
+	before := len(h.fake.rawCalls())
+	if code := h.wait(h.up(h.cloneArgs("c1", "-d")...)); code != 0 {
+		t.Fatalf("clone: exit %d\n%s", code, h.stderr)
+	}
+	dir := filepath.Join(h.env.Home, "vms", "c1")
+	var masters, scripts, proofs []string
+	for _, args := range h.fake.rawCalls()[before:] {
+		line := strings.Join(args, " ")
+		switch {
+		case filepath.Base(args[0]) != "ssh":
+		case strings.Contains(line, "ControlMaster=yes"):
+			masters = append(masters, line)
+		case strings.Contains(line, "vmup-identity done"):
+			scripts = append(scripts, line)
+		case strings.Contains(line, "PubkeyAuthentication=no"):
+			proofs = append(proofs, line)
+		}
+	}
+	login := "IdentityFile=" + filepath.Join(dir, "template-login", "id_ed25519")
+	if len(masters) != 1 || !strings.Contains(masters[0], login) {
+		t.Errorf("masters %q; want one, with the template's login key", masters)
+	}
+	sock := "ControlPath=" + filepath.Join(dir, "ssh.sock")
+	if len(scripts) != 1 || !strings.Contains(scripts[0], sock) || !strings.Contains(scripts[0], "ControlMaster=no") {
+		t.Errorf("identity scripts %q; want one, through the master at %s", scripts, sock)
+	}
+	if len(proofs) != 1 || !strings.Contains(proofs[0], "UserKnownHostsFile="+filepath.Join(dir, "known_hosts")) ||
+		!strings.Contains(proofs[0], "StrictHostKeyChecking=yes") || !strings.Contains(proofs[0], "ControlPath=none") {
+		t.Errorf("host key proofs %q; want one, on the clone's known_hosts and no master", proofs)
+	}
+}
+
+// A guest whose sshd serves another key than the one pinned fails the
+// clone: never a VM that `vmup ssh` cannot reach once its master is gone.
+func TestCloneWrongHostKeyFails(t *testing.T) {
+	h := templateHarness(t)
+	h.makeTemplateVM()
+	h.fake.mu.Lock()
+	h.fake.world.WrongHostKey = true
+	h.fake.mu.Unlock()
+	code := h.wait(h.up(h.cloneArgs("c1", "-d")...))
+	if code == 0 || !strings.Contains(h.stderr.String(), "serves another host key than the one vmup pinned") {
+		t.Fatalf("exit %d; want a failure naming the host key\n%s", code, h.stderr)
+	}
+	if h.has("provisioned_from_template") || h.journalOf("c1").FirstBootDone {
+		t.Errorf("c1 recorded provisioned; events %v", h.events.names())
+	}
+}
+
+// ProveHostKey: refused after the key check passes, the host key refused
+// fails at once, a connection not yet answered is tried again.
+func TestProveHostKey(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		answers []string // stderr of each try, exit 255; "ok": exit 0
+		want    string   // "" or a part of the error
+		tries   int
+	}{
+		{"refused after the key", []string{"vmup@127.0.0.1: Permission denied (publickey).\n"}, "", 1},
+		{"no authentication asked", []string{"ok"}, "", 1},
+		{"another key", []string{"@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed.\n"}, "another host key", 1},
+		{"sshd restarting", []string{"ssh: connect to host 127.0.0.1 port 2222: Connection refused\n", "x@h: Permission denied (publickey).\n"}, "", 2},
+		{"never answers", []string{"kex_exchange_identification: read: Connection reset by peer\n"}, "is not known", 5},
+	} {
+		r := &answerRunner{answers: c.answers}
+		s := newSSH(r, "v1", "vmup", pathsFor(t.TempDir(), "v1"), Endpoint{Host: "127.0.0.1", Port: 2222})
+		err := s.ProveHostKey(context.Background())
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+		if r.n != c.tries {
+			t.Errorf("%s: %d tries, want %d", c.name, r.n, c.tries)
+		}
+	}
+}
+
+// answerRunner answers the nth call with answers[n] (the last one again after).
+type answerRunner struct {
+	answers []string
+	n       int
+}
+
+func (r *answerRunner) Run(ctx context.Context, c Cmd) (Result, error) {
+	a := r.answers[min(r.n, len(r.answers)-1)]
+	r.n++
+	if a == "ok" {
+		return Result{}, nil
+	}
+	return Result{ExitCode: 255}, &ExitError{Args: c.Args, ExitCode: 255, Stderr: a}
 }

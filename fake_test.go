@@ -84,6 +84,9 @@ type fakeWorld struct {
 	Saves, Restores []string
 	// Identities counts the clone identity scripts the guest ran.
 	Identities int
+	// WrongHostKey: the guest's sshd serves another host key than the one
+	// a connection that authenticates nothing (ProveHostKey) expects.
+	WrongHostKey bool
 	// CloudInit is the guest's cloud-init, as vmup's ssh commands find it.
 	CloudInit fakeCloudInit
 }
@@ -879,10 +882,16 @@ func (f *fakeRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		var out, errOut string
 		code, block := 0, false
 		switch {
+		case up && slices.Contains(c.Args, "PubkeyAuthentication=no"):
+			// ProveHostKey: the host key checked, then no way to log in.
+			code, errOut = 255, "vmup@127.0.0.1: Permission denied (publickey).\n"
+			if f.world.WrongHostKey {
+				errOut = "Host key verification failed.\n"
+			}
 		case up && strings.Contains(strings.Join(c.Args, " "), "vmup-identity done"):
 			// A clone's identity script (its words hold an '@', which abbreviate drops).
 			f.world.Identities++
-			out = "vmup-identity done sshd=reloaded\n"
+			out = "vmup-identity keys\nvmup-identity done sshd=reloaded\n"
 		case up:
 			out, errOut, code, block = f.world.guest(remoteCommand(short))
 		}

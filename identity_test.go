@@ -60,6 +60,7 @@ type guestOpts struct {
 	hosts    string // etc/hosts
 	noCloud  bool   // no var/lib/cloud
 	noSSHDir bool   // the login has no ~/.ssh
+	passwd   string // etc/passwd, with %[1]d and %[2]d for this test's uid and gid
 }
 
 // identityGuest lays out a Debian cloud guest after its first boot as VM "a",
@@ -71,12 +72,15 @@ func identityGuest(t *testing.T, o guestOpts) string {
 	if hosts == "" {
 		hosts = "127.0.0.1 localhost\n127.0.1.1 a.localdomain a\n10.0.0.1\tab a-b b.a\n\n::1 localhost ip6-localhost ip6-loopback\n"
 	}
+	passwd := o.passwd
+	if passwd == "" {
+		passwd = "root:x:0:0:root:/root:/bin/bash\nvmup:x:%[1]d:%[2]d::/home/vmup:/bin/bash\n"
+	}
 	files := map[string]string{
-		"etc/hostname":   "a\n",
-		"etc/hosts":      hosts,
-		"etc/machine-id": oldMID + "\n",
-		"etc/passwd": fmt.Sprintf("root:x:0:0:root:/root:/bin/bash\nvmup:x:%d:%d::/home/vmup:/bin/bash\n",
-			os.Getuid(), os.Getgid()),
+		"etc/hostname":        "a\n",
+		"etc/hosts":           hosts,
+		"etc/machine-id":      oldMID + "\n",
+		"etc/passwd":          fmt.Sprintf(passwd, os.Getuid(), os.Getgid()),
 		"etc/ssh/sshd_config": "Include /etc/ssh/sshd_config.d/*.conf\n",
 	}
 	for _, k := range []string{"ed25519", "rsa", "ecdsa"} {
@@ -273,6 +277,9 @@ func TestIdentityScript(t *testing.T) {
 		{"dbus file", guestOpts{dbusFile: true, hosts: "127.0.0.1\tlocalhost\n127.0.1.1\ta\n"},
 			"127.0.0.1\tlocalhost\n127.0.1.1 b\n"},
 		{"no 127.0.1.1", guestOpts{hosts: "127.0.0.1 localhost a\n"}, "127.0.0.1 localhost a\n127.0.1.1 b\n"},
+		{"passwd: a longer name first, the login last with no newline", guestOpts{
+			passwd: "vmupx:x:0:0::/nonexistent:/bin/sh\nvmu:x:0:0::/root:/bin/sh\nvmup:x:%[1]d:%[2]d:a b c:/home/vmup:/bin/bash"},
+			"127.0.0.1 localhost\n127.0.1.1 b.localdomain b\n10.0.0.1\tab a-b b.a\n\n::1 localhost ip6-localhost ip6-loopback\n"},
 		{"no cloud-init, no .ssh", guestOpts{noCloud: true, noSSHDir: true}, "127.0.0.1 localhost\n127.0.1.1 b.localdomain b\n10.0.0.1\tab a-b b.a\n\n::1 localhost ip6-localhost ip6-loopback\n"},
 	}
 	for _, sh := range guestShells(t, true) {
@@ -288,6 +295,23 @@ func TestIdentityScript(t *testing.T) {
 				checkIdentity(t, root, in, c.o, c.wantHosts)
 			})
 		}
+	}
+}
+
+// A login that is not in the guest's passwd is an identity not given.
+func TestIdentityScriptNoLogin(t *testing.T) {
+	for _, sh := range guestShells(t, false) {
+		t.Run(sh.name, func(t *testing.T) {
+			t.Parallel()
+			root := identityGuest(t, guestOpts{passwd: "root:x:0:0:root:/root:/bin/bash\nvmupx:x:%[1]d:%[2]d::/home/vmup:/bin/bash\n"})
+			out, code := runIdentity(t, sh, root, testIdentity(t, "b"))
+			if _, err := identityOutcome([]byte(out), code); code != 2 || err == nil || !strings.Contains(out, "no user vmup in /etc/passwd") {
+				t.Errorf("exit %d (%v):\n%s", code, err, out)
+			}
+			if got := readGuest(t, root, "home/vmup/.ssh/authorized_keys"); !strings.Contains(got, "AAAAold") {
+				t.Errorf("authorized_keys: %q", got)
+			}
+		})
 	}
 }
 

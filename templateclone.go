@@ -142,46 +142,12 @@ func (u *upRun) clone(ctx context.Context) {
 	}
 	touchTemplate(u.env.Home, rec.Key)
 	out.Done("no boot")
-	// The guest says when its sshd serves the new keys; the login with them
-	// runs while it writes the rest.
 	out.Step("Giving the clone its own identity")
-	idCtx, stopIdentity := context.WithCancel(ctx)
-	defer stopIdentity()
-	keys := make(chan struct{})
-	identity := make(chan error, 1)
-	go func() { identity <- u.giveIdentity(idCtx, rec, keys) }()
-	select {
-	case <-keys:
-	case err := <-identity:
-		if err != nil {
-			fail(err)
-			return
-		}
-		identity <- nil
-	}
-	ep, err := u.endpoint(ctx)
-	if err == nil {
-		u.ssh = newSSH(u.env.Runner, u.o.Name, u.j.User, u.paths, ep)
-		u.ssh.control, err = u.controlSocket()
-		u.ssh.keyFinal = true
-	}
-	if err == nil {
-		u.masterDone, err = u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive)
-		if err != nil {
-			err = fmt.Errorf("no SSH login with VM %s's own keys after its identity changed: %w", u.o.Name, err)
-		}
-	}
-	if err != nil {
-		stopIdentity()
-		<-identity
+	if err := u.giveIdentity(ctx, rec, true); err != nil {
 		fail(err)
 		return
 	}
-	if err := <-identity; err != nil {
-		fail(err)
-		return
-	}
-	out.Done("hostname, machine-id, host key, login key, instance-id; SSH at " + ep.String())
+	out.Done("hostname, machine-id, host key, login key, instance-id; SSH at " + u.ssh.ep.String())
 	done, err := u.commitFirstBoot(ctx)
 	if !done {
 		return
@@ -206,9 +172,15 @@ func (u *upRun) clone(ctx context.Context) {
 // giveIdentity logs in as the template's guest (its login key, its host
 // key pinned under this VM's alias) and makes it this VM: hostname,
 // machine-id, host key, login key, cloud-init instance-id, clock. The VM's
-// known_hosts pins the new host key first; keys (if not nil) is closed once
-// the guest's sshd serves it and the new login key, before the rest is done.
-func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, keys chan<- struct{}) error {
+// known_hosts pins the new host key first.
+//
+// With asMaster, that login is this VM's ssh master (u.ssh, u.masterDone):
+// the script runs through it, and once the guest says its sshd serves the
+// new keys a connection that authenticates nothing proves the pinned host
+// key is the one served, while the script writes the rest. One login where
+// a login with the new keys would cost another second of an emulated guest;
+// the script itself checked the login key it wrote.
+func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster bool) error {
 	o, j := u.o, u.j
 	dir := filepath.Join(u.paths.Dir, "template-login")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -244,8 +216,34 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, keys chan
 	}
 	s := newSSH(u.env.Runner, o.Name, j.User, tp, ep)
 	s.control = ""
-	// sshd answers at once after a restore; a few tries cover a connection
-	// that fails before the script ran (ssh's own exit code, 255).
+	keys, ended := make(chan struct{}), make(chan struct{})
+	proved := make(chan error, 1)
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if asMaster {
+		if s.control, err = u.controlSocket(); err != nil {
+			return fmt.Errorf("cannot make a dir for the ssh ControlMaster's socket: %w", err)
+		}
+		s.keyFinal = true // sshd answers at once after a restore, with the template's key
+		done, err := s.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive)
+		if err != nil {
+			return fmt.Errorf("no SSH login with the template's keys after the restore: %w", err)
+		}
+		u.masterDone = done
+		u.ssh = newSSH(u.env.Runner, o.Name, j.User, u.paths, ep)
+		u.ssh.control, u.ssh.keyFinal = s.control, true
+		go func() {
+			// At the guest's word, or when the script ended without it (an
+			// sshd it could not reload serves the old key: the proof fails).
+			select {
+			case <-keys:
+			case <-ended:
+			}
+			proved <- u.ssh.ProveHostKey(ctx)
+		}()
+	}
+	// A connection that fails before the script ran (ssh's own exit code,
+	// 255) is tried again a few times.
 	var res Result
 	var ee *ExitError
 	stdout := &markerWriter{marker: "vmup-identity keys\n", seen: keys}
@@ -262,11 +260,17 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, keys chan
 			break
 		}
 	}
+	close(ended)
 	if err != nil && ee == nil {
 		return fmt.Errorf("cannot give the clone its identity: %w", err)
 	}
 	if _, err := identityOutcome(res.Stdout, res.ExitCode); err != nil {
 		return fmt.Errorf("cannot give the clone its identity: %w", err)
+	}
+	if asMaster {
+		if err := <-proved; err != nil {
+			return fmt.Errorf("VM %s's identity is written, but %w", o.Name, err)
+		}
 	}
 	return nil
 }
@@ -327,7 +331,7 @@ func (u *upRun) resetTemplate(ctx context.Context) error {
 		return err
 	}
 	touchTemplate(u.env.Home, rec.Key)
-	return u.giveIdentity(ctx, rec, nil)
+	return u.giveIdentity(ctx, rec, false)
 }
 
 // createCloneDisk makes the VM's disk, of gib GiB, an overlay on the
