@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"io"
+	"net"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -199,4 +203,139 @@ func (r *answerRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		return Result{}, nil
 	}
 	return Result{ExitCode: 255}, &ExitError{Args: c.Args, ExitCode: 255, Stderr: a}
+}
+
+// The clock by guest-exec: date's exit is waited for; a date that failed,
+// was killed, or an agent's odd answer is an error (guest-set-time follows).
+func TestAgentSetClockByExec(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		answers []string
+		want    string
+	}{
+		{"exits 0", []string{`{"return":{"pid":7}}`, `{"return":{"exited":false}}`, `{"return":{"exited":true,"exitcode":0}}`}, ""},
+		{"exits 1", []string{`{"return":{"pid":7}}`, `{"return":{"exited":true,"exitcode":1}}`}, "exit 1"},
+		{"killed", []string{`{"return":{"pid":7}}`, `{"return":{"exited":true,"signal":9}}`}, "exit 0"},
+		{"no pid", []string{`{"return":{}}`}, "unexpected answer"},
+		{"not JSON", []string{`{"return":{"pid":7}}`, `x`}, "unexpected answer"},
+	} {
+		r := &stdoutRunner{answers: c.answers}
+		err := newVirsh(r, "qemu:///system").AgentSetClockByExec(context.Background(), "v1")
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+		if c.want == "" && r.n != len(c.answers) {
+			t.Errorf("%s: %d calls, want %d", c.name, r.n, len(c.answers))
+		}
+	}
+}
+
+// stdoutRunner answers the nth call with answers[n] on stdout, exit 0.
+type stdoutRunner struct {
+	answers []string
+	n       int
+}
+
+func (r *stdoutRunner) Run(ctx context.Context, c Cmd) (Result, error) {
+	a := r.answers[min(r.n, len(r.answers)-1)]
+	r.n++
+	return Result{Stdout: []byte(a)}, nil
+}
+
+// sshBanner: an SSH identification line, after other lines or not; not
+// anything else, nor silence past the deadline.
+func TestSSHBanner(t *testing.T) {
+	for _, c := range []struct {
+		name, send string
+		want       bool
+	}{
+		{"banner", "SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", true},
+		{"lines first", "hello\r\nwait\r\nSSH-2.0-x\r\n", true},
+		{"not ssh", "HTTP/1.1 400 Bad Request\r\n\r\n", false},
+		{"silent", "", false},
+	} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(conn, c.send)
+			if c.send != "" {
+				conn.Close()
+			}
+		}()
+		start := time.Now()
+		got := sshBanner(context.Background(), l.Addr().String(), 300*time.Millisecond)
+		if got != c.want || time.Since(start) > 2*time.Second {
+			t.Errorf("%s: %v after %s, want %v", c.name, got, time.Since(start), c.want)
+		}
+		l.Close()
+	}
+}
+
+// WaitMaster's tries are short until an sshd's banner was seen; then they
+// wait the whole ConnectTimeout, for a guest too busy to answer in two.
+func TestWaitMasterLongTriesOnlyOnceSSHDAnswers(t *testing.T) {
+	for _, serve := range []bool{false, true} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if serve {
+			go func() {
+				for {
+					conn, err := l.Accept()
+					if err != nil {
+						return
+					}
+					io.WriteString(conn, "SSH-2.0-slow\r\n")
+					conn.Close()
+				}
+			}()
+		} else {
+			l.Close() // refused, as before a guest's network is up
+		}
+		r := &triesRunner{}
+		port := l.Addr().(*net.TCPAddr).Port
+		s := newSSH(r, "v1", "vmup", pathsFor(t.TempDir(), "v1"), Endpoint{Host: "127.0.0.1", Port: port})
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		s.WaitMaster(ctx, ctx, 10*time.Millisecond, func(context.Context) error { return nil })
+		cancel()
+		l.Close()
+		short, long := r.counts()
+		if short == 0 || serve != (long > 0) {
+			t.Errorf("banner served %v: %d short tries, %d long ones", serve, short, long)
+		}
+	}
+}
+
+// triesRunner fails every master at once, counting the short (ConnectTimeout=2) and long tries.
+type triesRunner struct {
+	mu          sync.Mutex
+	short, long int
+}
+
+func (r *triesRunner) Run(ctx context.Context, c Cmd) (Result, error) {
+	if c.Started == nil { // -O check
+		return Result{ExitCode: 255}, &ExitError{Args: c.Args, ExitCode: 255}
+	}
+	c.Started(1)
+	r.mu.Lock()
+	if slices.Contains(c.Args, "ConnectTimeout=2") {
+		r.short++
+	} else {
+		r.long++
+	}
+	r.mu.Unlock()
+	return Result{ExitCode: 255}, &ExitError{Args: c.Args, ExitCode: 255, Stderr: "Connection timed out during banner exchange"}
+}
+
+func (r *triesRunner) counts() (int, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.short, r.long
 }

@@ -71,6 +71,8 @@ type fakeWorld struct {
 	Frozen map[string]string
 	// NoAgent makes qemu-agent-command fail as for a guest without the agent.
 	NoAgent bool
+	// NoAgentExec makes guest-exec fail as for an agent that blocks it.
+	NoAgentExec bool
 	// NVRAMDir is where a UEFI domain's NVRAM lives; start makes it from a
 	// template when it is missing, as libvirt does.
 	NVRAMDir string
@@ -547,6 +549,14 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 	case "qemu-agent-command":
 		if w.NoAgent {
 			return "", "error: Guest agent is not responding: QEMU guest agent is not connected", 1
+		}
+		switch cmd := args[len(args)-1]; {
+		case strings.Contains(cmd, `"guest-exec"`) && w.NoAgentExec:
+			return "", "error: internal error: unable to execute QEMU agent command 'guest-exec': Command guest-exec has been disabled", 1
+		case strings.Contains(cmd, `"guest-exec"`):
+			return `{"return":{"pid":4242}}`, "", 0
+		case strings.Contains(cmd, `"guest-exec-status"`):
+			return `{"return":{"exitcode":0,"exited":true}}`, "", 0
 		}
 		return `{"return":{}}`, "", 0
 	case "snapshot-create-as":

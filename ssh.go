@@ -1,14 +1,18 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -180,14 +184,19 @@ func (s *SSH) ExecWith(ctx context.Context, stdin io.Reader, stdout io.Writer, c
 // WaitMaster keeps starting the ControlMaster until it holds a connection or
 // ctx ends. The master then runs until masterCtx ends; its result goes to done.
 func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, alive func(context.Context) error) (done <-chan error, err error) {
-	for attempt := 1; ; attempt++ {
-		// Short tries, a quarter second apart, as by hand: a booting guest
-		// behind QEMU's user network holds a connection for seconds after
-		// its sshd listens (the SYN it missed is sent again late). Every
-		// sixth try waits the whole ConnectTimeout, for a guest too busy to
-		// answer within two seconds.
+	// Short tries, a quarter second apart, as by hand: a booting guest
+	// behind QEMU's user network holds a connection for seconds after its
+	// sshd listens (the SYN it missed is sent again late). Once a banner
+	// was seen, tries wait the whole ConnectTimeout: an sshd is there, too
+	// busy to answer within two seconds. A long try before that would wait
+	// out the late SYN too, seconds after sshd listens.
+	bannerCtx, stopBanner := context.WithCancel(ctx)
+	defer stopBanner()
+	var banner atomic.Bool
+	go watchBanner(bannerCtx, s.ep, &banner)
+	for {
 		timeout := waitConnectTimeout
-		if attempt%6 == 0 {
+		if banner.Load() {
 			timeout = 0
 		}
 		started := make(chan struct{})
@@ -230,6 +239,48 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 
 // waitConnectTimeout bounds most of WaitMaster's tries (see there).
 const waitConnectTimeout = 2 * time.Second
+
+// watchBanner sets seen once something at ep sends an SSH banner. Its own
+// connections, one a second, each waiting up to 10 s, so a late one never
+// holds up the next.
+func watchBanner(ctx context.Context, ep Endpoint, seen *atomic.Bool) {
+	addr := net.JoinHostPort(ep.Host, strconv.Itoa(ep.Port))
+	for !seen.Load() {
+		go func() {
+			if sshBanner(ctx, addr, 10*time.Second) {
+				seen.Store(true)
+			}
+		}()
+		if sleepCtx(ctx, time.Second) != nil {
+			return
+		}
+	}
+}
+
+// sshBanner says whether addr answers with an SSH identification line
+// within d (RFC 4253: lines before it may come first).
+func sshBanner(ctx context.Context, addr string, d time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	r := bufio.NewReaderSize(c, 256)
+	for range 20 {
+		line, err := r.ReadSlice('\n')
+		if bytes.HasPrefix(line, []byte("SSH-")) {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return false
+}
 
 // hostKeyRefused: ssh gave up because the host key is not the pinned one.
 func hostKeyRefused(err error) bool {

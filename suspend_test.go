@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -155,14 +156,16 @@ func TestSaveOverrunIsAbortedInLibvirt(t *testing.T) {
 	}
 }
 
-// The next up restores the saved VM and sets the guest's clock: through
-// the guest agent, else over SSH.
+// The next up restores the saved VM and sets the guest's clock: by date
+// through the guest agent, else by the agent's guest-set-time (an agent
+// that blocks guest-exec), else over SSH.
 func TestUpResumesSavedVMAndSetsItsClock(t *testing.T) {
-	for _, agent := range []bool{true, false} {
+	for _, agent := range []string{"exec", "set-time", "none"} {
 		h := newHarness(t)
 		h.createDetached()
 		h.saved()
-		h.fake.world.NoAgent = !agent
+		h.fake.world.NoAgent = agent == "none"
+		h.fake.world.NoAgentExec = agent == "set-time"
 		h.fake.calls = nil
 		if code := h.wait(h.up("v1", "-d")); code != 0 {
 			t.Fatalf("up: exit %d\n%s", code, h.stderr)
@@ -172,14 +175,18 @@ func TestUpResumesSavedVMAndSetsItsClock(t *testing.T) {
 			h.fake.world.ManagedSave["v1"] {
 			t.Errorf("the saved VM was not restored: %v", calls)
 		}
-		setByAgent := slices.ContainsFunc(calls, func(c []string) bool {
-			return c[1] == "qemu-agent-command" && strings.Contains(c[len(c)-1], `"guest-set-time"`)
-		})
-		setBySSH := slices.ContainsFunc(h.fake.rawCalls(), func(c []string) bool {
+		agentCall := func(what string) bool {
+			return slices.ContainsFunc(calls, func(c []string) bool {
+				return c[1] == "qemu-agent-command" && strings.Contains(c[len(c)-1], what)
+			})
+		}
+		byExec := agentCall(`"guest-exec-status"`) && agentCall(`"arg":["-u","-s","@`)
+		bySetTime := agentCall(`"guest-set-time"`)
+		bySSH := slices.ContainsFunc(h.fake.rawCalls(), func(c []string) bool {
 			return filepath.Base(c[0]) == "ssh" && strings.Contains(c[len(c)-1], "sudo -n date -u -s @")
 		})
-		if !setByAgent || setBySSH != !agent {
-			t.Errorf("agent %v: clock set by agent %v, over SSH %v", agent, setByAgent, setBySSH)
+		if got := fmt.Sprint(byExec, bySetTime, bySSH); got != fmt.Sprint(agent == "exec", agent != "exec", agent == "none") {
+			t.Errorf("agent %s: clock set by guest-exec, guest-set-time, SSH: %s", agent, got)
 		}
 		if !strings.Contains(h.stderr.String(), "resumed from its saved state") || strings.Contains(h.stderr.String(), "warning") {
 			t.Errorf("stderr:\n%s", h.stderr)
@@ -313,7 +320,8 @@ func TestResetRevertsToProvisionedSnapshot(t *testing.T) {
 	if i < 7 {
 		t.Fatalf("the clock is not set after the revert: %v", calls)
 	}
-	h.fake.calls = slices.Delete(h.fake.calls, i, i+1)
+	// By date through guest-exec: its start and its status.
+	h.fake.calls = slices.DeleteFunc(h.fake.calls, func(c []string) bool { return c[1] == "qemu-agent-command" })
 	h.checkCalls(seq(
 		"virsh uri",
 		"virsh domstate v1 --reason",
