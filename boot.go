@@ -65,6 +65,7 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 		fail(fmt.Errorf("cannot make a dir for the ssh ControlMaster's socket: %w", err))
 		return
 	}
+	u.ssh.restored = u.restored
 	done, err := u.ssh.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive)
 	u.masterDone = done
 	if err != nil {

@@ -98,7 +98,7 @@ done
 if [ $# -gt 0 ]; then rm -f "$@"; fi
 
 # Only the new login key logs in: the template VM's no longer does.
-ent=
+ent= pu=
 while IFS=: read -r pu _ puid pgid _ phome _ || [ -n "$pu" ]; do
 	if [ "$pu" = "$LOGIN" ]; then ent=$puid:$pgid:$phome; break; fi
 	pu=
@@ -159,8 +159,26 @@ if [ -n "$L" ]; then
 		reloaded=1
 	fi
 	if [ -n "$reloaded" ]; then served=reloaded; fi
-	# vmup logs in with the VM's own keys from here on, while the rest is written.
+	# vmup proves the host key from here on, while the rest is written.
 	if [ -n "$served" ]; then echo "vmup-identity keys"; fi
+
+	# The login key is in a file sshd reads: one named elsewhere by
+	# AuthorizedKeysFile would leave the template's key the clone's only one.
+	if [ -x "$sshd" ] && cfg=$("$sshd" -T -C "user=$LOGIN,host=localhost,addr=127.0.0.1" 2>/dev/null); then
+		ak=
+		while read -r k v; do
+			if [ "$k" = authorizedkeysfile ]; then ak=$v; break; fi
+		done <<EOF
+$cfg
+EOF
+		mine=
+		set -f
+		for f in $ak; do
+			case $f in .ssh/authorized_keys|%h/.ssh/authorized_keys|"$home/.ssh/authorized_keys"|"${home%/*}/%u/.ssh/authorized_keys") mine=1;; esac
+		done
+		set +f
+		if [ -n "$ak" ] && [ -z "$mine" ]; then fail "sshd reads login keys from $ak, not ~/.ssh/authorized_keys"; fi
+	fi
 else
 	served=skipped
 fi

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +22,14 @@ var fakeCommands = map[string]string{
 	"systemctl": `echo "systemctl $*" >>"$FAKE_LOG"; exit "${FAKE_SYSTEMCTL:-1}"`,
 	"service":   `echo "service $*" >>"$FAKE_LOG"; exit 1`,
 	"sshd": `if [ "$1" = -t ]; then echo "sshd -t" >>"$FAKE_LOG"; exit "${FAKE_SSHD_T:-0}"; fi
+if [ "$1" = -T ]; then
+	echo "sshd -T $2 $3" >>"$FAKE_LOG"
+	printf 'port 22
+authorizedkeysfile %s
+passwordauthentication no
+' "${FAKE_AKF:-.ssh/authorized_keys .ssh/authorized_keys2}"
+	exit 0
+fi
 trap 'echo "sshd HUP" >>"$FAKE_LOG"; sleep 0.3; echo $$ >"$1"' HUP
 echo $$ >"$1"
 while :; do sleep 0.05; done`,
@@ -71,6 +80,8 @@ func TestIdentityScriptLive(t *testing.T) {
 		{"systemctl", "", false, []string{"FAKE_SYSTEMCTL=0"}, 0, "sshd -t\nsystemctl reload ssh\n"},
 		{"pid not sshd's", "other", false, []string{"FAKE_SYSTEMCTL=0"}, 0, "sshd -t\nsystemctl reload ssh\n"},
 		{"no way", "", false, nil, 3, "sshd -t\nsystemctl reload ssh\nsystemctl reload sshd\nservice ssh reload\n"},
+		{"keys file by path", "sshd", false, []string{"FAKE_AKF=/home/%u/.ssh/authorized_keys"}, 0, ""},
+		{"keys file by %h", "sshd", false, []string{"FAKE_AKF=/x %h/.ssh/authorized_keys"}, 0, ""},
 	}
 	for _, sh := range guestShells(t, false) {
 		for _, c := range cases {
@@ -94,7 +105,7 @@ func TestIdentityScriptLive(t *testing.T) {
 					t.Fatalf("exit %d (reloaded %v, %v):\n%s", code, reloaded, err, out)
 				}
 				calls, _ := os.ReadFile(log)
-				want := fmt.Sprintf("date -u -s @%d\n%shostname b\n", in.Time.Unix(), c.calls)
+				want := fmt.Sprintf("date -u -s @%d\n%ssshd -T -C user=vmup,host=localhost,addr=127.0.0.1\nhostname b\n", in.Time.Unix(), c.calls)
 				if diff := cmp.Diff(want, string(calls)); diff != "" {
 					t.Errorf("calls:\n%s", diff)
 				}
@@ -107,5 +118,28 @@ func TestIdentityScriptLive(t *testing.T) {
 				checkIdentity(t, root, in, guestOpts{}, "127.0.0.1 localhost\n127.0.1.1 b.localdomain b\n10.0.0.1\tab a-b b.a\n\n::1 localhost ip6-localhost ip6-loopback\n")
 			})
 		}
+	}
+}
+
+// A guest whose sshd reads login keys from elsewhere is no clone vmup can
+// log in to with its own key: the identity fails (the clone is wiped).
+func TestIdentityScriptKeysFileElsewhere(t *testing.T) {
+	fakes := t.TempDir()
+	for name, body := range fakeCommands {
+		writeKeyFile(t, filepath.Join(fakes, name), "#!/bin/sh\n"+body+"\n", 0o755)
+	}
+	for _, sh := range guestShells(t, false) {
+		t.Run(sh.name, func(t *testing.T) {
+			root := identityGuest(t, guestOpts{})
+			live := sh
+			live.path = fakes + ":" + sh.path
+			log := filepath.Join(t.TempDir(), "log")
+			out, code := runIdentity(t, live, root, testIdentity(t, "b"), "LIVE=1", "FAKE_LOG="+log,
+				"FAKE_SYSTEMCTL=0", "FAKE_AKF=/etc/ssh/keys/%u")
+			if _, err := identityOutcome([]byte(out), code); code != 2 || err == nil ||
+				!strings.Contains(out, "sshd reads login keys from /etc/ssh/keys/%u") {
+				t.Errorf("exit %d (%v):\n%s", code, err, out)
+			}
+		})
 	}
 }

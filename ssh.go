@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -39,6 +40,9 @@ type SSH struct {
 	// keyFinal: the guest's sshd serves its pinned host key already (a
 	// clone after its identity), so another key ends WaitMaster at once.
 	keyFinal bool
+	// restored: the guest runs from a memory state, its sshd answers at
+	// once: WaitMaster sends no banner probes to it.
+	restored bool
 }
 
 func newSSH(r Runner, name, user string, paths Paths, ep Endpoint) *SSH {
@@ -193,7 +197,9 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 	bannerCtx, stopBanner := context.WithCancel(ctx)
 	defer stopBanner()
 	var banner atomic.Bool
-	go watchBanner(bannerCtx, s.ep, &banner)
+	if !s.keyFinal && !s.restored { // a restored guest's sshd answers at once
+		go watchBanner(bannerCtx, s.ep, &banner)
+	}
 	for {
 		timeout := waitConnectTimeout
 		if banner.Load() {
@@ -212,6 +218,9 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 			case err := <-ended:
 				if s.keyFinal && hostKeyRefused(err) {
 					return nil, errors.New("the guest's sshd serves another host key than the one vmup pinned")
+				}
+				if s.keyFinal && loginRefused(err) {
+					return nil, errors.New("the guest's sshd refuses the login key")
 				}
 				goto retry // sshd not up yet: the master gave up
 			case <-ctx.Done():
@@ -241,16 +250,23 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 const waitConnectTimeout = 2 * time.Second
 
 // watchBanner sets seen once something at ep sends an SSH banner. Its own
-// connections, one a second, each waiting up to 10 s, so a late one never
-// holds up the next.
+// connections, one a second and at most two at once, each waiting up to
+// 10 s, so a late one does not hold up the next (each costs the guest an
+// unauthenticated connection).
 func watchBanner(ctx context.Context, ep Endpoint, seen *atomic.Bool) {
 	addr := net.JoinHostPort(ep.Host, strconv.Itoa(ep.Port))
+	slots := make(chan struct{}, 2)
 	for !seen.Load() {
-		go func() {
-			if sshBanner(ctx, addr, 10*time.Second) {
-				seen.Store(true)
-			}
-		}()
+		select {
+		case slots <- struct{}{}:
+			go func() {
+				if sshBanner(ctx, addr, 10*time.Second) {
+					seen.Store(true)
+				}
+				<-slots
+			}()
+		default:
+		}
 		if sleepCtx(ctx, time.Second) != nil {
 			return
 		}
@@ -280,6 +296,17 @@ func sshBanner(ctx context.Context, addr string, d time.Duration) bool {
 		}
 	}
 	return false
+}
+
+// loginRefusedRE is ssh's line for a server that took no authentication
+// offered ("user@host: Permission denied (publickey)."), not a local
+// connect's "Permission denied".
+var loginRefusedRE = regexp.MustCompile(`(?m)^\S+@\S+: Permission denied \(`)
+
+// loginRefused: the host key passed, then the server refused the login.
+func loginRefused(err error) bool {
+	var ee *ExitError
+	return errors.As(err, &ee) && loginRefusedRE.MatchString(ee.Stderr)
 }
 
 // hostKeyRefused: ssh gave up because the host key is not the pinned one.
@@ -345,16 +372,21 @@ func (s *SSH) ProveHostKey(ctx context.Context) error {
 		"-o", "KbdInteractiveAuthentication=no", "-o", "HostbasedAuthentication=no")
 	args = append(append(args, s.target()...), "--", "true")
 	for tries := 1; ; tries++ {
-		_, err := s.r.Run(ctx, Cmd{Args: args})
+		// ConnectTimeout ends at the banner: a key exchange that stalls ends here.
+		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err := s.r.Run(tctx, Cmd{Args: args})
+		cancel()
 		var ee *ExitError
 		switch {
 		case err == nil:
 			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
 		case hostKeyRefused(err):
 			return errors.New("the guest's sshd serves another host key than the one vmup pinned")
-		case errors.As(err, &ee) && strings.Contains(ee.Stderr, "Permission denied"):
+		case loginRefused(err):
 			return nil
-		case ee == nil || tries == 5:
+		case !errors.As(err, &ee) || tries == 5:
 			return fmt.Errorf("the host key the guest's sshd serves is not known: %w", err)
 		}
 		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {

@@ -167,12 +167,13 @@ func (u *upRun) save(ctx context.Context) {
 func (u *vmRun) setClockByAgent(ctx context.Context) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		if err := u.virsh.AgentSetClockByExec(ctx, u.o.Name); err == nil || ctx.Err() != nil {
+		// No agent, or one that does not answer: SSH next, not another wait.
+		if err := u.virsh.AgentSetClockByExec(ctx, u.o.Name); !errors.Is(err, errAgentNoExec) {
 			done <- err
 			return
 		}
-		// guest-exec refused (an agent that blocks it) or no date: the
-		// agent's own command, slower by the RTC's write.
+		// guest-exec refused (an agent that blocks it) or a date that
+		// failed: the agent's own command, slower by the RTC's write.
 		cmd := fmt.Sprintf(`{"execute":"guest-set-time","arguments":{"time":%d}}`, time.Now().UnixNano())
 		_, err := u.virsh.AgentCommand(ctx, u.o.Name, cmd, 5*time.Second)
 		done <- err

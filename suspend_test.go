@@ -158,7 +158,7 @@ func TestSaveOverrunIsAbortedInLibvirt(t *testing.T) {
 
 // The next up restores the saved VM and sets the guest's clock: by date
 // through the guest agent, else by the agent's guest-set-time (an agent
-// that blocks guest-exec), else over SSH.
+// that blocks guest-exec), else (no agent) over SSH.
 func TestUpResumesSavedVMAndSetsItsClock(t *testing.T) {
 	for _, agent := range []string{"exec", "set-time", "none"} {
 		h := newHarness(t)
@@ -185,7 +185,7 @@ func TestUpResumesSavedVMAndSetsItsClock(t *testing.T) {
 		bySSH := slices.ContainsFunc(h.fake.rawCalls(), func(c []string) bool {
 			return filepath.Base(c[0]) == "ssh" && strings.Contains(c[len(c)-1], "sudo -n date -u -s @")
 		})
-		if got := fmt.Sprint(byExec, bySetTime, bySSH); got != fmt.Sprint(agent == "exec", agent != "exec", agent == "none") {
+		if got := fmt.Sprint(byExec, bySetTime, bySSH); got != fmt.Sprint(agent == "exec", agent == "set-time", agent == "none") {
 			t.Errorf("agent %s: clock set by guest-exec, guest-set-time, SSH: %s", agent, got)
 		}
 		if !strings.Contains(h.stderr.String(), "resumed from its saved state") || strings.Contains(h.stderr.String(), "warning") {

@@ -179,14 +179,20 @@ func (u *upRun) clone(ctx context.Context) {
 // new keys a connection that authenticates nothing proves the pinned host
 // key is the one served, while the script writes the rest. One login where
 // a login with the new keys would cost another second of an emulated guest;
-// the script itself checked the login key it wrote.
+// the script itself checks that sshd reads the login key it wrote.
 func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster bool) error {
 	o, j := u.o, u.j
 	dir := filepath.Join(u.paths.Dir, "template-login")
+	os.RemoveAll(dir) // a killed run's
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	keepDir := false
+	defer func() {
+		if !keepDir {
+			os.RemoveAll(dir)
+		}
+	}()
 	tp := Paths{Home: u.paths.Home, Dir: dir, Lock: u.paths.Lock}
 	if err := writeFileAtomic(tp.Key(), []byte(rec.LoginKey), 0o600); err != nil {
 		return err
@@ -225,11 +231,26 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 			return fmt.Errorf("cannot make a dir for the ssh ControlMaster's socket: %w", err)
 		}
 		s.keyFinal = true // sshd answers at once after a restore, with the template's key
-		done, err := s.WaitMaster(ctx, u.masterCtx, u.env.Poll, u.domainAlive)
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		done, err := s.WaitMaster(wctx, u.masterCtx, u.env.Poll, u.domainAlive)
+		cancel()
 		if err != nil {
+			if ctx.Err() == nil && wctx.Err() != nil {
+				err = errors.New("none within a minute")
+			}
 			return fmt.Errorf("no SSH login with the template's keys after the restore: %w", err)
 		}
-		u.masterDone = done
+		// The master checks the template's host key again at each rekey
+		// (after a GiB or so): its known_hosts stays until it ends.
+		os.Remove(tp.Key())
+		keepDir = true
+		relay := make(chan error, 1)
+		go func() {
+			err := <-done
+			os.RemoveAll(dir)
+			relay <- err
+		}()
+		u.masterDone = relay
 		u.ssh = newSSH(u.env.Runner, o.Name, j.User, u.paths, ep)
 		u.ssh.control, u.ssh.keyFinal = s.control, true
 		go func() {

@@ -362,6 +362,9 @@ func (v *Virsh) AgentSetClockByExec(ctx context.Context, name string) error {
 	}
 	out, err := v.AgentCommand(ctx, name, string(req), 5*time.Second)
 	if err != nil {
+		if strings.Contains(err.Error(), "guest-exec") { // the agent refused it: disabled, or unknown
+			return fmt.Errorf("%w: %v", errAgentNoExec, err)
+		}
 		return err
 	}
 	var started struct {
@@ -395,12 +398,16 @@ func (v *Virsh) AgentSetClockByExec(ctx context.Context, name string) error {
 		}
 		if st.Return.Exited {
 			if st.Return.ExitCode != 0 || st.Return.Signal != nil {
-				return fmt.Errorf("date in the guest: exit %d", st.Return.ExitCode)
+				return fmt.Errorf("%w: date in the guest: exit %d", errAgentNoExec, st.Return.ExitCode)
 			}
 			return nil
 		}
 	}
 }
+
+// errAgentNoExec: the agent answers, but setting the clock by guest-exec
+// did not work there (guest-exec refused, or a date without fractions).
+var errAgentNoExec = errors.New("the guest agent cannot set the clock by date")
 
 type agentRequest struct {
 	Execute   string         `json:"execute"`
