@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
+	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -144,6 +147,24 @@ func TestCloneOneLoginProvesHostKey(t *testing.T) {
 		!strings.Contains(proofs[0], "StrictHostKeyChecking=yes") || !strings.Contains(proofs[0], "ControlPath=none") {
 		t.Errorf("host key proofs %q; want one, on the clone's known_hosts and no master", proofs)
 	}
+	// The master's known_hosts lived as long as the master: gone with it.
+	if _, err := os.Stat(filepath.Join(dir, "template-login")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("template-login left after the master ended: %v", err)
+	}
+}
+
+// A clone's sshd that refuses the template's login key fails the clone at
+// once, as a wrong host key does: nothing else would end the wait.
+func TestWaitMasterLoginRefused(t *testing.T) {
+	r := &masterRunner{checked: make(chan struct{}), stderr: "vmup@127.0.0.1: Permission denied (publickey).\n"}
+	s := newSSH(r, "v1", "vmup", pathsFor(t.TempDir(), "v1"), Endpoint{Host: "127.0.0.1", Port: 2222})
+	s.keyFinal = true
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := s.WaitMaster(ctx, ctx, 10*time.Millisecond, func(context.Context) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "refuses the login key") || r.masters.Load() != 1 {
+		t.Errorf("%v after %d masters; want the login key named after one", err, r.masters.Load())
+	}
 }
 
 // A guest whose sshd serves another key than the one pinned fails the
@@ -177,6 +198,7 @@ func TestProveHostKey(t *testing.T) {
 		{"another key", []string{"@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed.\n"}, "another host key", 1},
 		{"sshd restarting", []string{"ssh: connect to host 127.0.0.1 port 2222: Connection refused\n", "x@h: Permission denied (publickey).\n"}, "", 2},
 		{"never answers", []string{"kex_exchange_identification: read: Connection reset by peer\n"}, "is not known", 5},
+		{"local connect refused", []string{"ssh: connect to host 127.0.0.1 port 2222: Permission denied\n"}, "is not known", 5},
 	} {
 		r := &answerRunner{answers: c.answers}
 		s := newSSH(r, "v1", "vmup", pathsFor(t.TempDir(), "v1"), Endpoint{Host: "127.0.0.1", Port: 2222})
