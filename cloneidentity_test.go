@@ -212,16 +212,22 @@ func TestProveHostKey(t *testing.T) {
 	}
 }
 
-// answerRunner answers the nth call with answers[n] (the last one again after).
+// answerRunner answers the nth call with answers[n] (the last one again
+// after): on stdout with exit 0 when asStdout; else "ok" is exit 0 and
+// anything else ssh's stderr with exit 255.
 type answerRunner struct {
-	answers []string
-	n       int
+	answers  []string
+	asStdout bool
+	n        int
 }
 
 func (r *answerRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	a := r.answers[min(r.n, len(r.answers)-1)]
 	r.n++
-	if a == "ok" {
+	switch {
+	case r.asStdout:
+		return Result{Stdout: []byte(a)}, nil
+	case a == "ok":
 		return Result{}, nil
 	}
 	return Result{ExitCode: 255}, &ExitError{Args: c.Args, ExitCode: 255, Stderr: a}
@@ -241,7 +247,7 @@ func TestAgentSetClockByExec(t *testing.T) {
 		{"no pid", []string{`{"return":{}}`}, "unexpected answer"},
 		{"not JSON", []string{`{"return":{"pid":7}}`, `x`}, "unexpected answer"},
 	} {
-		r := &stdoutRunner{answers: c.answers}
+		r := &answerRunner{answers: c.answers, asStdout: true}
 		err := newVirsh(r, "qemu:///system").AgentSetClockByExec(context.Background(), "v1")
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
@@ -250,18 +256,6 @@ func TestAgentSetClockByExec(t *testing.T) {
 			t.Errorf("%s: %d calls, want %d", c.name, r.n, len(c.answers))
 		}
 	}
-}
-
-// stdoutRunner answers the nth call with answers[n] on stdout, exit 0.
-type stdoutRunner struct {
-	answers []string
-	n       int
-}
-
-func (r *stdoutRunner) Run(ctx context.Context, c Cmd) (Result, error) {
-	a := r.answers[min(r.n, len(r.answers)-1)]
-	r.n++
-	return Result{Stdout: []byte(a)}, nil
 }
 
 // sshBanner: an SSH identification line, after other lines or not; not
