@@ -393,10 +393,6 @@ func validateUp(o *Options) error {
 		return usagef("", "--connect %q is not a libvirt URI", o.Connect)
 	case !validPool(o.Pool):
 		return usagef("choose a pool name of letters, digits, '_', '.' and '-'", "--pool %q is not a storage pool name", o.Pool)
-	case o.Template && o.Network != "user":
-		// A memory state keeps the guest's NIC and lease: a clone on a
-		// shared network would have its template's MAC and address.
-		return usagef("use --network user for templates", "--template needs --network user: a memory clone on nat would share its template's MAC and address")
 	case o.Template && o.Firmware == "uefi":
 		return usagef("leave out --firmware uefi for templates", "--template with --firmware uefi: a clone would share its template's NVRAM")
 	}

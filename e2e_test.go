@@ -574,9 +574,22 @@ func TestE2EDomainXMLValidates(t *testing.T) {
 	}
 }
 
+// natArgsE2E is up's args on libvirt's NAT network (no --restrict-network).
+func natArgsE2E(args []string) []string {
+	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--restrict-network" })
+	for i, a := range args {
+		if a == "user" {
+			args[i] = "nat"
+		}
+	}
+	return args
+}
+
 // NAT network, run by scripts/e2e.sh with libvirtd inside a network namespace
 // of its own: vmup runs in there too, finds the guest's address from its DHCP
-// lease, and serves --forward itself while up runs in the foreground.
+// lease, and serves --forward itself while up runs in the foreground. The
+// first VM makes a template: on nat a clone boots from its disk (issue 17,
+// item 4) with its own MAC, address and identity, and the rest runs on it.
 func TestNATInNetns(t *testing.T) {
 	ns := os.Getenv("VMUP_NAT_NETNS")
 	if ns == "" {
@@ -588,36 +601,89 @@ func TestNATInNetns(t *testing.T) {
 	t.Cleanup(func() { virsh("net-destroy", "default") })
 	e := newE2E(t, "e2e-nat")
 	e.netns = ns
-	args := e.upArgs("marker.yml", "-d")
-	for i, a := range args {
-		if a == "--restrict-network" {
-			args = append(args[:i], args[i+1:]...)
-			break
+	// Runs before the VMs' own cleanups: no VM, then no template, is left.
+	t.Cleanup(func() {
+		for _, name := range []string{"e2e-nat", "e2e-natb"} {
+			e.vmup(5*time.Minute, "destroy", name)
 		}
-	}
-	for i, a := range args {
-		if a == "user" {
-			args[i] = "nat"
+		e.vmup(time.Minute, "prune", "--keep-templates", "0s")
+		if vols := templateVolumes(); len(vols) != 0 {
+			t.Errorf("template volumes left: %v", vols)
 		}
-	}
+	})
 	start := time.Now()
-	e.must(10*time.Minute, args...)
+	out := e.must(10*time.Minute, natArgsE2E(e.upArgs("marker.yml", "-d", "--template", "--json"))...)
 	t.Logf("TIMING nat up -d to ready: %.1fs", time.Since(start).Seconds())
+	made, ok := eventNamed(jsonEvents(out), "template_made")
+	if !ok || made.Bytes == nil || !strings.Contains(made.Message, "(disk ") {
+		t.Fatalf("no template of the disk alone made:\n%s", out)
+	}
+	t.Logf("FIGURE nat template (disk alone) made in %.1f s, %d MiB", *made.DurationS, *made.Bytes>>20)
 	if out := e.must(time.Minute, "ssh", e.name, "--", "cat", "/var/tmp/vmup-marker"); !strings.Contains(out, "provisioned by vmup") {
 		t.Errorf("marker: %q", out)
 	}
-	out, _, _ := e.vmup(time.Minute, "status", e.name, "--json")
-	if st, ok := statusVM(out); !ok || !strings.HasPrefix(st.SSH, "192.168.122.") {
+	out, _, _ = e.vmup(time.Minute, "status", e.name, "--json")
+	st, ok := statusVM(out)
+	if !ok || !strings.HasPrefix(st.SSH, "192.168.122.") {
 		t.Errorf("status: %q; want the lease address", out)
 	}
-	e.must(3*time.Minute, "down", e.name)
 
-	f := e.startUp("up", e.name, "--forward", "18022:22")
+	// A clone of it boots from the template's disk: no cloud-init run, no playbook.
+	b := e.sameHome("e2e-natb")
+	b.netns = ns
+	start = time.Now()
+	out = b.must(10*time.Minute, natArgsE2E(b.upArgs("marker.yml", "-d", "--template", "--json"))...)
+	ready := time.Since(start)
+	evs := jsonEvents(out)
+	cloned, ok := eventNamed(evs, "provisioned_from_template")
+	if !ok || cloned.Template != made.Template || !strings.Contains(cloned.Message, "booted from its disk") {
+		t.Fatalf("b was not booted from template %s:\n%s", made.Template, out)
+	}
+	for _, ev := range evs {
+		if ev.Event == "step_started" && (strings.Contains(ev.Message, "Provisioning") || strings.Contains(ev.Message, "cloud-init")) {
+			t.Errorf("a clone went through %q", ev.Message)
+		}
+	}
+	t.Logf("FIGURE nat clone b to Ready: %.1f s (%s)", ready.Seconds(), cloned.Message)
+	ssh := func(v *e2e, cmd ...string) string {
+		return strings.TrimSpace(v.must(time.Minute, append([]string{"ssh", v.name, "--"}, cmd...)...))
+	}
+	if got := ssh(b, "sh", "-c", "'hostname; wc -l < /var/tmp/vmup-runs; cat /var/lib/cloud/data/instance-id'"); !strings.HasPrefix(got, "e2e-natb\n1\nvmup-e2e-natb-") {
+		t.Errorf("b's hostname, playbook runs, instance-id: %q", got)
+	}
+	if ma, mb := ssh(e, "cat", "/etc/machine-id"), ssh(b, "cat", "/etc/machine-id"); ma == mb || len(mb) != 32 {
+		t.Errorf("machine-ids: a %q, b %q", ma, mb)
+	}
+	ka, _ := os.ReadFile(filepath.Join(e.home, "vms", e.name, "known_hosts"))
+	kb, _ := os.ReadFile(filepath.Join(b.home, "vms", b.name, "known_hosts"))
+	if f, g := strings.Fields(string(ka)), strings.Fields(string(kb)); len(f) != 3 || len(g) != 3 || f[2] == g[2] {
+		t.Errorf("host keys pinned: a %q, b %q", ka, kb)
+	}
+	out, _, _ = b.vmup(time.Minute, "status", b.name, "--json")
+	if sb, ok := statusVM(out); !ok || !strings.HasPrefix(sb.SSH, "192.168.122.") || sb.SSH == st.SSH {
+		t.Errorf("addresses: a %q, b %q; want two leases", st.SSH, sb.SSH)
+	}
+	macs := func(name string) string { out, _ := virsh("domiflist", name); return out }
+	if ma, mb := macs(e.name), macs(b.name); !strings.Contains(ma, "52:54:00") || ma == mb {
+		t.Errorf("interfaces: a\n%s\nb\n%s", ma, mb)
+	}
+	if e.domState() != "running" || b.domState() != "running" {
+		t.Errorf("a %s, b %s: both should run", e.domState(), b.domState())
+	}
+	e.must(5*time.Minute, "destroy", e.name)
+
+	// b's next boot: cloud-init takes it for the same instance (the host key
+	// pinned stays), with --forward served by the up in the foreground.
+	b.must(3*time.Minute, "down", b.name)
+	f := b.startUp("up", b.name, "--forward", "18022:22")
 	f.waitEvent("ready", "127.0.0.1:18022 -> 22", 10*time.Minute)
 	banner, err := exec.Command("ip", "netns", "exec", ns, "bash", "-c",
 		"exec 3<>/dev/tcp/127.0.0.1/18022 && head -c 8 <&3").Output()
 	if err != nil || string(banner) != "SSH-2.0-" {
 		t.Errorf("through the forward: %q %v", banner, err)
+	}
+	if got := ssh(b, "hostname"); got != "e2e-natb" {
+		t.Errorf("b's hostname after its next boot: %q", got)
 	}
 	f.signalGroup(syscall.SIGINT)
 	if code := f.exitCode(3 * time.Minute); code != 0 {

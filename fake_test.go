@@ -82,8 +82,9 @@ type fakeWorld struct {
 	// SaveCompressed makes save images compressed, as a save_image_format
 	// in qemu.conf does: libvirt reads them, vmup's header code does not.
 	SaveCompressed bool
-	// Saves and Restores name the domains `virsh save` and `virsh restore` ran.
-	Saves, Restores []string
+	// Saves and Restores name the domains `virsh save` and `virsh restore`
+	// ran; Pauses those `virsh suspend` paused.
+	Saves, Restores, Pauses []string
 	// Identities counts the clone identity scripts the guest ran.
 	Identities int
 	// WrongHostKey: the guest's sshd serves another host key than the one
@@ -379,6 +380,19 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		}
 		delete(w.ManagedSave, arg(1)) // restored, as libvirt does
 		return "", "", 0
+	case "suspend":
+		if w.Domains[arg(1)] != "running" {
+			return "", "error: Requested operation is not valid: domain is not running", 1
+		}
+		w.Domains[arg(1)] = "paused"
+		w.Pauses = append(w.Pauses, arg(1))
+		return "Domain '" + arg(1) + "' suspended", "", 0
+	case "resume":
+		if w.Domains[arg(1)] != "paused" {
+			return "", "error: Requested operation is not valid: domain is not paused", 1
+		}
+		w.Domains[arg(1)] = "running"
+		return "Domain '" + arg(1) + "' resumed", "", 0
 	case "shutdown":
 		if w.Domains[arg(1)] != "running" {
 			return "", "error: Requested operation is not valid: domain is not running", 1
@@ -392,7 +406,7 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		if !ok {
 			return notFound("domain", arg(1))
 		}
-		if st != "running" {
+		if st != "running" && st != "paused" {
 			return "", "error: Requested operation is not valid: domain is not running", 1
 		}
 		w.Domains[arg(1)] = "shut off"

@@ -13,7 +13,7 @@ const (
 	Starting                  // first boot: waiting for SSH and cloud-init
 	Provisioning              // first boot: the playbook runs
 	Keeping                   // the first boot is recorded complete; its provisioned state is being kept
-	Cloning                   // a clone of a template: its memory restored, its own identity given (no boot, no playbook)
+	Cloning                   // a clone of a template: its memory restored (on nat: its disk booted), its own identity given (no playbook)
 	Booting                   // a VM whose first boot completed is started again
 	Running
 	Stopping

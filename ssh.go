@@ -197,7 +197,7 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 	bannerCtx, stopBanner := context.WithCancel(ctx)
 	defer stopBanner()
 	var banner atomic.Bool
-	if !s.keyFinal && !s.restored { // a restored guest's sshd answers at once
+	if !s.restored { // a restored guest's sshd answers at once
 		go watchBanner(bannerCtx, s.ep, &banner)
 	}
 	for {

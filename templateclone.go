@@ -1,6 +1,7 @@
 // Cloning: a VM whose recipe has a template is made from it — an overlay on
 // the template's disk, its memory restored, then the VM's own identity —
-// with no boot, no cloud-init and no playbook.
+// with no boot, no cloud-init and no playbook. Where a memory clone cannot
+// have its own identity (nat: its MAC and lease), its disk boots instead.
 package main
 
 import (
@@ -55,8 +56,6 @@ func (u *vmRun) findTemplate(ctx context.Context, imageSHA256, domType string) e
 	case rec.Connect != o.Connect || rec.Pool != o.Pool:
 		out.Warn("template %s is in pool %s of %s, not this VM's: a full first boot follows", shortKey(key), rec.Pool, rec.Connect)
 		return nil
-	case rec.Network != "user" || o.Network != "user":
-		return nil
 	}
 	for _, vol := range []string{rec.DiskVolume, rec.BaseVolume} {
 		if ok, err := u.virsh.VolExists(ctx, o.Pool, vol); err != nil {
@@ -97,10 +96,21 @@ func (u *vmRun) prepareClone(ctx context.Context, base string) error {
 	if err := u.updateJournal(func(j *Journal) { j.InstanceID = instanceID }); err != nil {
 		return err
 	}
-	later := laterSeedVolume(o.Name)
+	later, seed := laterSeedVolume(o.Name), laterSeedVolume(o.Name)
+	if u.whyBoot() != "" {
+		seed = firstSeedVolume(o.Name)
+	}
 	var seedErr error
 	var wg sync.WaitGroup
-	wg.Go(func() { seedErr = u.uploadBytes(ctx, u.laterSeedISO(), later) })
+	wg.Go(func() {
+		// One at a time: uploadBytes stages through one file.
+		if seedErr = u.uploadBytes(ctx, u.laterSeedISO(), later); seedErr != nil || seed == later {
+			return
+		}
+		// The identity script gives the clone its own instance-id; the
+		// later seed is attached then.
+		seedErr = u.uploadBytes(ctx, templateSeedISO(o.Name, rec), seed)
+	})
 	bootErr := u.uploadBoot(ctx)
 	wg.Wait()
 	if err := joinErrors(seedErr, bootErr); err != nil {
@@ -108,7 +118,7 @@ func (u *vmRun) prepareClone(ctx context.Context, base string) error {
 	}
 	u.updateJournal(func(j *Journal) {
 		j.BaseVolume, j.Kernel, j.Initrd, j.Cmdline, j.DomainType = base, o.Kernel != "", o.Initrd != "", o.Cmdline, rec.DomainType
-		j.Firmware, j.SeedVolume, j.Template = o.Firmware, later, rec.Key
+		j.Firmware, j.SeedVolume, j.Template = o.Firmware, seed, rec.Key
 	})
 	if err := u.define(ctx); err != nil {
 		return err
@@ -134,15 +144,27 @@ func (u *upRun) clone(ctx context.Context) {
 		u.send(EvCloneFailed, err)
 	}
 	defer u.letGoTemplate()
-	out.Step("Restoring template " + shortKey(rec.Key))
-	mem := filepath.Join(templateDir(u.env.Home, rec.Key), "memory.save")
-	if err := u.restoreFrom(ctx, rec, mem); err != nil {
-		fail(err)
-		return
+	start := time.Now()
+	why := u.whyBoot()
+	if why != "" {
+		out.Step("Booting from template " + shortKey(rec.Key) + "'s disk")
+		if err := u.virsh.Start(ctx, u.o.Name); err != nil {
+			fail(err)
+			return
+		}
+		out.Done(why)
+		out.Step("Waiting for SSH, then giving the clone its own identity")
+	} else {
+		out.Step("Restoring template " + shortKey(rec.Key))
+		mem := filepath.Join(templateDir(u.env.Home, rec.Key), "memory.save")
+		if err := u.restoreFrom(ctx, rec, mem); err != nil {
+			fail(err)
+			return
+		}
+		out.Done("no boot")
+		out.Step("Giving the clone its own identity")
 	}
 	touchTemplate(u.env.Home, rec.Key)
-	out.Done("no boot")
-	out.Step("Giving the clone its own identity")
 	if err := u.giveIdentity(ctx, rec, true); err != nil {
 		fail(err)
 		return
@@ -156,6 +178,13 @@ func (u *upRun) clone(ctx context.Context) {
 		u.send(EvRecordFailed, err)
 		return
 	}
+	if why != "" {
+		// The first seed holds no secret, but its instance-id is the
+		// template's: the next boot would make this a new instance.
+		seedCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		u.replaceSeed(seedCtx)
+		cancel()
+	}
 	// Its template is its provisioned state: `vmup reset` clones it again.
 	u.jmu.Lock()
 	p := settingsOf(u.j)
@@ -164,9 +193,29 @@ func (u *upRun) clone(ctx context.Context) {
 	if err := u.updateJournal(func(j *Journal) { j.Provisioned = p }); err != nil {
 		out.Warn("VM %s cannot be reset to its template: %v", u.o.Name, err)
 	}
-	out.Data(jsonEvent{Event: "provisioned_from_template", Template: rec.Key,
-		Message: fmt.Sprintf("VM %s provisioned from template %s (made by VM %s)", u.o.Name, shortKey(rec.Key), rec.SourceVM)})
+	secs := time.Since(start).Seconds()
+	msg := fmt.Sprintf("VM %s provisioned from template %s (made by VM %s) in %.1f s", u.o.Name, shortKey(rec.Key), rec.SourceVM, secs)
+	if why != "" {
+		if u.j.Network != "user" {
+			why += ": a memory state keeps its template's MAC and address"
+		}
+		msg = fmt.Sprintf("VM %s provisioned from template %s (made by VM %s): booted from its disk in %.1f s, with no cloud-init run or playbook (%s)",
+			u.o.Name, shortKey(rec.Key), rec.SourceVM, secs, why)
+	}
+	out.Data(jsonEvent{Event: "provisioned_from_template", Template: rec.Key, DurationS: &secs, Message: msg})
 	u.send(EvCloned, nil)
+}
+
+// whyBoot says why a clone boots from its template's disk, or "" when its
+// template's memory is restored.
+func (u *vmRun) whyBoot() string {
+	switch {
+	case u.j.Network != "user":
+		return "no memory clone on " + u.j.Network
+	case u.cloneOf.diskOnly():
+		return "template made on " + u.cloneOf.Network + " keeps no memory state"
+	}
+	return ""
 }
 
 // giveIdentity logs in as the template's guest (its login key, its host
@@ -222,6 +271,12 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 	}
 	s := newSSH(u.env.Runner, o.Name, j.User, tp, ep)
 	s.control = ""
+	// A restored guest answers at once; a booting one once it booted.
+	wait := time.Minute
+	if !u.restored {
+		wait = o.BootTimeout
+	}
+	deadline := time.Now().Add(wait)
 	keys, ended := make(chan struct{}), make(chan struct{})
 	proved := make(chan error, 1)
 	ctx, stop := context.WithCancel(ctx)
@@ -230,15 +285,16 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 		if s.control, err = u.controlSocket(); err != nil {
 			return fmt.Errorf("cannot make a dir for the ssh ControlMaster's socket: %w", err)
 		}
-		s.keyFinal = true // sshd answers at once after a restore, with the template's key
-		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		s.keyFinal = true // sshd serves the template's key from the start
+		s.restored = u.restored
+		wctx, cancel := context.WithTimeout(ctx, wait)
 		done, err := s.WaitMaster(wctx, u.masterCtx, u.env.Poll, u.domainAlive)
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && wctx.Err() != nil {
-				err = errors.New("none within a minute")
+				err = fmt.Errorf("none within %s", wait)
 			}
-			return fmt.Errorf("no SSH login with the template's keys after the restore: %w", err)
+			return fmt.Errorf("no SSH login with the template's keys: %w", err)
 		}
 		// The master checks the template's host key again at each rekey
 		// (after a GiB or so): its known_hosts stays until it ends.
@@ -252,7 +308,7 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 		}()
 		u.masterDone = relay
 		u.ssh = newSSH(u.env.Runner, o.Name, j.User, u.paths, ep)
-		u.ssh.control, u.ssh.keyFinal = s.control, true
+		u.ssh.control, u.ssh.keyFinal, u.ssh.restored = s.control, true, u.restored
 		go func() {
 			// At the guest's word, or when the script ended without it (an
 			// sshd it could not reload serves the old key: the proof fails).
@@ -277,7 +333,8 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 		}
 		res.ExitCode = ee.ExitCode
 		// A guest that took the new keys no longer lets the template's in.
-		if ee.ExitCode != 255 || stdout.closed || tries == 4 || sleepCtx(ctx, 500*time.Millisecond) != nil {
+		last := tries >= 4 && (u.restored || time.Now().After(deadline))
+		if ee.ExitCode != 255 || stdout.closed || last || sleepCtx(ctx, 500*time.Millisecond) != nil {
 			break
 		}
 	}
@@ -331,8 +388,9 @@ func templateNetdev(xml string) (string, error) {
 
 // resetTemplate is a clone's reset: forced off, its overlay on the
 // template's disk made anew, its definition from the provisioned settings,
-// the template's memory restored and the clone's identity given again (a
-// new host key, pinned). The boot that follows finds it running.
+// the template's memory restored (or its disk booted: whyBoot) and the
+// clone's identity given again (a new host key, pinned). The boot that
+// follows finds it running.
 func (u *upRun) resetTemplate(ctx context.Context) error {
 	defer u.letGoTemplate()
 	o, rec := u.o, u.cloneOf
@@ -345,14 +403,49 @@ func (u *upRun) resetTemplate(ctx context.Context) error {
 	if err := u.createCloneDisk(ctx, rec, u.j.DiskGiB); err != nil {
 		return err
 	}
+	boots := u.whyBoot() != ""
+	if boots {
+		// As its first boot: the template's instance-id until its identity is given.
+		first := firstSeedVolume(o.Name)
+		if err := u.virsh.VolDelete(ctx, o.Pool, first); err != nil && !errors.Is(err, errNotFound) {
+			return err
+		}
+		if err := u.uploadBytes(ctx, templateSeedISO(o.Name, rec), first); err != nil {
+			return err
+		}
+		if err := u.updateJournal(func(j *Journal) { j.SeedVolume = first }); err != nil {
+			return err
+		}
+	}
 	if err := u.define(ctx); err != nil {
 		return err
 	}
-	if err := u.restoreFrom(ctx, rec, filepath.Join(templateDir(u.env.Home, rec.Key), "memory.save")); err != nil {
+	if boots {
+		if err := u.virsh.Start(ctx, o.Name); err != nil {
+			return err
+		}
+	} else if err := u.restoreFrom(ctx, rec, filepath.Join(templateDir(u.env.Home, rec.Key), "memory.save")); err != nil {
 		return err
 	}
 	touchTemplate(u.env.Home, rec.Key)
-	return u.giveIdentity(ctx, rec, false)
+	if err := u.giveIdentity(ctx, rec, false); err != nil || !boots {
+		return err
+	}
+	if err := u.writeLaterDefinition(ctx); err != nil {
+		return err
+	}
+	u.replaceSeed(ctx)
+	return nil
+}
+
+// templateSeedISO is the seed a clone boots with from its template's disk:
+// its name, and its template's instance-id, so that cloud-init runs no
+// per-instance module again (ssh's would make new host keys).
+func templateSeedISO(name string, rec *TemplateRecord) []byte {
+	return buildISO("cidata", map[string][]byte{
+		"meta-data": metaData(name, rec.InstanceID),
+		"user-data": []byte("#cloud-config\n{}\n"),
+	})
 }
 
 // createCloneDisk makes the VM's disk, of gib GiB, an overlay on the

@@ -35,17 +35,23 @@ func (u *vmRun) makeTemplate(ctx context.Context) {
 		return
 	}
 	start := time.Now()
-	out.Say("template_making", "Keeping VM %s as template %s (its memory and disk; the VM is paused for a few seconds)", u.o.Name, shortKey(key))
+	what := "its memory and disk"
+	if u.j.Network != "user" {
+		what = "its disk: clones on nat boot from it"
+	}
+	out.Say("template_making", "Keeping VM %s as template %s (%s; the VM is paused for a few seconds)", u.o.Name, shortKey(key), what)
 	rec, vol, err := u.writeTemplate(ctx, m, key)
-	// The VM's ssh master ended with the QEMU that the save stopped, and its
+	// The VM's ssh master ended with the QEMU that a save stopped, and its
 	// clock stood still for the seconds the template took.
 	u.keepMu.Lock()
 	forced := u.forcing
 	u.keepMu.Unlock()
-	if u.ssh != nil && u.templateSaved && !forced {
+	if u.ssh != nil && (u.templateSaved || u.templatePaused) && !forced {
 		mctx, cancel := context.WithTimeout(ctx, time.Minute)
-		if done, err := u.ssh.WaitMaster(mctx, u.masterCtx, u.env.Poll, u.domainAlive); err == nil {
-			u.masterDone = done
+		if u.templateSaved {
+			if done, err := u.ssh.WaitMaster(mctx, u.masterCtx, u.env.Poll, u.domainAlive); err == nil {
+				u.masterDone = done
+			}
 		}
 		u.setGuestClock(mctx, u.setClockByAgent(mctx))
 		cancel()
@@ -63,9 +69,12 @@ func (u *vmRun) makeTemplate(ctx context.Context) {
 		return
 	}
 	secs := time.Since(start).Seconds()
+	size := fmt.Sprintf("memory %s, disk %s", humanBytes(rec.MemoryBytes), humanBytes(rec.DiskBytes))
+	if rec.diskOnly() {
+		size = "disk " + humanBytes(rec.DiskBytes)
+	}
 	out.Data(jsonEvent{Event: "template_made", Template: key, DurationS: &secs, Bytes: ptr(rec.MemoryBytes + rec.DiskBytes),
-		Message: fmt.Sprintf("Template %s made in %.1f s (memory %s, disk %s)", shortKey(key), secs,
-			humanBytes(rec.MemoryBytes), humanBytes(rec.DiskBytes))})
+		Message: fmt.Sprintf("Template %s made in %.1f s (%s)", shortKey(key), secs, size)})
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -90,6 +99,15 @@ func (u *vmRun) writeTemplate(ctx context.Context, m *templateMaking, key string
 	capacity, err := u.virsh.VolCapacity(ctx, o.Pool, disk)
 	if err != nil {
 		return nil, vol, err
+	}
+	base := TemplateRecord{
+		Image: o.Image, ImageSHA256: u.imageSHA256, Playbook: o.Playbook, Connect: o.Connect, Pool: o.Pool,
+		BaseVolume: j.BaseVolume, Network: j.Network, SourceVM: o.Name, SourceUUID: j.UUID,
+		User: j.User, LoginKey: string(login), HostPublicKey: hostPub, InstanceID: j.InstanceID,
+		MemoryMiB: j.MemoryMiB, CPUs: j.CPUs, DomainType: j.DomainType,
+	}
+	if base.diskOnly() {
+		return u.writeDiskTemplate(ctx, m, key, disk, capacity, base)
 	}
 	mem := filepath.Join(m.Dir(), "memory.save")
 	if err := u.virsh.Save(ctx, o.Name, mem); err != nil {
@@ -143,14 +161,9 @@ func (u *vmRun) writeTemplate(ctx context.Context, m *templateMaking, key string
 	if err != nil {
 		return nil, vol, fmt.Errorf("cannot copy VM %s's disk: %w", o.Name, err)
 	}
-	rec = &TemplateRecord{
-		Made: time.Now().UTC(), Image: o.Image, ImageSHA256: u.imageSHA256,
-		Playbook: o.Playbook, Connect: o.Connect, Pool: o.Pool, DiskVolume: vol, DiskBytes: copied, BaseVolume: j.BaseVolume,
-		MemoryBytes: st.Size(), Network: j.Network, SourceVM: o.Name, SourceUUID: j.UUID, SourceXML: string(img.XML),
-		SaveDataLen: img.DataLen, SaveWasRunning: img.WasRunning, SaveCookie: string(img.Cookie),
-		User: j.User, LoginKey: string(login), HostPublicKey: hostPub, InstanceID: j.InstanceID,
-		MemoryMiB: j.MemoryMiB, CPUs: j.CPUs, DomainType: j.DomainType,
-	}
+	rec = &base
+	rec.Made, rec.DiskVolume, rec.DiskBytes, rec.MemoryBytes = time.Now().UTC(), vol, copied, st.Size()
+	rec.SourceXML, rec.SaveDataLen, rec.SaveWasRunning, rec.SaveCookie = string(img.XML), img.DataLen, img.WasRunning, string(img.Cookie)
 	// The VM itself comes back from the template's memory state, under its
 	// own XML (the first boot's seed, gone since, replaced by the later one).
 	// Not once a force off was asked: the VM stays off, as it is now.
@@ -161,6 +174,39 @@ func (u *vmRun) writeTemplate(ctx context.Context, m *templateMaking, key string
 	u.keepMu.Unlock()
 	restored = err == nil
 	return rec, vol, err
+}
+
+// writeDiskTemplate keeps the guest's disk alone, for clones that boot from
+// it (diskOnly): the guest is paused while its disk is copied (QEMU flushes
+// its writes as it stops) and runs on, unless forced off meanwhile.
+func (u *vmRun) writeDiskTemplate(ctx context.Context, m *templateMaking, key, disk string, capacity int64, rec TemplateRecord) (*TemplateRecord, string, error) {
+	o := u.o
+	if err := u.virsh.Suspend(ctx, o.Name); err != nil {
+		return nil, "", fmt.Errorf("cannot pause VM %s: %w", o.Name, err)
+	}
+	u.keepMu.Lock()
+	u.templatePaused = true
+	u.keepMu.Unlock()
+	defer func() {
+		u.keepMu.Lock()
+		defer u.keepMu.Unlock()
+		if u.forcing {
+			return
+		}
+		if err := u.virsh.Resume(context.WithoutCancel(ctx), o.Name); err != nil {
+			u.env.Out.Warn("VM %s stays paused: %v (`virsh resume %s` runs it on)", o.Name, err, o.Name)
+		}
+	}()
+	vol := templateDiskVolume(key)
+	if err := m.NoteDiskVolume(o.Connect, o.Pool, vol); err != nil {
+		return nil, "", err
+	}
+	copied, err := u.copyVolume(ctx, disk, vol, capacity)
+	if err != nil {
+		return nil, vol, fmt.Errorf("cannot copy VM %s's disk: %w", o.Name, err)
+	}
+	rec.Made, rec.DiskVolume, rec.DiskBytes = time.Now().UTC(), vol, copied
+	return &rec, vol, nil
 }
 
 // copyVolume copies a volume's bytes (a qcow2 overlay, backing path and

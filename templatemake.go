@@ -141,22 +141,25 @@ func (m *templateMaking) NoteDiskVolume(connect, pool, vol string) error {
 }
 
 // Commit completes the template: record.json is written, and the making dir
-// becomes templates/KEY by one rename. It fills Format, Key and MemoryBytes
-// (and Made, if zero) and refuses a record readTemplate would. KEY.lock is
+// becomes templates/KEY by one rename. It fills Format, Key, MemoryBytes
+// (0 for a template of its disk alone) and Made, if zero, and refuses a record readTemplate would. KEY.lock is
 // released; an Abort after it does nothing.
 func (m *templateMaking) Commit(rec *TemplateRecord) error {
 	if m.lock == nil {
 		return errors.New("the template is no longer being made")
 	}
 	mem := filepath.Join(m.dir, "memory.save")
-	st, err := os.Lstat(mem)
-	if err != nil {
-		return fmt.Errorf("template %s: %w", shortKey(m.key), err)
+	rec.Format, rec.Key, rec.MemoryBytes = templateFormat, m.key, 0
+	if !rec.diskOnly() {
+		st, err := os.Lstat(mem)
+		if err != nil {
+			return fmt.Errorf("template %s: %w", shortKey(m.key), err)
+		}
+		if p := fileProblem(st, false, true); p != "" {
+			return fmt.Errorf("template %s: memory.save %s", shortKey(m.key), p)
+		}
+		rec.MemoryBytes = st.Size()
 	}
-	if p := fileProblem(st, false, true); p != "" {
-		return fmt.Errorf("template %s: memory.save %s", shortKey(m.key), p)
-	}
-	rec.Format, rec.Key, rec.MemoryBytes = templateFormat, m.key, st.Size()
 	if rec.Made.IsZero() {
 		rec.Made = time.Now()
 	}
@@ -167,8 +170,10 @@ func (m *templateMaking) Commit(rec *TemplateRecord) error {
 	if err := validateTemplate(rec, m.key, time.Now()); err != nil {
 		return fmt.Errorf("template %s: %w", shortKey(m.key), err)
 	}
-	if err := syncSaved(mem); err != nil {
-		return err
+	if !rec.diskOnly() {
+		if err := syncSaved(mem); err != nil {
+			return err
+		}
 	}
 	data, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {

@@ -75,6 +75,11 @@ type TemplateRecord struct {
 	SaveCookie     string `json:"save_cookie"`
 }
 
+// diskOnly: the template is its disk alone, and a clone boots from it. A
+// memory state keeps the guest's NIC and DHCP lease, so a clone on a shared
+// network (nat) would have its template's MAC and address.
+func (r *TemplateRecord) diskOnly() bool { return r.Network != "user" }
+
 var (
 	// errNoTemplate: no template of the key (a half-made one is none).
 	errNoTemplate = errors.New("no template of this key")
@@ -235,16 +240,21 @@ func readTemplateAt(dir, key string, now time.Time) (*TemplateRecord, error) {
 	}
 	st, err = os.Lstat(filepath.Join(dir, "memory.save"))
 	switch {
+	case rec.diskOnly() && errors.Is(err, os.ErrNotExist):
+	case rec.diskOnly():
+		return nil, damaged(dir, key, "memory.save is there, but the record is of a template of its disk alone")
 	case errors.Is(err, os.ErrNotExist):
 		return nil, damaged(dir, key, "memory.save is missing")
 	case err != nil:
 		return nil, damaged(dir, key, "memory.save: "+err.Error())
 	}
-	if p := fileProblem(st, false, true); p != "" {
-		return nil, damaged(dir, key, "memory.save "+p)
-	}
-	if st.Size() != rec.MemoryBytes {
-		return nil, damaged(dir, key, fmt.Sprintf("memory.save has %d bytes, the record says %d", st.Size(), rec.MemoryBytes))
+	if !rec.diskOnly() {
+		if p := fileProblem(st, false, true); p != "" {
+			return nil, damaged(dir, key, "memory.save "+p)
+		}
+		if st.Size() != rec.MemoryBytes {
+			return nil, damaged(dir, key, fmt.Sprintf("memory.save has %d bytes, the record says %d", st.Size(), rec.MemoryBytes))
+		}
 	}
 	// The note is what a crashed prune's leftover is cleaned by.
 	n, err := readVolumeNote(dir, key)
@@ -282,19 +292,24 @@ func validateTemplate(r *TemplateRecord, key string, now time.Time) error {
 	check(validPool(r.Pool), "pool %q is not a storage pool name", r.Pool)
 	check(templateVolumeOf(key, r.DiskVolume), "disk_volume %q is not a volume vmup makes for this template", r.DiskVolume)
 	check(r.DiskBytes > 0, "disk_bytes %d is no size", r.DiskBytes)
-	check(r.MemoryBytes > 0, "memory_bytes %d is no size", r.MemoryBytes)
 	check(r.Network == "user" || r.Network == "nat", "network %q is not nat or user", r.Network)
+	check(r.diskOnly() || r.MemoryBytes > 0, "memory_bytes %d is no size", r.MemoryBytes)
 	check(validName(r.SourceVM), "source_vm %q is not a VM name", r.SourceVM)
 	check(uuidRE.MatchString(r.SourceUUID), "source_uuid %q is not a UUID", r.SourceUUID)
-	check(strings.HasPrefix(strings.TrimSpace(r.SourceXML), "<domain"), "source_xml is no domain definition")
+	check(r.diskOnly() || strings.HasPrefix(strings.TrimSpace(r.SourceXML), "<domain"), "source_xml is no domain definition")
 	check(validLogin(r.User), "user %q is not a login name", r.User)
 	check(strings.HasPrefix(r.LoginKey, "-----BEGIN OPENSSH PRIVATE KEY-----"), "login_key is no OpenSSH private key")
 	check(text(r.HostPublicKey) && len(strings.Fields(r.HostPublicKey)) >= 2, "host_public_key %q is no public key line", r.HostPublicKey)
 	check(instanceIDRE.MatchString(r.InstanceID), "instance_id %q is not one vmup makes", r.InstanceID)
 	check(baseVolumeRE.MatchString(r.BaseVolume), "base_volume %q is not a base volume", r.BaseVolume)
 	check(r.DomainType == "kvm" || r.DomainType == "qemu", "domain_type %q is not kvm or qemu", r.DomainType)
-	check(r.SaveDataLen > 0 && r.SaveDataLen <= saveMaxData, "save_data_len %d is no header length", r.SaveDataLen)
-	check(!strings.ContainsRune(r.SaveCookie, 0) && len(r.SaveCookie) < int(r.SaveDataLen), "save_cookie does not fit its header")
+	if r.diskOnly() {
+		check(r.MemoryBytes == 0 && r.SourceXML == "" && r.SaveDataLen == 0 && r.SaveWasRunning == 0 && r.SaveCookie == "",
+			"a template on nat keeps its disk alone, yet the record holds a memory state")
+	} else {
+		check(r.SaveDataLen > 0 && r.SaveDataLen <= saveMaxData, "save_data_len %d is no header length", r.SaveDataLen)
+		check(!strings.ContainsRune(r.SaveCookie, 0) && len(r.SaveCookie) < int(r.SaveDataLen), "save_cookie does not fit its header")
+	}
 	check(r.MemoryMiB >= minMemoryMiB && r.MemoryMiB <= maxMemoryMiB, "memory %d is out of range", r.MemoryMiB)
 	check(r.CPUs >= minCPUs && r.CPUs <= maxCPUs, "cpus %d is out of range", r.CPUs)
 	return bad

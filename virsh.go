@@ -122,6 +122,17 @@ func (v *Virsh) Start(ctx context.Context, name string) error {
 	return err
 }
 
+// Suspend pauses the domain's vCPUs; QEMU flushes its disks as it stops.
+func (v *Virsh) Suspend(ctx context.Context, name string) error {
+	_, err := v.run(ctx, "suspend", name)
+	return classify(err)
+}
+
+func (v *Virsh) Resume(ctx context.Context, name string) error {
+	_, err := v.run(ctx, "resume", name)
+	return classify(err)
+}
+
 func (v *Virsh) Shutdown(ctx context.Context, name string) error {
 	_, err := v.run(ctx, "shutdown", name, "--mode", "acpi")
 	return err

@@ -55,6 +55,7 @@ type vmRun struct {
 	cloneOf                  *TemplateRecord
 	releaseTemplate          func()
 	templateSaved            bool // the VM was saved to make its template (and restored since)
+	templatePaused           bool // the VM was paused to copy its disk for its template
 	// keepMu orders the maker's restore of a VM saved for its template and
 	// a force off: a VM forced off while saved stays off (forcing).
 	keepMu  sync.Mutex
