@@ -20,7 +20,7 @@ import (
 )
 
 // identityScript is the guest's side: sh -c SCRIPT sh NAME MACHINE_ID
-// INSTANCE_ID USER LOGIN_PUBKEY HOST_PUBKEY TIME, as root, with the host's
+// INSTANCE_ID USER LOGIN_PUBKEY HOST_PUBKEY TIME MAC (or ""), as root, with the host's
 // private key on stdin (never in argv, which any guest process can read).
 // Every step can run again: a second run with new values makes those.
 //
@@ -35,8 +35,8 @@ import (
 // The script is one single-quoted word for the login shell: any POSIX shell
 // reads it as it is (vmup makes its login with /bin/bash).
 const identityScript = `set -eu
-[ $# -eq 7 ] || { echo "vmup-identity: want 7 arguments, got $#" >&2; exit 2; }
-NAME=$1 MID=$2 IID=$3 LOGIN=$4 LOGIN_PUB=$5 HOST_PUB=$6 TIME=$7
+[ $# -eq 8 ] || { echo "vmup-identity: want 8 arguments, got $#" >&2; exit 2; }
+NAME=$1 MID=$2 IID=$3 LOGIN=$4 LOGIN_PUB=$5 HOST_PUB=$6 TIME=$7 MAC=$8
 R=${ROOT:-}
 L=${LIVE:-}
 if [ -z "$R" ]; then L=1; fi
@@ -56,6 +56,21 @@ for key in "$LOGIN_PUB" "$HOST_PUB"; do
 	case $key in *"
 "*) fail "bad public key";; esac
 done
+x='[0-9a-f][0-9a-f]'
+case $MAC in ''|$x:$x:$x:$x:$x:$x) ;; *) fail "bad MAC";; esac
+
+# On a shared network the clone's lease may lead to another guest (its
+# template's VM, with the same keys): a guest without the clone's MAC is
+# left as it is.
+if [ -n "$MAC" ]; then
+	hasmac=
+	for a in "$R"/sys/class/net/*/address; do
+		m=
+		if [ -r "$a" ]; then read -r m <"$a" || true; fi
+		if [ "$m" = "$MAC" ]; then hasmac=1; break; fi
+	done
+	[ -n "$hasmac" ] || fail "this guest has no interface with MAC $MAC: its address leads to another machine"
+fi
 
 # put FILE MODE CONTENT [OWNER]: FILE holds CONTENT and a newline, written
 # in place (a clone cut off midway is wiped, never used). A new file gets
@@ -267,6 +282,9 @@ type cloneIdentity struct {
 	LoginPub   string    // "ssh-ed25519 …": the only key that logs in as User
 	Host       SSHKey    // the host key, pinned by vmup
 	Time       time.Time // the guest's clock is set to it, in whole seconds
+	// MAC, when set (a shared network), is the clone's NIC's: a guest
+	// without it is not the clone, and is left alone.
+	MAC string
 }
 
 // newCloneIdentity makes a fresh identity for VM name, its clock now: set
@@ -316,6 +334,8 @@ func ed25519Wire(line string) ([]byte, error) {
 
 // validateCloneIdentity takes nothing but what vmup makes: every value goes
 // into a root shell's argv, and the private key into a host key file.
+var macRE = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
+
 func validateCloneIdentity(in cloneIdentity) error {
 	if !validName(in.Name) {
 		return fmt.Errorf("clone identity: %q is no VM name", in.Name)
@@ -342,6 +362,9 @@ func validateCloneIdentity(in cloneIdentity) error {
 	}
 	if in.Time.Unix() <= 0 {
 		return fmt.Errorf("clone identity: time %v is before 1970", in.Time)
+	}
+	if in.MAC != "" && !macRE.MatchString(in.MAC) {
+		return fmt.Errorf("clone identity: MAC %q is not six lowercase hex pairs", in.MAC)
 	}
 	return nil
 }
@@ -377,7 +400,7 @@ func identityCommand(login string, in cloneIdentity) (remoteCommand string, stdi
 		words = append([]string{"sudo", "-n"}, words...)
 	}
 	for _, v := range []string{in.Name, in.MachineID, in.InstanceID, in.User, in.LoginPub, in.Host.Public,
-		strconv.FormatInt(in.Time.Unix(), 10)} {
+		strconv.FormatInt(in.Time.Unix(), 10), in.MAC} {
 		words = append(words, singleQuote(v))
 	}
 	return strings.Join(words, " "), in.Host.Private, nil

@@ -65,6 +65,9 @@ type guestOpts struct {
 
 // identityGuest lays out a Debian cloud guest after its first boot as VM "a",
 // with login vmup (this test's uid, so chown works), under a fresh root.
+// guestMAC is the NIC's MAC in identityGuest's sysfs.
+const guestMAC = "52:54:00:aa:bb:cc"
+
 func identityGuest(t *testing.T, o guestOpts) string {
 	t.Helper()
 	root := t.TempDir()
@@ -77,11 +80,13 @@ func identityGuest(t *testing.T, o guestOpts) string {
 		passwd = "root:x:0:0:root:/root:/bin/bash\nvmup:x:%[1]d:%[2]d::/home/vmup:/bin/bash\n"
 	}
 	files := map[string]string{
-		"etc/hostname":        "a\n",
-		"etc/hosts":           hosts,
-		"etc/machine-id":      oldMID + "\n",
-		"etc/passwd":          fmt.Sprintf(passwd, os.Getuid(), os.Getgid()),
-		"etc/ssh/sshd_config": "Include /etc/ssh/sshd_config.d/*.conf\n",
+		"etc/hostname":               "a\n",
+		"etc/hosts":                  hosts,
+		"etc/machine-id":             oldMID + "\n",
+		"etc/passwd":                 fmt.Sprintf(passwd, os.Getuid(), os.Getgid()),
+		"etc/ssh/sshd_config":        "Include /etc/ssh/sshd_config.d/*.conf\n",
+		"sys/class/net/lo/address":   "00:00:00:00:00:00\n",
+		"sys/class/net/ens3/address": guestMAC + "\n",
 	}
 	for _, k := range []string{"ed25519", "rsa", "ecdsa"} {
 		files["etc/ssh/ssh_host_"+k+"_key"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nold " + k + "\n"
@@ -288,6 +293,9 @@ func TestIdentityScript(t *testing.T) {
 				t.Parallel()
 				root := identityGuest(t, c.o)
 				in := testIdentity(t, "b")
+				if !c.o.noCloud {
+					in.MAC = guestMAC // on nat; on the user network none is checked
+				}
 				out, code := runIdentity(t, sh, root, in)
 				if code != 0 || !strings.HasSuffix(out, "vmup-identity done sshd=skipped\n") {
 					t.Fatalf("exit %d:\n%s", code, out)
@@ -345,7 +353,7 @@ func TestIdentityScriptAgain(t *testing.T) {
 // checks its arguments itself too.
 func TestIdentityScriptRefuses(t *testing.T) {
 	in := testIdentity(t, "b")
-	args := []string{in.Name, in.MachineID, in.InstanceID, in.User, in.LoginPub, in.Host.Public, "1700000000"}
+	args := []string{in.Name, in.MachineID, in.InstanceID, in.User, in.LoginPub, in.Host.Public, "1700000000", guestMAC}
 	bad := map[string]func([]string) []string{
 		"no key on stdin": func(a []string) []string { return a },
 		"name":            func(a []string) []string { a[0] = "../b"; return a },
@@ -356,6 +364,10 @@ func TestIdentityScriptRefuses(t *testing.T) {
 		"key":             func(a []string) []string { a[5] = in.Host.Public + "\nssh-rsa AAAA"; return a },
 		"time":            func(a []string) []string { a[6] = "1+1"; return a },
 		"six args":        func(a []string) []string { return a[:6] },
+		"seven args":      func(a []string) []string { return a[:7] },
+		"bad MAC":         func(a []string) []string { a[7] = "52:54:00:AA:BB:CC"; return a },
+		// The lease led to another guest: its MAC is not this clone's.
+		"another guest": func(a []string) []string { a[7] = "52:54:00:00:00:01"; return a },
 	}
 	for what, mutate := range bad {
 		t.Run(what, func(t *testing.T) {
@@ -391,7 +403,9 @@ func TestIdentityCommand(t *testing.T) {
 	if !strings.HasPrefix(remote, "sudo -n sh -c '") || !bytes.Equal(stdin, in.Host.Private) {
 		t.Errorf("remote %.40q…, stdin %q", remote, stdin)
 	}
-	tail := fmt.Sprintf("' sh 'b' '%s' '%s' 'vmup' '%s' '%s' '%d'", in.MachineID, in.InstanceID, in.LoginPub, in.Host.Public, in.Time.Unix())
+	in.MAC = guestMAC
+	remote, _, _ = identityCommand("vmup", in)
+	tail := fmt.Sprintf("' sh 'b' '%s' '%s' 'vmup' '%s' '%s' '%d' '%s'", in.MachineID, in.InstanceID, in.LoginPub, in.Host.Public, in.Time.Unix(), guestMAC)
 	if !strings.HasSuffix(remote, tail) {
 		t.Errorf("remote ends %q, want %q", remote[len(remote)-len(tail):], tail)
 	}

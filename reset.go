@@ -363,7 +363,9 @@ func (u *upRun) prepareReset(ctx context.Context) error {
 		out.Say("settings_restored", "VM %s gets back the settings it was provisioned with (%s)", o.Name, d)
 	}
 	what := "its disk and memory"
-	if p.Kind == "template" {
+	if p.Kind == "template" && j.Network != "user" {
+		what = "its template " + shortKey(j.Template) + "'s disk; it boots"
+	} else if p.Kind == "template" {
 		what = "its template " + shortKey(j.Template) + "'s disk and memory"
 	} else if p.Kind == "disk" {
 		what = "its disk; it boots"

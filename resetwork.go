@@ -21,7 +21,11 @@ import (
 // reset cut off after that leaves a shut-off domain and a journal saying
 // `resetting`, which the next up defines the domain from (prepareReup).
 func (u *upRun) reset(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	limit := 5 * time.Minute
+	if p := u.j.Provisioned; p != nil && p.Kind == "template" && u.j.Network != "user" {
+		limit += u.o.BootTimeout // a clone on nat boots its template's disk
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), limit)
 	defer cancel()
 	out, o := u.env.Out, u.o
 	out.Step("Resetting to the provisioned state")

@@ -79,6 +79,15 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 			hint: fmt.Sprintf("run `vmup reset %s` to finish it, or `vmup destroy %s`", o.Name, o.Name),
 		}
 	}
+	if state == "paused" {
+		// vmup pauses a VM only while it copies the disk for a template:
+		// one killed meanwhile (or a hand's `virsh suspend`) left it so.
+		if err := u.virsh.Resume(ctx, o.Name); err != nil {
+			return 0, fmt.Errorf("VM %s is paused and cannot be resumed: %w", o.Name, err)
+		}
+		out.Warn("VM %s was paused, as a template's making that was cut off leaves it: resumed, its clock behind by the pause", o.Name)
+		state = "running"
+	}
 	running := state != "shut off" && state != "crashed"
 	changed := settingsChanged(o, j)
 	saved := isSaved(state, reason)

@@ -213,6 +213,7 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 		case err := <-ended:
 			return nil, err
 		}
+		checked := time.Time{}
 		for {
 			select {
 			case err := <-ended:
@@ -227,12 +228,17 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 				return nil, ctx.Err()
 			default:
 			}
-			if s.Check(ctx) == nil {
-				return ended, nil
+			// ssh makes its socket once logged in: a stat is cheap, an `ssh -O
+			// check` is a process that takes host CPU from the guest being
+			// waited for. It still asks now and then: a socket made elsewhere.
+			since := time.Since(checked)
+			if since >= masterCheckEvery || since >= 100*time.Millisecond && socketMade(s.control) {
+				checked = time.Now()
+				if s.Check(ctx) == nil {
+					return ended, nil
+				}
 			}
-			// The master is connecting: asking its local socket is cheap, and
-			// every tenth of a second here is one the user waits.
-			if err := sleepCtx(ctx, min(poll, 100*time.Millisecond)); err != nil {
+			if err := sleepCtx(ctx, min(poll, 20*time.Millisecond)); err != nil {
 				return nil, err
 			}
 		}
@@ -244,6 +250,15 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 			return nil, err
 		}
 	}
+}
+
+// masterCheckEvery is how often WaitMaster asks a master without a socket yet.
+const masterCheckEvery = 500 * time.Millisecond
+
+// socketMade: path is a socket (an ssh master's, once it logged in).
+func socketMade(path string) bool {
+	st, err := os.Lstat(path)
+	return err == nil && st.Mode()&os.ModeSocket != 0
 }
 
 // waitConnectTimeout bounds most of WaitMaster's tries (see there).

@@ -96,21 +96,15 @@ func (u *vmRun) prepareClone(ctx context.Context, base string) error {
 	if err := u.updateJournal(func(j *Journal) { j.InstanceID = instanceID }); err != nil {
 		return err
 	}
-	later, seed := laterSeedVolume(o.Name), laterSeedVolume(o.Name)
+	later, seed := laterSeedVolume(o.Name), u.laterSeedISO()
 	if u.whyBoot() != "" {
-		seed = firstSeedVolume(o.Name)
+		// Booted with its template's instance-id until the identity script
+		// gave it its own: then the seed says so too (putSeed).
+		seed = templateSeedISO(o.Name, rec)
 	}
 	var seedErr error
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		// One at a time: uploadBytes stages through one file.
-		if seedErr = u.uploadBytes(ctx, u.laterSeedISO(), later); seedErr != nil || seed == later {
-			return
-		}
-		// The identity script gives the clone its own instance-id; the
-		// later seed is attached then.
-		seedErr = u.uploadBytes(ctx, templateSeedISO(o.Name, rec), seed)
-	})
+	wg.Go(func() { seedErr = u.uploadBytes(ctx, seed, later) })
 	bootErr := u.uploadBoot(ctx)
 	wg.Wait()
 	if err := joinErrors(seedErr, bootErr); err != nil {
@@ -118,7 +112,7 @@ func (u *vmRun) prepareClone(ctx context.Context, base string) error {
 	}
 	u.updateJournal(func(j *Journal) {
 		j.BaseVolume, j.Kernel, j.Initrd, j.Cmdline, j.DomainType = base, o.Kernel != "", o.Initrd != "", o.Cmdline, rec.DomainType
-		j.Firmware, j.SeedVolume, j.Template = o.Firmware, seed, rec.Key
+		j.Firmware, j.SeedVolume, j.Template = o.Firmware, later, rec.Key
 	})
 	if err := u.define(ctx); err != nil {
 		return err
@@ -169,6 +163,14 @@ func (u *upRun) clone(ctx context.Context) {
 		fail(err)
 		return
 	}
+	// The seed's instance-id is the template's until now: any boot after,
+	// even one the guest asks for, would find a new instance (new host keys).
+	if why != "" {
+		if err := u.putSeed(ctx, u.laterSeedISO()); err != nil {
+			fail(fmt.Errorf("cannot write VM %s's own instance-id into its seed: %w", u.o.Name, err))
+			return
+		}
+	}
 	out.Done("hostname, machine-id, host key, login key, instance-id; SSH at " + u.ssh.ep.String())
 	done, err := u.commitFirstBoot(ctx)
 	if !done {
@@ -177,13 +179,6 @@ func (u *upRun) clone(ctx context.Context) {
 	if err != nil {
 		u.send(EvRecordFailed, err)
 		return
-	}
-	if why != "" {
-		// The first seed holds no secret, but its instance-id is the
-		// template's: the next boot would make this a new instance.
-		seedCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		u.replaceSeed(seedCtx)
-		cancel()
 	}
 	// Its template is its provisioned state: `vmup reset` clones it again.
 	u.jmu.Lock()
@@ -199,23 +194,11 @@ func (u *upRun) clone(ctx context.Context) {
 		if u.j.Network != "user" {
 			why += ": a memory state keeps its template's MAC and address"
 		}
-		msg = fmt.Sprintf("VM %s provisioned from template %s (made by VM %s): booted from its disk in %.1f s, with no cloud-init run or playbook (%s)",
+		msg = fmt.Sprintf("VM %s provisioned from template %s (made by VM %s): booted from its disk in %.1f s, with no first-boot cloud-init or playbook (%s)",
 			u.o.Name, shortKey(rec.Key), rec.SourceVM, secs, why)
 	}
 	out.Data(jsonEvent{Event: "provisioned_from_template", Template: rec.Key, DurationS: &secs, Message: msg})
 	u.send(EvCloned, nil)
-}
-
-// whyBoot says why a clone boots from its template's disk, or "" when its
-// template's memory is restored.
-func (u *vmRun) whyBoot() string {
-	switch {
-	case u.j.Network != "user":
-		return "no memory clone on " + u.j.Network
-	case u.cloneOf.diskOnly():
-		return "template made on " + u.cloneOf.Network + " keeps no memory state"
-	}
-	return ""
 }
 
 // giveIdentity logs in as the template's guest (its login key, its host
@@ -258,25 +241,37 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 		return err
 	}
 	id.InstanceID = j.InstanceID
-	cmd, stdin, err := identityCommand(j.User, id)
-	if err != nil {
-		return err
-	}
 	if err := writeFileAtomic(u.paths.KnownHosts(), []byte(knownHostsLine(o.Name, id.Host.Public)), 0o600); err != nil {
 		return err
 	}
-	ep, err := u.endpoint(ctx)
-	if err != nil {
-		return err
-	}
-	s := newSSH(u.env.Runner, o.Name, j.User, tp, ep)
-	s.control = ""
-	// A restored guest answers at once; a booting one once it booted.
+	// A restored guest answers at once; a booting one once it booted (on
+	// nat, once it has a lease).
 	wait := time.Minute
 	if !u.restored {
 		wait = o.BootTimeout
 	}
 	deadline := time.Now().Add(wait)
+	bootCtx, cancelBoot := context.WithDeadline(ctx, deadline)
+	defer cancelBoot()
+	ep, err := u.endpoint(bootCtx)
+	if err != nil {
+		if ctx.Err() == nil && bootCtx.Err() != nil {
+			err = fmt.Errorf("VM %s has no address after --boot-timeout %s", o.Name, wait)
+		}
+		return err
+	}
+	if j.Network != "user" {
+		// The script leaves a guest without the MAC of this lease alone.
+		if _, id.MAC, err = u.virsh.DomLease(bootCtx, o.Name); err != nil {
+			return err
+		}
+	}
+	cmd, stdin, err := identityCommand(j.User, id)
+	if err != nil {
+		return err
+	}
+	s := newSSH(u.env.Runner, o.Name, j.User, tp, ep)
+	s.control = ""
 	keys, ended := make(chan struct{}), make(chan struct{})
 	proved := make(chan error, 1)
 	ctx, stop := context.WithCancel(ctx)
@@ -285,13 +280,12 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 		if s.control, err = u.controlSocket(); err != nil {
 			return fmt.Errorf("cannot make a dir for the ssh ControlMaster's socket: %w", err)
 		}
-		s.keyFinal = true // sshd serves the template's key from the start
-		s.restored = u.restored
-		wctx, cancel := context.WithTimeout(ctx, wait)
-		done, err := s.WaitMaster(wctx, u.masterCtx, u.env.Poll, u.domainAlive)
-		cancel()
+		// A restored sshd serves the template's keys from the start; a
+		// booting guest may refuse logins for a moment (pam_nologin).
+		s.keyFinal, s.restored = u.restored, u.restored
+		done, err := s.WaitMaster(bootCtx, u.masterCtx, u.env.Poll, u.domainAlive)
 		if err != nil {
-			if ctx.Err() == nil && wctx.Err() != nil {
+			if ctx.Err() == nil && bootCtx.Err() != nil {
 				err = fmt.Errorf("none within %s", wait)
 			}
 			return fmt.Errorf("no SSH login with the template's keys: %w", err)
@@ -318,6 +312,13 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 			}
 			proved <- u.ssh.ProveHostKey(ctx)
 		}()
+	}
+	if !u.restored {
+		// A booted guest: cloud-init's stages of this boot end first, so
+		// that none reads the instance the script renames under it.
+		if err := u.waitBootCloudInit(bootCtx, s, asMaster); err != nil {
+			return err
+		}
 	}
 	// A connection that fails before the script ran (ssh's own exit code,
 	// 255) is tried again a few times.
@@ -391,7 +392,7 @@ func templateNetdev(xml string) (string, error) {
 // the template's memory restored (or its disk booted: whyBoot) and the
 // clone's identity given again (a new host key, pinned). The boot that
 // follows finds it running.
-func (u *upRun) resetTemplate(ctx context.Context) error {
+func (u *upRun) resetTemplate(ctx context.Context) (retErr error) {
 	defer u.letGoTemplate()
 	o, rec := u.o, u.cloneOf
 	if err := u.offAndCommitReset(ctx, true); err != nil {
@@ -405,17 +406,16 @@ func (u *upRun) resetTemplate(ctx context.Context) error {
 	}
 	boots := u.whyBoot() != ""
 	if boots {
-		// As its first boot: the template's instance-id until its identity is given.
-		first := firstSeedVolume(o.Name)
-		if err := u.virsh.VolDelete(ctx, o.Pool, first); err != nil && !errors.Is(err, errNotFound) {
+		// As its first boot: the template's instance-id until its identity
+		// is given, and its own again whatever happens.
+		if err := u.putSeed(ctx, templateSeedISO(o.Name, rec)); err != nil {
 			return err
 		}
-		if err := u.uploadBytes(ctx, templateSeedISO(o.Name, rec), first); err != nil {
-			return err
-		}
-		if err := u.updateJournal(func(j *Journal) { j.SeedVolume = first }); err != nil {
-			return err
-		}
+		defer func() {
+			if err := u.putSeed(context.WithoutCancel(ctx), u.laterSeedISO()); err != nil && retErr == nil {
+				retErr = fmt.Errorf("cannot write VM %s's own instance-id into its seed: %w", o.Name, err)
+			}
+		}()
 	}
 	if err := u.define(ctx); err != nil {
 		return err
@@ -428,24 +428,7 @@ func (u *upRun) resetTemplate(ctx context.Context) error {
 		return err
 	}
 	touchTemplate(u.env.Home, rec.Key)
-	if err := u.giveIdentity(ctx, rec, false); err != nil || !boots {
-		return err
-	}
-	if err := u.writeLaterDefinition(ctx); err != nil {
-		return err
-	}
-	u.replaceSeed(ctx)
-	return nil
-}
-
-// templateSeedISO is the seed a clone boots with from its template's disk:
-// its name, and its template's instance-id, so that cloud-init runs no
-// per-instance module again (ssh's would make new host keys).
-func templateSeedISO(name string, rec *TemplateRecord) []byte {
-	return buildISO("cidata", map[string][]byte{
-		"meta-data": metaData(name, rec.InstanceID),
-		"user-data": []byte("#cloud-config\n{}\n"),
-	})
+	return u.giveIdentity(ctx, rec, false)
 }
 
 // createCloneDisk makes the VM's disk, of gib GiB, an overlay on the

@@ -48,7 +48,8 @@ func (u *vmRun) makeTemplate(ctx context.Context) {
 	u.keepMu.Unlock()
 	if u.ssh != nil && (u.templateSaved || u.templatePaused) && !forced {
 		mctx, cancel := context.WithTimeout(ctx, time.Minute)
-		if u.templateSaved {
+		// A pause longer than ssh's ServerAlive limit ends the master too.
+		if u.templateSaved || u.ssh.Check(mctx) != nil {
 			if done, err := u.ssh.WaitMaster(mctx, u.masterCtx, u.env.Poll, u.domainAlive); err == nil {
 				u.masterDone = done
 			}

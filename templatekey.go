@@ -30,6 +30,9 @@ import (
 //   - cpus, memory, disk (cloud-init grows the root filesystem to the
 //     disk's size), firmware (bios or uefi), and the boot settings: the
 //     kernel's and initrd's content, never their paths, and the cmdline;
+//   - the network, nat or user: the NIC the guest's network config was
+//     rendered for, and the template's kind (on nat its disk alone, which
+//     clones boot; on user its memory too);
 //   - the login user;
 //   - the cloud-init data vmup writes (seedKeyData): meta-data and
 //     user-data as they are for every VM, with placeholders for what is
@@ -45,7 +48,7 @@ import (
 //
 // Out of it: the VM's name (hostname, local-hostname, inventory host), its
 // cloud-init instance-id, its login key and host key (each VM's own), its
-// forwards and SSH port, network and --restrict-network, connect URI, pool,
+// forwards and SSH port, --restrict-network, connect URI, pool,
 // the image's path or URL and its --image-sha256 pin (its content is in),
 // the kernel's and initrd's paths, timeouts, --cloud-init-errors, --detach
 // and the like. Also out, as nothing vmup can see whole: what the playbook
@@ -65,7 +68,7 @@ import (
 
 // templateKeyFormat begins the canonical form: a change to what the key
 // covers, or how it is written, makes it /2.
-const templateKeyFormat = "vmup-template-key/1"
+const templateKeyFormat = "vmup-template-key/2"
 
 // The playbook's directory is hashed whole: beyond these it is refused, as
 // one that is not the playbook's own (a home directory, say). (Variables
@@ -86,14 +89,17 @@ type templateKeyInput struct {
 	DomainType               string // kvm or qemu: resolved, never auto
 	CPUs, MemoryMiB, DiskGiB int
 	Firmware                 string // bios or uefi
-	Kernel, Initrd           string // paths, "" for none: their content is in the key
-	Cmdline                  string
-	User                     string
-	MetaData, UserData       []byte // seedKeyData(User)
-	SeedVersion              int
-	Playbook                 string   // path, "" when no playbook runs in the first boot
-	PlaybookArgs             []string // after `--`, verbatim
-	Groups                   []string
+	// Network is nat or user: the NIC the guest's network config was made
+	// for, and the template's kind (nat: its disk alone, clones boot).
+	Network            string
+	Kernel, Initrd     string // paths, "" for none: their content is in the key
+	Cmdline            string
+	User               string
+	MetaData, UserData []byte // seedKeyData(User)
+	SeedVersion        int
+	Playbook           string   // path, "" when no playbook runs in the first boot
+	PlaybookArgs       []string // after `--`, verbatim
+	Groups             []string
 	// Exclude are paths left out of the playbook's tree: vmup's own config
 	// file and results directory, which may sit beside the playbook.
 	Exclude []string
@@ -105,7 +111,7 @@ func templateKeyInputFor(o *Options, imageSHA256, domainType string) templateKey
 	meta, user := seedKeyData(o.User)
 	in := templateKeyInput{
 		ImageSHA256: imageSHA256, DomainType: domainType,
-		CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, DiskGiB: o.DiskGiB, Firmware: o.Firmware,
+		CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, DiskGiB: o.DiskGiB, Firmware: o.Firmware, Network: o.Network,
 		Kernel: absPath(o.Kernel), Initrd: absPath(o.Initrd), Cmdline: o.Cmdline,
 		User: o.User, MetaData: meta, UserData: user, SeedVersion: seedVersion,
 		Groups: slices.Clone(o.Groups),
@@ -155,6 +161,7 @@ func templateKey(in templateKeyInput) (string, error) {
 	w.field("memory-mib", strconv.Itoa(in.MemoryMiB))
 	w.field("disk-gib", strconv.Itoa(in.DiskGiB))
 	w.field("firmware", in.Firmware)
+	w.field("network", in.Network)
 	w.field("kernel", kernel...)
 	w.field("initrd", initrd...)
 	w.field("cmdline", in.Cmdline)

@@ -76,10 +76,10 @@ func TestCloneOnNATBootsFromTheTemplatesDisk(t *testing.T) {
 	w := h.fake.world
 	var firstSeed string
 	h.fake.onCall = func(args []string) {
-		// The clone's first seed, as the domain starts with it.
+		// The clone's seed, as the domain starts with it.
 		if args[0] == "virsh" && slices.Contains(args, "start") && slices.Contains(args, "c1") {
 			h.fake.mu.Lock()
-			firstSeed = string(w.Content["vmup/"+firstSeedVolume("c1")])
+			firstSeed = string(w.Content["vmup/"+laterSeedVolume("c1")])
 			h.fake.mu.Unlock()
 		}
 	}
@@ -96,14 +96,18 @@ func TestCloneOnNATBootsFromTheTemplatesDisk(t *testing.T) {
 	if !j.FirstBootDone || j.Template != rec.Key || j.SeedVolume != laterSeedVolume("c1") || j.InstanceID == rec.InstanceID {
 		t.Errorf("c1's journal: done %v, template %q, seed %q, instance-id %q", j.FirstBootDone, j.Template, j.SeedVolume, j.InstanceID)
 	}
-	if w.Volumes["vmup/"+firstSeedVolume("c1")] || slices.Contains(j.Volumes, firstSeedVolume("c1")) {
-		t.Errorf("c1's first seed is left: volume %v, journal %v", w.Volumes["vmup/"+firstSeedVolume("c1")], j.Volumes)
+	if w.Volumes["vmup/"+firstSeedVolume("c1")] {
+		t.Errorf("c1 has a first seed volume")
 	}
+	// Its one seed holds its own instance-id now, for any boot: one the
+	// guest asks for runs the same QEMU, with the definition it started with.
 	if later := string(w.Content["vmup/"+laterSeedVolume("c1")]); !strings.Contains(later, "instance-id: "+j.InstanceID) {
-		t.Errorf("c1's later seed %q does not hold its own instance-id %s", later, j.InstanceID)
+		t.Errorf("c1's seed %q does not hold its own instance-id %s", later, j.InstanceID)
 	}
-	if !strings.Contains(w.XML["c1"], laterSeedVolume("c1")) {
-		t.Errorf("c1's definition does not name its later seed:\n%s", w.XML["c1"])
+	for what, xml := range map[string]string{"running": w.Live["c1"], "defined": w.XML["c1"]} {
+		if !strings.Contains(xml, laterSeedVolume("c1")) || strings.Contains(xml, firstSeedVolume("c1")) {
+			t.Errorf("c1's %s definition does not name its one seed:\n%s", what, xml)
+		}
 	}
 	if b := w.Backing["vmup/c1.qcow2"]; b != "/pool/vmup/"+rec.DiskVolume {
 		t.Errorf("c1's disk is backed by %q; want the template's disk", b)
@@ -117,20 +121,77 @@ func TestCloneOnNATBootsFromTheTemplatesDisk(t *testing.T) {
 	}
 }
 
-// A template made on nat has no memory state: a clone on the user network
-// boots from its disk too.
-func TestUserCloneOfANATTemplateBoots(t *testing.T) {
+// The network is in the key: a VM on the user network does not use a
+// template made on nat (nor the other way), and makes one of its own.
+func TestTemplateKeyedByNetwork(t *testing.T) {
 	h := templateHarness(t)
 	h.makeNATTemplateVM()
 	w := h.fake.world
+	h.fake.onCall = func(args []string) {
+		// c1's disk, once made, has bytes to copy into its own template.
+		if args[0] == "virsh" && slices.Contains(args, "vol-download") && slices.Contains(args, "c1.qcow2") {
+			h.fake.mu.Lock()
+			w.Content["vmup/c1.qcow2"] = []byte("QFI\xfb c1's first boot")
+			h.fake.mu.Unlock()
+		}
+	}
 	if code := h.wait(h.up(h.cloneArgs("c1", "-d")...)); code != 0 {
-		t.Fatalf("clone: exit %d\n%s", code, h.stderr)
+		t.Fatalf("up on user: exit %d\n%s", code, h.stderr)
 	}
-	if w.Domains["c1"] != "running" || len(w.Restores) > 0 || w.Identities != 1 {
-		t.Errorf("c1 %s, restores %v, identities %d; want it booted", w.Domains["c1"], w.Restores, w.Identities)
+	if h.has("provisioned_from_template") || w.Identities != 0 {
+		t.Errorf("a VM on the user network used the nat template, or made none: identities %d, events %v", w.Identities, h.events.names())
 	}
-	if m := h.events.message("provisioned_from_template"); !strings.Contains(m, "keeps no memory state") {
-		t.Errorf("provisioned_from_template says %q", m)
+	infos, err := listTemplates(h.env.Home)
+	if err != nil || len(infos) != 2 {
+		t.Errorf("templates: %+v %v; want one per network\n%s", infos, err, h.stderr)
+	}
+}
+
+// A nat clone whose guest never gets a lease fails at --boot-timeout.
+func TestCloneOnNATWithoutALeaseEnds(t *testing.T) {
+	h := templateHarness(t)
+	h.makeNATTemplateVM()
+	h.fake.world.Fail["domifaddr c1"] = "error: no lease"
+	if code := h.wait(h.up(h.natCloneArgs("c1", "-d", "--boot-timeout", "1s")...)); code != exitFailed {
+		t.Fatalf("exit %d, want %d\n%s", code, exitFailed, h.stderr)
+	}
+	if !strings.Contains(h.stderr.String(), "no address after --boot-timeout") {
+		t.Errorf("stderr does not say why:\n%s", h.stderr)
+	}
+}
+
+// A seed that cannot be given the clone's own instance-id fails the clone,
+// before its first boot is recorded: the next up does not take it as done.
+func TestCloneOnNATSeedNotRewrittenFails(t *testing.T) {
+	h := templateHarness(t)
+	h.makeNATTemplateVM()
+	w := h.fake.world
+	uploads := 0
+	h.fake.onCall = func(args []string) {
+		if args[0] == "virsh" && slices.Contains(args, "vol-upload") && slices.Contains(args, laterSeedVolume("c1")) {
+			if uploads++; uploads == 2 {
+				h.fake.mu.Lock()
+				w.Fail["vol-upload"] = "error: no space left on device"
+				h.fake.mu.Unlock()
+			}
+		}
+	}
+	if code := h.wait(h.up(h.natCloneArgs("c1", "-d")...)); code != exitFailed {
+		t.Fatalf("exit %d, want %d\n%s", code, exitFailed, h.stderr)
+	}
+	if j := h.journalOf("c1"); j.FirstBootDone {
+		t.Errorf("c1's first boot recorded complete with the template's instance-id in its seed")
+	}
+}
+
+// A VM left paused (its maker killed while it copied the disk) runs on
+// with the next up.
+func TestPausedVMIsResumedByUp(t *testing.T) {
+	h := templateHarness(t)
+	h.makeNATTemplateVM()
+	h.fake.world.Domains["v1"] = "paused"
+	if code := h.wait(h.up("v1", "-d")); code != 0 || h.fake.world.Domains["v1"] != "running" {
+		t.Errorf("exit %d, v1 %s; want it resumed\n%s", code, h.fake.world.Domains["v1"], h.stderr)
 	}
 }
 
@@ -162,8 +223,8 @@ func TestResetOfANATClone(t *testing.T) {
 		t.Errorf("c1's disk after reset: %q on %q", w.Content["vmup/c1.qcow2"], w.Backing["vmup/c1.qcow2"])
 	}
 	j := h.journalOf("c1")
-	if j.SeedVolume != laterSeedVolume("c1") || w.Volumes["vmup/"+firstSeedVolume("c1")] || !strings.Contains(w.XML["c1"], laterSeedVolume("c1")) {
-		t.Errorf("after reset: seed %q, first seed left %v", j.SeedVolume, w.Volumes["vmup/"+firstSeedVolume("c1")])
+	if seed := string(w.Content["vmup/"+laterSeedVolume("c1")]); j.SeedVolume != laterSeedVolume("c1") || !strings.Contains(seed, "instance-id: "+j.InstanceID) {
+		t.Errorf("after reset: seed volume %q holds %q; want its own instance-id %s", j.SeedVolume, seed, j.InstanceID)
 	}
 	if now, _ := os.ReadFile(paths.KnownHosts()); string(now) == string(pinned) {
 		t.Errorf("c1's pinned host key did not change")

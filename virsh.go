@@ -170,15 +170,24 @@ const streamGrace = 300 * time.Millisecond
 
 // DomIPv4 returns the guest's address from the DHCP lease, or "" while it has none.
 func (v *Virsh) DomIPv4(ctx context.Context, name string) (string, error) {
+	ip, _, err := v.DomLease(ctx, name)
+	return ip, err
+}
+
+var leaseRE = regexp.MustCompile(`([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\s+ipv4\s+([0-9.]+)/`)
+
+// DomLease returns the guest's IPv4 lease and the MAC it was given to
+// (lowercase), or "" while it has none.
+func (v *Virsh) DomLease(ctx context.Context, name string) (ip, mac string, err error) {
 	out, err := v.run(ctx, "domifaddr", name, "--source", "lease")
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	m := regexp.MustCompile(`ipv4\s+([0-9.]+)/`).FindStringSubmatch(out)
+	m := leaseRE.FindStringSubmatch(out)
 	if m == nil {
-		return "", nil
+		return "", "", nil
 	}
-	return m[1], nil
+	return m[2], strings.ToLower(m[1]), nil
 }
 
 // KVMAvailable says whether libvirt offers the kvm domain type.
