@@ -266,10 +266,6 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 			return err
 		}
 	}
-	cmd, stdin, err := identityCommand(j.User, id)
-	if err != nil {
-		return err
-	}
 	s := newSSH(u.env.Runner, o.Name, j.User, tp, ep)
 	s.control = ""
 	keys, ended := make(chan struct{}), make(chan struct{})
@@ -319,6 +315,13 @@ func (u *vmRun) giveIdentity(ctx context.Context, rec *TemplateRecord, asMaster 
 		if err := u.waitBootCloudInit(bootCtx, s, asMaster); err != nil {
 			return err
 		}
+	}
+	// The guest's clock is set to the host's, now: a booted guest waited a
+	// while for its login and cloud-init.
+	id.Time = time.Now()
+	cmd, stdin, err := identityCommand(j.User, id)
+	if err != nil {
+		return err
 	}
 	// A connection that fails before the script ran (ssh's own exit code,
 	// 255) is tried again a few times.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -286,4 +287,36 @@ func TestTemplateDiskOnlyWithMemoryFileRefused(t *testing.T) {
 	if _, err := readTemplate(home, key); !errors.Is(err, errTemplateDamaged) || !strings.Contains(err.Error(), "memory.save is there") {
 		t.Errorf("read with a memory.save: %v; want damaged", err)
 	}
+}
+
+// A booted clone's clock is set to the host's when its identity is given,
+// not to the time before its boot began.
+func TestCloneOnNATClockIsNowNotBeforeTheBoot(t *testing.T) {
+	h := templateHarness(t)
+	h.makeNATTemplateVM()
+	var booted time.Time
+	h.fake.onCall = func(args []string) {
+		// The guest's cloud-init, waited for once logged in, takes its time.
+		if args[0] == "ssh" && slices.Contains(args, "test") && booted.IsZero() {
+			time.Sleep(1100 * time.Millisecond)
+			booted = time.Now()
+		}
+	}
+	if code := h.wait(h.up(h.natCloneArgs("c1", "-d")...)); code != 0 {
+		t.Fatalf("exit %d\n%s", code, h.stderr)
+	}
+	h.fake.mu.Lock()
+	defer h.fake.mu.Unlock()
+	for _, args := range h.fake.raw {
+		if args[0] != "ssh" || !strings.Contains(args[len(args)-1], "vmup-identity") {
+			continue
+		}
+		words := strings.Fields(args[len(args)-1])
+		stamp, err := strconv.ParseInt(strings.Trim(words[len(words)-2], "'"), 10, 64)
+		if err != nil || stamp < booted.Unix() {
+			t.Errorf("the identity sets the clock to %v (%v); the boot ended at %d", stamp, err, booted.Unix())
+		}
+		return
+	}
+	t.Fatalf("no identity script ran")
 }
