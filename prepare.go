@@ -398,9 +398,12 @@ func (u *vmRun) writeSeed(ctx context.Context) error {
 
 // laterSeedISO is the seed of the boots after the first: the same instance id
 // (so cloud-init keeps the host keys) and no secrets.
-func (u *vmRun) laterSeedISO() []byte {
+func (u *vmRun) laterSeedISO() []byte { return laterSeedFor(u.o.Name, u.j.InstanceID) }
+
+// laterSeedFor is a seed of later boots: a name and an instance id, no secrets.
+func laterSeedFor(name, instanceID string) []byte {
 	return buildISO("cidata", map[string][]byte{
-		"meta-data": metaData(u.o.Name, u.j.InstanceID),
+		"meta-data": metaData(name, instanceID),
 		"user-data": []byte("#cloud-config\n{}\n"), // a mapping, as the schema wants
 	})
 }
@@ -426,10 +429,16 @@ func (u *vmRun) ensureLaterSeed(ctx context.Context) error {
 
 // uploadBytes uploads data as a new volume, through a 0600 file in the state dir.
 func (u *vmRun) uploadBytes(ctx context.Context, data []byte, vol string) error {
-	file := u.paths.File("upload.tmp")
-	if err := writeFileAtomic(file, data, 0o600); err != nil {
+	file, err := u.stageBytes(data)
+	if err != nil {
 		return err
 	}
 	defer os.Remove(file)
 	return u.upload(ctx, file, vol)
+}
+
+// stageBytes writes data into the 0600 file virsh uploads from: one at a time.
+func (u *vmRun) stageBytes(data []byte) (string, error) {
+	file := u.paths.File("upload.tmp")
+	return file, writeFileAtomic(file, data, 0o600)
 }

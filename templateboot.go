@@ -49,8 +49,8 @@ func (u *vmRun) waitBootCloudInit(ctx context.Context, s *SSH, asMaster bool) er
 // domain, running and defined, names that one volume throughout. Seeds
 // are all of one size (one sector per file).
 func (u *vmRun) putSeed(ctx context.Context, data []byte) error {
-	file := u.paths.File("upload.tmp")
-	if err := writeFileAtomic(file, data, 0o600); err != nil {
+	file, err := u.stageBytes(data)
+	if err != nil {
 		return err
 	}
 	defer os.Remove(file)
@@ -61,8 +61,5 @@ func (u *vmRun) putSeed(ctx context.Context, data []byte) error {
 // its name, and its template's instance-id, so that cloud-init runs no
 // per-instance module again (ssh's would make new host keys).
 func templateSeedISO(name string, rec *TemplateRecord) []byte {
-	return buildISO("cidata", map[string][]byte{
-		"meta-data": metaData(name, rec.InstanceID),
-		"user-data": []byte("#cloud-config\n{}\n"),
-	})
+	return laterSeedFor(name, rec.InstanceID)
 }
