@@ -185,14 +185,22 @@ func (s cloudInitStatus) report(name string) (msg string, modules []string) {
 
 // waitCloudInit polls until cloud-init finished all its stages, then reads
 // its status. ctx carries the boot timeout.
+//
+// `cloud-init status` is Python: 4.2 s of CPU in a TCG guest, taken from
+// cloud-init itself (run on every poll, it kept a vCPU busy, and the wait
+// ended up to a run later). It runs once at first, which says at once that
+// cloud-init is disabled (it never writes its result) or missing, and once
+// at the end; between them a poll is a `test -e` of the result (0.04 s).
 func (u *vmRun) waitCloudInit(ctx context.Context) (cloudInitStatus, error) {
+	asked := false // the first status is known
 	for {
-		st, done, err := u.pollCloudInit(ctx)
+		st, done, err := u.pollCloudInit(ctx, !asked)
 		var ee *ExitError
 		switch {
 		case err == nil && (done || st.Status == "disabled"): // a disabled one never writes its result
 			return st, nil
 		case err == nil:
+			asked = true
 		case ctx.Err() != nil:
 			return st, ctx.Err()
 		case errors.As(err, &ee) && ee.ExitCode == 255:
@@ -211,15 +219,19 @@ func (u *vmRun) waitCloudInit(ctx context.Context) (cloudInitStatus, error) {
 	}
 }
 
-// pollCloudInit says whether cloud-init is done, and its status.
-func (u *vmRun) pollCloudInit(ctx context.Context) (st cloudInitStatus, done bool, err error) {
+// pollCloudInit says whether cloud-init is done and, once it is or when
+// ask is set, its status.
+func (u *vmRun) pollCloudInit(ctx context.Context, ask bool) (st cloudInitStatus, done bool, err error) {
 	_, err = u.ssh.Exec(ctx, "test", "-e", cloudInitResultFile)
 	var ee *ExitError
 	if err != nil && !(errors.As(err, &ee) && ee.ExitCode == 1) {
 		return st, false, err
 	}
-	st, serr := u.cloudInitStatus(ctx)
-	return st, err == nil, serr
+	if done = err == nil; !done && !ask {
+		return st, false, nil
+	}
+	st, err = u.cloudInitStatus(ctx)
+	return st, done, err
 }
 
 // cloudInitStatus runs `cloud-init status --format json`, which exits 1 on

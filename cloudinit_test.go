@@ -30,8 +30,12 @@ func cloudInitDone() [][]string {
 	)
 }
 
-// cloudInitRunning is one poll that finds cloud-init still at work.
-var cloudInitRunning = cloudInitDone
+// cloudInitFirstRunning is the first poll, finding cloud-init still at
+// work: its status is asked once, for a disabled one.
+var cloudInitFirstRunning = cloudInitDone
+
+// cloudInitRunning is a later poll that finds cloud-init still at work.
+func cloudInitRunning() [][]string { return seq("ssh -- test -e /run/cloud-init/result.json") }
 
 // A module of the image's own configuration fails while vmup's login works:
 // up names the module and why, and goes on to the playbook (the issue's
@@ -173,12 +177,36 @@ func TestCloudInitErrorWhileLaterStagesRunIsNotItsEnd(t *testing.T) {
 		t.Fatalf("exit %d, want 0\n%s", code, h.stderr)
 	}
 	h.checkCalls(concat(h.freshPrepare(), seq("virsh domstate v1 --reason", "virsh start v1", "ssh master", "ssh -O check"),
-		cloudInitRunning(), cloudInitRunning(), cloudInitDone(), seq("ansible-playbook play.yml"), completeFirstBoot()))
+		cloudInitFirstRunning(), cloudInitRunning(), cloudInitDone(), seq("ansible-playbook play.yml"), completeFirstBoot()))
 	for _, want := range []string{"module bootcmd: Unexpected error while running command. Command: ['/bin/sh', '-c', 'exit 3'] Exit code: 3",
 		"module scripts-user: Runparts"} {
 		if !strings.Contains(h.stderr.String(), want) {
 			t.Errorf("stderr lacks %q:\n%s", want, h.stderr)
 		}
+	}
+}
+
+// `cloud-init status` is a Python run that takes an emulated guest's CPU
+// from cloud-init itself: asked at first (a disabled one) and at the end,
+// never on each poll between them.
+func TestCloudInitStatusIsAskedAtFirstAndAtTheEndOnly(t *testing.T) {
+	h := newHarness(t)
+	h.env.Poll = time.Millisecond
+	h.fake.world.CloudInit = fakeCloudInit{Running: 20}
+	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
+		t.Fatalf("exit %d, want 0\n%s", code, h.stderr)
+	}
+	var probes, statuses int
+	for _, c := range h.calls() {
+		switch strings.Join(c, " ") {
+		case "ssh -- test -e /run/cloud-init/result.json":
+			probes++
+		case "ssh -- cloud-init status --format json":
+			statuses++
+		}
+	}
+	if probes != 21 || statuses != 2 {
+		t.Errorf("%d probes of result.json and %d runs of `cloud-init status`, want 21 and 2", probes, statuses)
 	}
 }
 
