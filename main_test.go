@@ -42,10 +42,23 @@ func TestMain(m *testing.M) {
 	// No test reaches a distributor: an image name resolves under a dead
 	// loopback port unless the test serves a mirror of its own.
 	os.Setenv("VMUP_IMAGE_MIRROR", "http://127.0.0.1:9")
+	resetIgnoredSignals()
 	code := m.Run()
 	stopTestGPG()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// resetIgnoredSignals: run under nohup (SIGHUP) or as a shell's background
+// job (SIGINT), the tests' children would start with those signals ignored,
+// which vmup keeps for SIGHUP (as it should) and a shell cannot trap. Caught
+// here, they reach a child at its default, as from a terminal's session.
+func resetIgnoredSignals() {
+	for _, sig := range []os.Signal{syscall.SIGHUP, syscall.SIGINT} {
+		if signal.Ignored(sig) {
+			signal.Notify(make(chan os.Signal, 1), sig)
+		}
+	}
 }
 
 // fakeMain is one fake program run. Its world lives in $VMUP_FAKE_DIR.
