@@ -190,7 +190,8 @@ func (s cloudInitStatus) report(name string) (msg string, modules []string) {
 // cloud-init itself (run on every poll, it kept a vCPU busy, and the wait
 // ended up to a run later). It runs once at first, which says at once that
 // cloud-init is disabled (it never writes its result) or missing, and once
-// at the end; between them a poll is a `test -e` of the result (0.04 s).
+// at the end only when result.json lists errors; between them a poll is a
+// `test -e` of the result (0.04 s).
 func (u *vmRun) waitCloudInit(ctx context.Context) (cloudInitStatus, error) {
 	asked := false // the first status is known
 	for {
@@ -230,8 +231,32 @@ func (u *vmRun) pollCloudInit(ctx context.Context, ask bool) (st cloudInitStatus
 	if done = err == nil; !done && !ask {
 		return st, false, nil
 	}
+	if done && u.cloudInitResultClean(ctx) {
+		return cloudInitStatus{Status: "done"}, true, nil
+	}
 	st, err = u.cloudInitStatus(ctx)
 	return st, done, err
+}
+
+// cloudInitResultClean reads result.json, which holds every stage's errors
+// (and, since 23.4, recoverable errors): when it plainly lists none, the
+// end of a first boot needs no `cloud-init status`. Anything else (errors,
+// a file of another shape) leaves the word to `cloud-init status`.
+func (u *vmRun) cloudInitResultClean(ctx context.Context) bool {
+	res, err := u.ssh.Exec(ctx, "cat", cloudInitResultFile)
+	if err != nil {
+		return false
+	}
+	var r struct {
+		V1 *struct {
+			Errors      *[]json.RawMessage         `json:"errors"`
+			Recoverable map[string]json.RawMessage `json:"recoverable_errors"`
+		} `json:"v1"`
+	}
+	if json.Unmarshal(res.Stdout, &r) != nil || r.V1 == nil || r.V1.Errors == nil {
+		return false
+	}
+	return len(*r.V1.Errors) == 0 && len(r.V1.Recoverable) == 0
 }
 
 // cloudInitStatus runs `cloud-init status --format json`, which exits 1 on

@@ -110,6 +110,8 @@ type fakeCloudInit struct {
 	Recoverable map[string][]string
 	// Disabled is a guest whose cloud-init is disabled (it never writes result.json).
 	Disabled bool
+	// Result is result.json as the guest holds it, when not what cloud-init writes.
+	Result string
 }
 
 // fakeReadSave reads a fake save image's header as libvirt does, compressed or not.
@@ -143,6 +145,11 @@ func (w *fakeWorld) guest(cmd []string) (stdout, stderr string, code int, block 
 			return "", "", 1, false
 		}
 		return "", "", 0, false
+	case "cat " + fakeResultJSON:
+		if c.Running != 0 || c.Disabled {
+			return "", "cat: " + fakeResultJSON + ": No such file or directory\n", 1, false
+		}
+		return c.result(), "", 0, false
 	case "cloud-init status --format json":
 		st, code := c.status()
 		data, _ := json.MarshalIndent(st, "", "  ") // sorted keys, as cloud-init prints them
@@ -161,6 +168,22 @@ func (w *fakeWorld) guest(cmd []string) (stdout, stderr string, code int, block 
 		return "...\nstatus: " + st["status"].(string) + "\n", "", code, false
 	}
 	return "", "", 0, false
+}
+
+// result is result.json of a finished cloud-init (all stages' errors).
+func (c *fakeCloudInit) result() string {
+	if c.Result != "" {
+		return c.Result
+	}
+	v1 := map[string]any{"datasource": "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]", "errors": append([]string{}, c.Errors...)}
+	if c.Newer {
+		v1["recoverable_errors"] = map[string][]string{}
+		if c.Recoverable != nil {
+			v1["recoverable_errors"] = c.Recoverable
+		}
+	}
+	data, _ := json.MarshalIndent(map[string]any{"v1": v1}, "", " ")
+	return string(data) + "\n"
 }
 
 // status is `cloud-init status --format json` and its exit code.
