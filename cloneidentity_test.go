@@ -355,3 +355,69 @@ func (r *triesRunner) counts() (int, int) {
 	defer r.mu.Unlock()
 	return r.short, r.long
 }
+
+// While a master's try connects, WaitMaster looks for its socket: an `ssh
+// -O check` is a process taking host CPU from the booting guest (a re-up's
+// 35 s boot ran 74 when each try asked at its start and every 0.5 s).
+func TestWaitMasterLooksForTheSocketNotAProcess(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close() // refused: no banner, short tries
+	r := &socketRunner{loginOnTry: 5, tryFor: 150 * time.Millisecond}
+	s := newSSH(r, "v1", "vmup", pathsFor(t.TempDir(), "v1"), Endpoint{Host: "127.0.0.1", Port: l.Addr().(*net.TCPAddr).Port})
+	s.control = filepath.Join(t.TempDir(), "ctl")
+	r.control = s.control
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.WaitMaster(ctx, ctx, 10*time.Millisecond, func(context.Context) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.tries != 5 || r.checks > 2 {
+		t.Errorf("%d tries and %d runs of `ssh -O check`; want 5 tries and at most 2 (the first try's, the socket's)", r.tries, r.checks)
+	}
+}
+
+// socketRunner's masters fail after tryFor, until the loginOnTry'th, which
+// makes its socket (as ssh does once logged in) and holds on.
+type socketRunner struct {
+	mu            sync.Mutex
+	control       string
+	loginOnTry    int
+	tryFor        time.Duration
+	tries, checks int
+}
+
+func (r *socketRunner) Run(ctx context.Context, c Cmd) (Result, error) {
+	r.mu.Lock()
+	if c.Started == nil { // -O check
+		r.checks++
+		r.mu.Unlock()
+		if socketMade(r.control) {
+			return Result{}, nil
+		}
+		return Result{ExitCode: 255}, &ExitError{Args: c.Args, ExitCode: 255}
+	}
+	r.tries++
+	login := r.tries == r.loginOnTry
+	r.mu.Unlock()
+	c.Started(1)
+	if login {
+		time.Sleep(r.tryFor) // logging in
+		l, err := net.Listen("unix", r.control)
+		if err != nil {
+			return Result{ExitCode: 255}, &ExitError{Args: c.Args, ExitCode: 255, Stderr: err.Error()}
+		}
+		defer l.Close()
+		<-ctx.Done()
+		return Result{}, ctx.Err()
+	}
+	select {
+	case <-time.After(r.tryFor):
+	case <-ctx.Done():
+	}
+	return Result{ExitCode: 255}, &ExitError{Args: c.Args, ExitCode: 255, Stderr: "Connection timed out during banner exchange"}
+}
