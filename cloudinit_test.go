@@ -207,18 +207,20 @@ func TestCloudInitStatusIsAskedAtFirstAndAtTheEndOnly(t *testing.T) {
 	if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
 		t.Fatalf("exit %d, want 0\n%s", code, h.stderr)
 	}
-	var probes, statuses int
-	for _, c := range h.calls() {
-		switch strings.Join(c, " ") {
-		case "ssh -- test -e /run/cloud-init/result.json":
-			probes++
-		case "ssh -- cloud-init status --format json":
-			statuses++
-		}
-	}
+	n := h.callCounts()
+	probes, statuses := n["ssh -- test -e /run/cloud-init/result.json"], n["ssh -- cloud-init status --format json"]
 	if probes != 21 || statuses != 1 {
 		t.Errorf("%d probes of result.json and %d runs of `cloud-init status`, want 21 and 1", probes, statuses)
 	}
+}
+
+// callCounts is how often each call (its words joined by spaces) was made.
+func (h *harness) callCounts() map[string]int {
+	n := map[string]int{}
+	for _, c := range h.calls() {
+		n[strings.Join(c, " ")]++
+	}
+	return n
 }
 
 // A cloud-init that finished without errors says so in result.json, read
@@ -248,15 +250,8 @@ func TestCloudInitCleanResultIsReadNotAsked(t *testing.T) {
 			if code := h.wait(h.up(h.upArgs("-d")...)); code != 0 {
 				t.Fatalf("exit %d, want 0\n%s", code, h.stderr)
 			}
-			var reads, statuses int
-			for _, c := range h.calls() {
-				switch strings.Join(c, " ") {
-				case "ssh -- cat /run/cloud-init/result.json":
-					reads++
-				case "ssh -- cloud-init status --format json":
-					statuses++
-				}
-			}
+			n := h.callCounts()
+			reads, statuses := n["ssh -- cat /run/cloud-init/result.json"], n["ssh -- cloud-init status --format json"]
 			if reads != 1 || statuses != tc.statuses {
 				t.Errorf("%d reads of result.json and %d runs of `cloud-init status`, want 1 and %d", reads, statuses, tc.statuses)
 			}
