@@ -260,7 +260,7 @@ func (s *SSH) WaitMaster(ctx, masterCtx context.Context, poll time.Duration, ali
 }
 
 // masterCheckEvery is how often WaitMaster asks a master without a socket
-// yet. At 0.5 s, and at each try's start, a re-up's 35 s boot ran 74.
+// yet. At 0.5 s, and at each try's start, a re-up's 35 s boot ran 73-82.
 const masterCheckEvery = 5 * time.Second
 
 // socketMade: path is a socket (an ssh master's, once it logged in).
