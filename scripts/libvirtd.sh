@@ -8,6 +8,29 @@
 set -euo pipefail
 cmd=$1 state=$2 netns=${3:-}
 
+# libvirt waits for a stopped QEMU's pid to be gone, and QEMU's parent is
+# whoever reaps orphans: this machine's init reaps them 1.1-1.7 s late
+# (measured), so every save, destroy and shutdown took that much longer
+# than on a host with systemd (a managedsave 2.3 s instead of 0.9). So
+# libvirtd runs under a subreaper that reaps at once, and which ends with
+# its last child.
+reaper='import ctypes, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+if os.fork() == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break'
+reaped() {
+  if command -v python3 >/dev/null; then
+    setsid python3 -c "$reaper" "$@" </dev/null >/dev/null 2>&1 &
+  else
+    "$@"
+  fi
+}
+
 running() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
 case $cmd in
@@ -25,14 +48,18 @@ start)
     in_netns=()
     [ -n "$netns" ] && in_netns=(ip netns exec "$netns")
     if [ -e /dev/kvm ]; then
-      "${in_netns[@]}" unshare -m --propagation private sh -c "mount --bind $blocker /dev/kvm && exec libvirtd -d"
+      reaped "${in_netns[@]}" unshare -m --propagation private sh -c "mount --bind $blocker /dev/kvm && exec libvirtd -d"
     else
-      "${in_netns[@]}" libvirtd -d
+      reaped "${in_netns[@]}" libvirtd -d
     fi
-    echo "libvirtd $(pgrep -x -n libvirtd)" >> "$state"
+    started=1
   fi
   for _ in $(seq 100); do
-    virsh -c qemu:///system uri >/dev/null 2>&1 && exit 0
+    if virsh -c qemu:///system uri >/dev/null 2>&1; then
+      # Once it answers: the reaper starts it in the background.
+      [ -z "${started:-}" ] || echo "libvirtd $(pgrep -x -n libvirtd)" >> "$state"
+      exit 0
+    fi
     sleep 0.1
   done
   echo "libvirtd did not answer" >&2; exit 1
