@@ -91,24 +91,10 @@ func TestBench(t *testing.T) {
 	// pair shares the host with the other's VM running, the second mostly
 	// not (a save measured 0.4–0.5 s slower first), and an odd count tilts
 	// every median against the side that goes first once more.
-	runs := 4
-	if s := os.Getenv("VMUP_BENCH_RUNS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			t.Fatalf("VMUP_BENCH_RUNS=%q: want a number of runs, 1 or more", s)
-		}
-		runs = n
-	}
+	runs := countFromEnv(t, "VMUP_BENCH_RUNS", 4)
 	// The operations of a few seconds repeat within a run: their medians
 	// otherwise move by a tenth of a second from one run of the bench to the next.
-	repeats := 3
-	if s := os.Getenv("VMUP_BENCH_REPEATS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			t.Fatalf("VMUP_BENCH_REPEATS=%q: want a number of repeats, 1 or more", s)
-		}
-		repeats = n
-	}
+	repeats := countFromEnv(t, "VMUP_BENCH_REPEATS", 3)
 	if runs%2 == 1 {
 		t.Logf("VMUP_BENCH_RUNS=%d is odd: vmup goes first once more than by hand, which its medians pay for", runs)
 	}
@@ -246,6 +232,19 @@ func TestBench(t *testing.T) {
 
 func (b *bench) vmupVM(name string) *e2e {
 	return &e2e{t: b.t, home: b.home, imageDir: b.imageDir, name: name}
+}
+
+// countFromEnv is the count the environment variable name gives, or def.
+func countFromEnv(t *testing.T, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a number, 1 or more", name, s)
+	}
+	return n
 }
 
 // nonZero is d, a figure read from the guest, which must have been read.
