@@ -236,6 +236,7 @@ func (b *bench) vmupVM(name string) *e2e {
 
 // countFromEnv is the count the environment variable name gives, or def.
 func countFromEnv(t *testing.T, name string, def int) int {
+	t.Helper()
 	s := os.Getenv(name)
 	if s == "" {
 		return def
