@@ -114,9 +114,11 @@ escalate() {
 printf '%s\n' "$$" >runner.pid # only for a person to look at: no mv, one process fewer
 
 # A stop that came first: the workload never starts.
+# The confirmation goes before the exit, here and at the end: whoever sees
+# exit sees the run's last state.
 if stop_requested; then
-	put exit "$RUN_ID 130"
 	put confirmed "$RUN_ID 130"
+	put exit "$RUN_ID 130"
 	exit 0
 fi
 
@@ -151,7 +153,7 @@ fi
 wait "$waiter"
 code=125
 [ -f workload.code ] && read -r code <workload.code
-put exit "$RUN_ID $code"
 if [ -n "$stopping" ] || stop_requested; then
 	put confirmed "$RUN_ID $code"
 fi
+put exit "$RUN_ID $code"

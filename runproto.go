@@ -16,7 +16,8 @@
 //	confirmed    "RUNID CODE" once a requested stop is done (CODE as in exit)
 //
 // The runner writes every state file whole (a temporary file, then mv); so
-// does vmup its stop. A line counts only when it names its own run.
+// does vmup its stop. A line counts only when it names its own run. It
+// writes confirmed before exit: once exit is seen, the state is final.
 //
 // Each guest command is `sh -c '…'` (whatever the login shell is), its script
 // made only of vmup's constants, a validated run id and integers: no quote,

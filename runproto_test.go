@@ -892,3 +892,40 @@ func TestParseRunnerPollRefusesImpossibleCodes(t *testing.T) {
 		t.Errorf("code 255: %+v, %v", st, err)
 	}
 }
+
+// Once a stop's end is seen, its confirmation is there too: a guest whose
+// disk is slow to take each state file (here a mv that waits 0.3 s) must
+// not show exit without confirmed.
+func TestRunnerConfirmsBeforeExit(t *testing.T) {
+	runnerShells(t, func(t *testing.T, g *localGuest, s *SSH) {
+		mv, err := exec.LookPath("mv")
+		if err != nil {
+			t.Skip(err)
+		}
+		bin := t.TempDir()
+		shim := "#!/bin/sh\ncase \"$3\" in exit|confirmed) sleep 0.3 ;; esac\nexec " + mv + " \"$@\"\n"
+		if err := os.WriteFile(filepath.Join(bin, "mv"), []byte(shim), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i, kv := range g.env {
+			if path, ok := strings.CutPrefix(kv, "PATH="); ok {
+				g.env[i] = "PATH=" + bin + ":" + path
+			}
+		}
+		id := newRunID(time.Now())
+		mustStart(t, s, id, 10*time.Second, "sh", "-c", `echo ready > ready; sleep 100`)
+		waitFor(t, 10*time.Second, "ready workload", func() bool { return fileExists(filepath.Join(g.home, "ready")) })
+		pollUntil(t, s, id, 10*time.Second, "start", started)
+
+		code, err := stopRunner(context.Background(), s, id, time.Now().Add(10*time.Second), 20*time.Millisecond)
+		if err != nil || code != 128+2 {
+			t.Fatalf("stopRunner = %d, %v; want %d", code, err, 128+2)
+		}
+		if !fileExists(filepath.Join(g.home, runDir(id), "confirmed")) {
+			t.Error("stopRunner returned before the runner confirmed the stop")
+		}
+		if st, _ := pollUntil(t, s, id, 5*time.Second, "state", exited); !st.StopConfirmed {
+			t.Errorf("a poll saw the exit without the confirmation: %+v", st)
+		}
+	})
+}
