@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,7 +82,7 @@ func noteAnsibleExit(out *Output, err error, logPath string) {
 	out.AnsibleEnded(ee.ExitCode, result)
 }
 
-var unreachableRE = regexp.MustCompile(`\bunreachable=([0-9]+)`)
+var unreachableRE = lazyRE(`\bunreachable=([0-9]+)`)
 
 // recapUnreachable says whether the PLAY RECAP at the end of a playbook's
 // log counts a host with unreachable=N, N > 0.

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 )
@@ -21,7 +20,7 @@ func baseMark(base string) string { return base + ".complete" }
 // basePrefix begins every base volume's name, and no VM's.
 const basePrefix = "vmup-base-"
 
-var baseVolumeRE = regexp.MustCompile(`^vmup-base-[0-9a-f]{16}\.(qcow2|raw)$`)
+var baseVolumeRE = lazyRE(`^vmup-base-[0-9a-f]{16}\.(qcow2|raw)$`)
 
 // baseState says whether base and its mark are in the pool.
 func baseState(ctx context.Context, v *Virsh, pool, base string) (exists, complete bool, err error) {

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"encoding/xml"
 	"fmt"
-	"regexp"
 	"strings"
 )
 
@@ -21,8 +20,8 @@ type cloneRename struct {
 }
 
 var (
-	nameElemRE = regexp.MustCompile(`<name>[^<]*</name>`)
-	uuidElemRE = regexp.MustCompile(`<uuid>[0-9a-fA-F-]{36}</uuid>`)
+	nameElemRE = lazyRE(`<name>[^<]*</name>`)
+	uuidElemRE = lazyRE(`<uuid>[0-9a-fA-F-]{36}</uuid>`)
 )
 
 func xmlEscape(s string) string {

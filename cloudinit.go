@@ -56,9 +56,9 @@ type cloudInitFailure struct {
 var (
 	// 22.4 and later record a module's exception as str((name, exception)):
 	// ('scripts-user', RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands'))
-	moduleTupleRE = regexp.MustCompile(`(?s)^\('([A-Za-z0-9_-]+)', (.*)\)$`)
+	moduleTupleRE = lazyRE(`(?s)^\('([A-Za-z0-9_-]+)', (.*)\)$`)
 	// An exception's repr with one string argument: RuntimeError('…') or E("…").
-	exceptionRE = regexp.MustCompile(`(?s)^[A-Za-z_][A-Za-z0-9_.]*\((?:'(.*)'|"(.*)")\)$`)
+	exceptionRE = lazyRE(`(?s)^[A-Za-z_][A-Za-z0-9_.]*\((?:'(.*)'|"(.*)")\)$`)
 	// Newer versions also log it, as a warning among the recoverable errors:
 	// "Running module scripts_user (<module …>) failed",
 	// "Failed to run module scripts_user (scripts in /var/lib/cloud/instance/scripts)",

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -468,7 +467,7 @@ func otherDomainsFiles(ctx context.Context, v *Virsh, name string) (map[string]b
 	return files, nil
 }
 
-var domainFileRE = regexp.MustCompile(`(?:file=['"]|<kernel>|<initrd>)(/[^'"<]+)`)
+var domainFileRE = lazyRE(`(?:file=['"]|<kernel>|<initrd>)(/[^'"<]+)`)
 
 // event is s as the vm event of `status --json`.
 func (s vmStatus) event() jsonEvent {

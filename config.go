@@ -91,9 +91,9 @@ type Forward struct {
 func (f Forward) String() string { return fmt.Sprintf("%s:%d:%d", f.Addr, f.Host, f.Guest) }
 
 var (
-	nameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-	loginRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
-	poolRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+	nameRE  = lazyRE(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	loginRE = lazyRE(`^[a-z_][a-z0-9_-]{0,31}$`)
+	poolRE  = lazyRE(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 )
 
 func validName(s string) bool  { return nameRE.MatchString(s) }
@@ -219,7 +219,7 @@ func defaultURI(euid int) string {
 	return "qemu:///session"
 }
 
-var uriDefaultRE = regexp.MustCompile(`(?m)^\s*uri_default\s*=\s*"([^"]*)"`)
+var uriDefaultRE = lazyRE(`(?m)^\s*uri_default\s*=\s*"([^"]*)"`)
 
 func defaultOptions() *Options {
 	connect := defaultURI(os.Geteuid())

@@ -194,9 +194,9 @@ func newestMatch(names []string, pattern string) string {
 
 var (
 	// GNU coreutils: "HEX  NAME" or "HEX *NAME" (Debian, Ubuntu).
-	gnuSumLine = regexp.MustCompile(`^([0-9a-fA-F]{64}|[0-9a-fA-F]{128}) [ *](\S.*)$`)
+	gnuSumLine = lazyRE(`^([0-9a-fA-F]{64}|[0-9a-fA-F]{128}) [ *](\S.*)$`)
 	// BSD, as Fedora writes it: "SHA256 (NAME) = HEX".
-	bsdSumLine = regexp.MustCompile(`^(SHA256|SHA512) \((.+)\) = ([0-9a-fA-F]+)$`)
+	bsdSumLine = lazyRE(`^(SHA256|SHA512) \((.+)\) = ([0-9a-fA-F]+)$`)
 )
 
 // parseChecksums reads a checksum file in GNU or BSD style, also inside a

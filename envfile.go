@@ -7,7 +7,6 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 )
@@ -37,7 +36,7 @@ type envVM struct {
 }
 
 // groupRE is a group name ansible takes as it is (no '-', which it warns of).
-var groupRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+var groupRE = lazyRE(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 
 // parseEnvironment checks the environment in vmup.json: every name, and
 // every VM's settings over the defaults, before anything is created.

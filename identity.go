@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -312,9 +311,9 @@ func newMachineID() string {
 }
 
 var (
-	machineIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+	machineIDRE = lazyRE(`^[0-9a-f]{32}$`)
 	// An ed25519 key line as vmup writes them: its comment is a plain word.
-	ed25519LineRE = regexp.MustCompile(`^ssh-ed25519 ([A-Za-z0-9+/]{68})(?: [A-Za-z0-9@._+:=-]{1,100})?$`)
+	ed25519LineRE = lazyRE(`^ssh-ed25519 ([A-Za-z0-9+/]{68})(?: [A-Za-z0-9@._+:=-]{1,100})?$`)
 )
 
 // ed25519Wire is the key blob of an ed25519 public key line, or an error:
@@ -334,7 +333,7 @@ func ed25519Wire(line string) ([]byte, error) {
 
 // validateCloneIdentity takes nothing but what vmup makes: every value goes
 // into a root shell's argv, and the private key into a host key file.
-var macRE = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
+var macRE = lazyRE(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
 
 func validateCloneIdentity(in cloneIdentity) error {
 	if !validName(in.Name) {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"syscall"
 
@@ -15,7 +14,7 @@ import (
 )
 
 // playbookLogRE names the logs Ansible.Run writes; the newest sorts last.
-var playbookLogRE = regexp.MustCompile(`^playbook-[0-9]{8}T[0-9]{6}Z\.log$`)
+var playbookLogRE = lazyRE(`^playbook-[0-9]{8}T[0-9]{6}Z\.log$`)
 
 // runLogs shows the VM's logs on stdout; -f polls the console log every
 // env.Poll until a signal ends it (followExit).

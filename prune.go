@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 )
@@ -18,8 +17,8 @@ var pruneGrace = time.Hour
 var (
 	// What the cache holds: NAME@ALG-HEX16-FILE (an image by name) and
 	// KEY-FILE (by URL); a download under way adds .part and .part.json.
-	namedCacheRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]*@(sha256|sha512)-[0-9a-f]{16}-.+$`)
-	urlCacheRE   = regexp.MustCompile(`^[0-9a-f]{16}-.+$`)
+	namedCacheRE = lazyRE(`^[a-z0-9][a-z0-9.-]*@(sha256|sha512)-[0-9a-f]{16}-.+$`)
+	urlCacheRE   = lazyRE(`^[0-9a-f]{16}-.+$`)
 )
 
 // baseHash is the part of a base volume's name that its image's sha256 gives.

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -161,7 +160,7 @@ func (u *vmRun) createOverlay(ctx context.Context) error {
 	return u.createVolume(ctx, runDiskVolume(name), size, "qcow2", name+".qcow2", "qcow2")
 }
 
-var nvramRE = regexp.MustCompile(`<nvram[^>]*>([^<]+)</nvram>`)
+var nvramRE = lazyRE(`<nvram[^>]*>([^<]+)</nvram>`)
 
 // nvramPath is the VM's NVRAM file as the running domain's definition names it.
 func (u *vmRun) nvramPath(ctx context.Context) (string, error) {

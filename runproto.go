@@ -33,7 +33,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,7 +56,7 @@ const (
 	pollLogMax = 1 << 20
 )
 
-var runIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,63}$`)
+var runIDPattern = lazyRE(`^[a-z0-9][a-z0-9-]{0,63}$`)
 
 func validRunID(id string) error {
 	if !runIDPattern.MatchString(id) {

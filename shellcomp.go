@@ -10,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 )
@@ -55,10 +54,10 @@ func compFlagValue(flagName string) (kind string, words []string) {
 }
 
 var (
-	usageCommandRE = regexp.MustCompile(`^  vmup ([a-z][a-z-]*)(.*)$`)
-	manyNamesRE    = regexp.MustCompile(`NAME(…|\.\.\.)`)
+	usageCommandRE = lazyRE(`^  vmup ([a-z][a-z-]*)(.*)$`)
+	manyNamesRE    = lazyRE(`NAME(…|\.\.\.)`)
 	// safeWordRE is what a script may hold unquoted.
-	safeWordRE = regexp.MustCompile(`^-{0,2}[a-z0-9][a-z0-9.-]*$`)
+	safeWordRE = lazyRE(`^-{0,2}[a-z0-9][a-z0-9.-]*$`)
 )
 
 // completionCommands are the commands of the Usage section of the usage text

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -324,7 +323,7 @@ func sshBanner(ctx context.Context, addr string, d time.Duration) bool {
 // loginRefusedRE is ssh's line for a server that took no authentication
 // offered ("user@host: Permission denied (publickey)."), not a local
 // connect's "Permission denied".
-var loginRefusedRE = regexp.MustCompile(`(?m)^\S+@\S+: Permission denied \(`)
+var loginRefusedRE = lazyRE(`(?m)^\S+@\S+: Permission denied \(`)
 
 // loginRefused: the host key passed, then the server refused the login.
 func loginRefused(err error) bool {

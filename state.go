@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -206,8 +205,8 @@ func (e *journalError) Hint() string {
 }
 
 var (
-	uuidRE       = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-	instanceIDRE = regexp.MustCompile(`^vmup-[a-z0-9-]+-[0-9]+$`)
+	uuidRE       = lazyRE(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	instanceIDRE = lazyRE(`^vmup-[a-z0-9-]+-[0-9]+$`)
 )
 
 const maxPID = 1 << 22 // the kernel's PID_MAX_LIMIT

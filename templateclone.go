@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sync"
 	"time"
 )
@@ -378,7 +377,7 @@ func (w *markerWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-var netdevArgRE = regexp.MustCompile(`value='(user,id=vmupnet[^']*)'`)
+var netdevArgRE = lazyRE(`value='(user,id=vmupnet[^']*)'`)
 
 // templateNetdev is the user network's -netdev argument in a saved XML:
 // the SSH port forward the clone gets in its place. A saved XML without one

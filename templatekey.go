@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -134,7 +133,7 @@ func seedKeyData(user string) (meta, userdata []byte) {
 	return metaData("NAME", "INSTANCE-ID"), userData("NAME", user, "LOGIN-PUBLIC-KEY", host)
 }
 
-var sha256HexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var sha256HexRE = lazyRE(`^[0-9a-f]{64}$`)
 
 // templateKey returns the key of the template in would make: 64 hex digits.
 func templateKey(in templateKeyInput) (string, error) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -25,7 +24,7 @@ type templateInfo struct {
 	Garbage  bool
 }
 
-var leftoverRE = regexp.MustCompile(`^\.(?:making|removing)-([0-9a-f]{64})-[0-9a-z-]+$`)
+var leftoverRE = lazyRE(`^\.(?:making|removing)-([0-9a-f]{64})-[0-9a-z-]+$`)
 
 // leftoverKey names the key of a making or removing dir.
 func leftoverKey(name string) (string, bool) {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -109,7 +108,7 @@ func templateLockPath(home, key string) string { return filepath.Join(templatesD
 // names that begin so, whose disks would look like one.
 const templateVolumePrefix = "vmup-tmpl-"
 
-var templateVolumeRE = regexp.MustCompile(`^vmup-tmpl-[0-9a-f]{16}-[0-9a-f]{8}\.qcow2$`)
+var templateVolumeRE = lazyRE(`^vmup-tmpl-[0-9a-f]{16}-[0-9a-f]{8}\.qcow2$`)
 
 // templateDiskVolume names a new template disk of key: random, so that a
 // half-made one never has the name of a complete one.

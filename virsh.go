@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,7 +45,7 @@ func (v *Virsh) run(ctx context.Context, args ...string) (string, error) {
 // errNotFound is a domain, pool or volume that does not exist.
 var errNotFound = errors.New("not found")
 
-var notFoundRE = regexp.MustCompile(`(?i)(failed to get (domain|vol|pool)|(domain|storage volume|storage pool) not found|no (domain|storage (pool|vol)) with matching)`)
+var notFoundRE = lazyRE(`(?i)(failed to get (domain|vol|pool)|(domain|storage volume|storage pool) not found|no (domain|storage (pool|vol)) with matching)`)
 
 func classify(err error) error {
 	var ee *ExitError
@@ -174,7 +173,7 @@ func (v *Virsh) DomIPv4(ctx context.Context, name string) (string, error) {
 	return ip, err
 }
 
-var leaseRE = regexp.MustCompile(`([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\s+ipv4\s+([0-9.]+)/`)
+var leaseRE = lazyRE(`([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\s+ipv4\s+([0-9.]+)/`)
 
 // DomLease returns the guest's IPv4 lease and the MAC it was given to
 // (lowercase), or "" while it has none.

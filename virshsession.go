@@ -10,10 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,10 +25,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sessionCommands are the virsh commands that take milliseconds: anything
-// that waits on a guest, QEMU or a stream runs as a process of its own, so
-// that a session is never busy for long and a cancel stops that one child.
-// vol-create-as only for a volume that is not written in full (see sessionable).
+// sessionCommands are the virsh commands that take milliseconds. vol-create-as
+// only for a volume that is not written in full (see sessionable).
 var sessionCommands = map[string]bool{
 	"uri": true, "domstate": true, "domuuid": true, "dumpxml": true, "metadata": true, "define": true,
 	"undefine": true, "domstats": true, "domcapabilities": true, "list": true,
@@ -38,10 +36,22 @@ var sessionCommands = map[string]bool{
 	"save-image-dumpxml": true, "managedsave-dumpxml": true, "managedsave-remove": true, "managedsave-define": true,
 }
 
+// sessionLongCommands wait on QEMU or a guest for up to seconds. A session
+// runs one only when idle, saving it the ≈ 35 ms of a virsh of its own (a
+// twentieth of a save or a restore here), and then runs nothing else until
+// it ends: what comes meanwhile, another VM's save or its state, runs as a
+// process of its own rather than wait. They have no deadline but the
+// caller's. Whatever reads a stream, or a file on virsh's stdin, never runs
+// in a session.
+var sessionLongCommands = map[string]bool{
+	"start": true, "managedsave": true, "destroy": true, "shutdown": true, "snapshot-revert": true,
+	"suspend": true, "resume": true,
+}
+
 // sessionArgRE: an argument a session passes exactly as argv would. virsh
 // parses a session's line itself (quotes, backslashes, `;`, `#`, spaces):
 // an argument with any such character runs as a process of its own.
-var sessionArgRE = regexp.MustCompile(`^[A-Za-z0-9._/:=@,+-]+$`)
+var sessionArgRE = lazyRE(`^[A-Za-z0-9._/:=@,+-]+$`)
 
 var (
 	sessionIdle      = 10 * time.Second // an older session is replaced: its connection may be gone
@@ -98,7 +108,7 @@ func newSessionRunner(inner Runner, prog string) *sessionRunner {
 // sessionable is the URI of a command a session can run.
 func (r *sessionRunner) sessionable(c Cmd) (string, bool) {
 	a := c.Args
-	if len(a) < 4 || a[0] != r.prog || a[1] != "-c" || !sessionCommands[a[3]] ||
+	if len(a) < 4 || a[0] != r.prog || a[1] != "-c" || !sessionCommands[a[3]] && !sessionLongCommands[a[3]] ||
 		c.Env != nil || c.Stdin != nil || c.Stdout != nil || c.Stderr != nil || c.Started != nil || c.Grace != 0 {
 		return "", false
 	}
@@ -128,6 +138,9 @@ func (r *sessionRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 			break
 		}
 		res, err, notRun := s.run(ctx, c.Args)
+		if errors.Is(err, errSessionBusy) {
+			break
+		}
 		if !notRun {
 			return res, err
 		}
@@ -217,8 +230,10 @@ func (r *sessionRunner) Close() {
 // each command vmup sends `echo --err TAG` and `echo TAG`: what comes before
 // them is the command's output, and any `error:` line on stderr its failure.
 type virshSession struct {
-	uri    string
-	sem    chan struct{} // one command at a time
+	uri string
+	sem chan struct{} // one command at a time
+	// long: the command running is one of sessionLongCommands.
+	long   atomic.Bool
 	pgid   int
 	stdin  io.WriteCloser
 	out    *bufio.Reader
@@ -277,7 +292,7 @@ func startSession(ctx context.Context, prog, uri string, env []string) (*virshSe
 // connection was made (virsh says nothing on stderr).
 func (s *virshSession) handshake(ctx context.Context) error {
 	tag := s.nonce + "0"
-	out, errOut, err := s.exchange(ctx, "", tag, []byte("echo "+tag+"\n"+tag+"\n"))
+	out, errOut, err := s.exchange(ctx, "", tag, []byte("echo "+tag+"\n"+tag+"\n"), sessionDeadline)
 	if err != nil {
 		return err
 	}
@@ -307,9 +322,10 @@ func (s *virshSession) suffix(tag string) []byte {
 var errSessionNotSent = errors.New("virsh session gone before the command was sent")
 
 // exchange sends line (if any) and the two echoes of tag, and reads stdout
-// through outEnd and stderr through the tag's line. Any failure to read
-// both ends kills the session: what it would print next is not known.
-func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []byte) (out, errOut []byte, err error) {
+// through outEnd and stderr through the tag's line, failing after limit (0:
+// none). Any failure to read both ends kills the session: what it would
+// print next is not known.
+func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []byte, limit time.Duration) (out, errOut []byte, err error) {
 	if line != "" {
 		line += "\n"
 	}
@@ -326,7 +342,10 @@ func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []
 	outc, errc := make(chan read, 1), make(chan read, 1)
 	go func() { b, err := readThrough(s.out, outEnd); outc <- read{b, err} }()
 	go func() { b, err := readThrough(s.errOut, errEnd); errc <- read{b, err} }()
-	deadline := time.NewTimer(sessionDeadline)
+	if limit == 0 {
+		limit = math.MaxInt64
+	}
+	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
 	var o, e *read
 	for o == nil || e == nil {
@@ -346,7 +365,7 @@ func (s *virshSession) exchange(ctx context.Context, line, tag string, outEnd []
 			if o != nil {
 				return nil, nil, errors.New("virsh session: stderr never ended (its echo has no --err)")
 			}
-			return nil, nil, fmt.Errorf("virsh session: no answer within %v", sessionDeadline)
+			return nil, nil, fmt.Errorf("virsh session: no answer within %v", limit)
 		}
 		for _, r := range []*read{o, e} {
 			if r != nil && r.err != nil {
@@ -384,28 +403,49 @@ func readThrough(r *bufio.Reader, end []byte) ([]byte, error) {
 // connectionRE: what virsh says of its connection, at any moment (from its
 // event thread) or when it reconnects before a command. Such a line is no
 // failure of the command; a session that says one is replaced after it.
-var connectionRE = regexp.MustCompile(`(?im)^(error: )+(disconnected from .*|reconnected to the hypervisor)\n?`)
+var connectionRE = lazyRE(`(?im)^(error: )+(disconnected from .*|reconnected to the hypervisor)\n?`)
 
 // notConnectedRE: virsh did not reach libvirt for the command, so it ran
 // nothing: it can run again elsewhere.
-var notConnectedRE = regexp.MustCompile(`(?i)failed to reconnect to the hypervisor|no valid connection`)
+var notConnectedRE = lazyRE(`(?i)failed to reconnect to the hypervisor|no valid connection`)
+
+// errSessionBusy: the session runs a long command, or is not idle for one.
+// The command runs as a process of its own; the session stays.
+var errSessionBusy = errors.New("virsh session busy")
 
 // run runs one command (argv, with prog -c URI first). notRun: the session
 // is gone or was not connected, and ran nothing; run it elsewhere.
 func (s *virshSession) run(ctx context.Context, argv []string) (res Result, err error, notRun bool) {
-	select {
-	case s.sem <- struct{}{}:
-	case <-ctx.Done():
-		return Result{ExitCode: -1}, ctx.Err(), false
+	long := sessionLongCommands[argv[3]]
+	if s.long.Load() {
+		return Result{}, errSessionBusy, false
 	}
-	defer func() { <-s.sem }()
+	if long {
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			return Result{}, errSessionBusy, false
+		}
+		s.long.Store(true)
+	} else {
+		select {
+		case s.sem <- struct{}{}:
+		case <-ctx.Done():
+			return Result{ExitCode: -1}, ctx.Err(), false
+		}
+	}
+	defer func() { s.long.Store(false); <-s.sem }()
 	if s.dead.Load() || s.n > 0 && time.Since(s.last) > sessionIdle {
 		return Result{}, nil, true
 	}
 	s.n++
 	tag := s.nonce + strconv.Itoa(s.n)
 	end := s.suffix(tag)
-	out, errOut, err := s.exchange(ctx, strings.Join(argv[3:], " "), tag, end)
+	limit := sessionDeadline
+	if long {
+		limit = 0
+	}
+	out, errOut, err := s.exchange(ctx, strings.Join(argv[3:], " "), tag, end, limit)
 	s.last = time.Now()
 	switch {
 	case errors.Is(err, errSessionNotSent):

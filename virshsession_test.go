@@ -62,6 +62,12 @@ func fakeVirshSession(stdin io.Reader, stdout, stderr io.Writer) int {
 			fmt.Fprint(out, f[1])
 		case len(f) == 1 && f[0] == "uri":
 			fmt.Fprint(out, "qemu:///fake\n")
+		case len(f) == 2 && (f[0] == "managedsave" || f[0] == "start"):
+			if f[1] == "slow" {
+				out.Flush()
+				time.Sleep(300 * time.Millisecond)
+			}
+			fmt.Fprintf(out, "Domain '%s' %s\n", f[1], map[string]string{"managedsave": "state saved by libvirt", "start": "started"}[f[0]])
 		case len(f) == 2 && f[0] == "domstate":
 			switch name := f[1]; {
 			case name == "sleepy":
@@ -173,7 +179,7 @@ func TestVirshSessionRunsOnlyWhatItRunsAsArgvWould(t *testing.T) {
 		vcmd(prog, "domstate", "a b"), vcmd(prog, "domstate", "a'b"), vcmd(prog, "domstate", `a"b`),
 		vcmd(prog, "domstate", `a\b`), vcmd(prog, "domstate", "a;b"), vcmd(prog, "domstate", "#a"),
 		vcmd(prog, "domstate", "a\nuri"), vcmd(prog, "domstate", ""), vcmd(prog, "domstate", "a$b"),
-		vcmd(prog, "start", "vm"), vcmd(prog, "restore", "/x"), vcmd(prog, "shutdown", "vm"), vcmd(prog, "destroy", "vm"),
+		vcmd(prog, "restore", "/x"), vcmd(prog, "console", "vm"), vcmd(prog, "save", "vm", "/x"),
 		vcmd(prog, "qemu-agent-command", "vm", "{}"), vcmd(prog, "vol-upload", "--pool", "p", "v", "/f"),
 		{Args: []string{"/usr/bin/virsh", "-c", "qemu:///fake", "uri"}},
 		{Args: []string{prog, "uri"}},
@@ -351,5 +357,50 @@ func TestVirshSessionsClosedAreKilled(t *testing.T) {
 	r.Close()
 	if !sessionGone(s.pgid) {
 		t.Error("a closed session's virsh runs on")
+	}
+}
+
+// A command that waits on QEMU runs in the session when it is idle, with no
+// deadline but the caller's; meanwhile nothing waits for it: other commands,
+// long or quick, run as processes of their own.
+func TestVirshSessionLongCommandOnlyWhenIdle(t *testing.T) {
+	r, inner, prog := newFakeSessions(t)
+	defer func(d time.Duration) { sessionDeadline = d }(sessionDeadline)
+	sessionDeadline = 100 * time.Millisecond
+	ctx := context.Background()
+	res, err := r.Run(ctx, vcmd(prog, "managedsave", "slow"))
+	if err != nil || string(res.Stdout) != "Domain 'slow' state saved by libvirt\n\n" || inner.count() != 0 {
+		t.Fatalf("a save longer than a quick command's deadline: %q %v, %d processes", res.Stdout, err, inner.count())
+	}
+	s := r.byURI["qemu:///fake"].s
+	done := make(chan error, 1)
+	go func() {
+		res, err := r.Run(ctx, vcmd(prog, "start", "slow"))
+		if err == nil && string(res.Stdout) != "Domain 'slow' started\n\n" {
+			err = fmt.Errorf("start slow: %q", res.Stdout)
+		}
+		done <- err
+	}()
+	waitFor(t, 5*time.Second, "the long command in the session", s.long.Load)
+	for _, args := range [][]string{{"domstate", "vm"}, {"managedsave", "vm"}} {
+		if res, err := r.Run(ctx, vcmd(prog, args...)); err != nil || string(res.Stdout) != "by process\n" {
+			t.Errorf("%v while the session runs a long command: %q %v", args, res.Stdout, err)
+		}
+	}
+	if err := <-done; err != nil || inner.count() != 2 {
+		t.Errorf("the long command: %v; %d processes, want 2", err, inner.count())
+	}
+	if res, err := r.Run(ctx, vcmd(prog, "domstate", "vm")); err != nil || string(res.Stdout) != "running vm\n\n" || s.dead.Load() {
+		t.Errorf("after it, the same session: %q %v", res.Stdout, err)
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := r.Run(cctx, vcmd(prog, "managedsave", "slow")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a cancelled save: %v", err)
+	}
+	if took := time.Since(start); took > 250*time.Millisecond || !s.dead.Load() {
+		t.Errorf("a cancelled save ended after %v; session killed: %v", took, s.dead.Load())
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,7 +35,7 @@ func (v *Virsh) EnsurePool(ctx context.Context, pool, target string) error {
 	return err
 }
 
-var poolRunningRE = regexp.MustCompile(`(?m)^State:\s+running`)
+var poolRunningRE = lazyRE(`(?m)^State:\s+running`)
 
 func (v *Virsh) ensurePool(ctx context.Context, pool, target string) error {
 	out, err := v.run(ctx, "pool-info", pool)
@@ -77,7 +76,7 @@ func (v *Virsh) VolExists(ctx context.Context, pool, vol string) (bool, error) {
 // errExists is a volume that is there already.
 var errExists = errors.New("exists already")
 
-var existsRE = regexp.MustCompile(`(?i)storage volume '[^']*' exists already|already in use|already exists`)
+var existsRE = lazyRE(`(?i)storage volume '[^']*' exists already|already in use|already exists`)
 
 // VolCreate makes an empty volume, or with backing an overlay on that
 // volume. It never replaces a volume: one of that name gives errExists.
@@ -145,7 +144,7 @@ func (v *Virsh) VolPath(ctx context.Context, pool, vol string) (string, error) {
 // errBusy is a volume libvirt holds, as while a stream uploads into it.
 var errBusy = errors.New("volume busy")
 
-var busyRE = regexp.MustCompile(`(?i)still in use|still being allocated|busy`)
+var busyRE = lazyRE(`(?i)still in use|still being allocated|busy`)
 
 // VolDelete deletes a volume; one already gone is not an error.
 func (v *Virsh) VolDelete(ctx context.Context, pool, vol string) error {
