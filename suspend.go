@@ -94,6 +94,9 @@ func saveDomain(ctx context.Context, v *Virsh, pool string, paths Paths, timeout
 // key), and a restore needs every file its definition names. Both seeds
 // hold the same instance id. changed is false when there was nothing to do.
 func repointSeed(ctx context.Context, v *Virsh, pool, name, xml string) (fixed string, changed bool, err error) {
+	if first := firstSeedVolume(name); !strings.Contains(xml, "/"+first+"'") && !strings.Contains(xml, "/"+first+`"`) {
+		return xml, false, nil // it names no first seed: no volume to ask for
+	}
 	later, err := v.VolPath(ctx, pool, laterSeedVolume(name))
 	if errors.Is(err, errNotFound) {
 		return xml, false, nil // still in its first boot: its own seed is there

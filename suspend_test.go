@@ -134,6 +134,24 @@ func TestDownSuspendSavesTheVM(t *testing.T) {
 	}
 }
 
+// A VM resumed from a save runs from the repointed definition: its next
+// save names no first boot's seed, and asks libvirt nothing about seeds.
+func TestSecondSaveAsksNothingOfSeeds(t *testing.T) {
+	h := newHarness(t)
+	h.createDetached()
+	h.saved()
+	if code := h.wait(h.up("v1", "-d")); code != 0 {
+		t.Fatalf("up: exit %d\n%s", code, h.stderr)
+	}
+	h.fake.calls = nil
+	h.saved()
+	h.checkCalls(seq("virsh uri", "virsh domstate v1 --reason", "virsh managedsave v1",
+		"virsh managedsave-dumpxml v1 --security-info"))
+	if x := h.fake.world.SaveXML["v1"]; strings.Contains(x, "v1-seed.iso") || !strings.Contains(x, "v1-seed-boot.iso") {
+		t.Errorf("the saved definition does not name the seed of later boots:\n%s", x)
+	}
+}
+
 // A save that overruns --shutdown-timeout is aborted in libvirt, not only
 // in virsh, and the VM keeps running: exit 4.
 func TestSaveOverrunIsAbortedInLibvirt(t *testing.T) {
