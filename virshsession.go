@@ -416,25 +416,26 @@ var errSessionBusy = errors.New("virsh session busy")
 // run runs one command (argv, with prog -c URI first). notRun: the session
 // is gone or was not connected, and ran nothing; run it elsewhere.
 func (s *virshSession) run(ctx context.Context, argv []string) (res Result, err error, notRun bool) {
+	// A long command claims the session, then waits for the quick one
+	// running, if any; nothing new waits behind it.
 	long := sessionLongCommands[argv[3]]
-	if s.long.Load() {
+	if long && !s.long.CompareAndSwap(false, true) || !long && s.long.Load() {
 		return Result{}, errSessionBusy, false
 	}
-	if long {
-		select {
-		case s.sem <- struct{}{}:
-		default:
-			return Result{}, errSessionBusy, false
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		if long {
+			s.long.Store(false)
 		}
-		s.long.Store(true)
-	} else {
-		select {
-		case s.sem <- struct{}{}:
-		case <-ctx.Done():
-			return Result{ExitCode: -1}, ctx.Err(), false
-		}
+		return Result{ExitCode: -1}, ctx.Err(), false
 	}
-	defer func() { s.long.Store(false); <-s.sem }()
+	defer func() {
+		if long {
+			s.long.Store(false)
+		}
+		<-s.sem
+	}()
 	if s.dead.Load() || s.n > 0 && time.Since(s.last) > sessionIdle {
 		return Result{}, nil, true
 	}

@@ -73,6 +73,10 @@ func fakeVirshSession(stdin io.Reader, stdout, stderr io.Writer) int {
 			case name == "sleepy":
 				out.Flush()
 				time.Sleep(time.Hour)
+			case name == "slowish":
+				out.Flush()
+				time.Sleep(200 * time.Millisecond)
+				fmt.Fprint(out, "running slowish\n")
 			case name == "dying":
 				out.Flush()
 				return 3
@@ -392,6 +396,13 @@ func TestVirshSessionLongCommandOnlyWhenIdle(t *testing.T) {
 	}
 	if res, err := r.Run(ctx, vcmd(prog, "domstate", "vm")); err != nil || string(res.Stdout) != "running vm\n\n" || s.dead.Load() {
 		t.Errorf("after it, the same session: %q %v", res.Stdout, err)
+	}
+
+	// A quick command running: the long one waits for it, in the session.
+	go r.Run(ctx, vcmd(prog, "domstate", "slowish"))
+	waitFor(t, 5*time.Second, "the quick command in the session", func() bool { return len(s.sem) == 1 })
+	if res, err := r.Run(ctx, vcmd(prog, "managedsave", "vm")); err != nil || string(res.Stdout) != "Domain 'vm' state saved by libvirt\n\n" {
+		t.Errorf("a save while a quick command ran: %q %v", res.Stdout, err)
 	}
 
 	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
