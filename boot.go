@@ -43,7 +43,7 @@ func (u *upRun) boot(ctx context.Context, firstBoot bool) {
 			fail(err)
 			return
 		}
-		if isSaved(state, reason) {
+		if isSaved(state, reason) || u.hasSave {
 			u.restored = true
 			out.Done("resumed from its saved state")
 		} else {

@@ -62,6 +62,9 @@ type fakeWorld struct {
 	SaveAborted int
 	// SaveXML is the definition a managed save holds: the live one as saved.
 	SaveXML map[string]string
+	// StartFailed: the domain's last start failed, its reason "failed" (a
+	// managed save stays, as libvirt keeps it).
+	StartFailed map[string]bool
 	// SnapshotXML is each snapshot's saved definition, by "domain/snapshot".
 	SnapshotXML map[string]string
 	// Live is each running domain's definition as it started: a define
@@ -230,7 +233,7 @@ func (c *fakeCloudInit) status() (map[string]any, int) {
 func newFakeWorld() *fakeWorld {
 	return &fakeWorld{Domains: map[string]string{}, Owned: map[string]bool{}, Pools: map[string]bool{}, Volumes: map[string]bool{},
 		Uploaded: map[string]bool{}, XML: map[string]string{}, Fail: map[string]string{},
-		Snapshots: map[string][]string{}, ManagedSave: map[string]bool{}, SnapshotXML: map[string]string{}, SaveXML: map[string]string{}, Frozen: map[string]string{}, Live: map[string]string{},
+		Snapshots: map[string][]string{}, ManagedSave: map[string]bool{}, StartFailed: map[string]bool{}, SnapshotXML: map[string]string{}, SaveXML: map[string]string{}, Frozen: map[string]string{}, Live: map[string]string{},
 		Content: map[string][]byte{}, Backing: map[string]string{}, Uploader: map[string]int{}, Busy: map[string]int{}}
 }
 
@@ -323,6 +326,8 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			switch {
 			case st == "running":
 				return st + " (booted)", "", 0
+			case w.StartFailed[arg(1)]:
+				return st + " (failed)", "", 0
 			case w.ManagedSave[arg(1)]:
 				return st + " (saved)", "", 0
 			}
@@ -392,8 +397,10 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 			live = w.SaveXML[arg(1)] // a restore runs what was saved
 		}
 		if msg := w.missingFile(live); msg != "" {
+			w.StartFailed[arg(1)] = true
 			return "", msg, 1
 		}
+		delete(w.StartFailed, arg(1))
 		w.Domains[arg(1)] = "running"
 		w.Live[arg(1)] = live
 		if w.NVRAMDir != "" && strings.Contains(w.XML[arg(1)], `firmware="efi"`) {
@@ -555,6 +562,13 @@ func (w *fakeWorld) virsh(args []string, stdin io.Reader) (stdout, stderr string
 		w.Domains[name], w.Live[name] = "running", x
 		w.Restores = append(w.Restores, name)
 		return "Domain restored from " + arg(1), "", 0
+	case "dominfo":
+		if _, ok := w.Domains[arg(1)]; !ok {
+			return notFound("domain", arg(1))
+		}
+		saved := map[bool]string{true: "yes", false: "no"}[w.ManagedSave[arg(1)]]
+		return "Id:             -\nName:           " + arg(1) + "\nState:          " + w.Domains[arg(1)] +
+			"\nPersistent:     yes\nManaged save:   " + saved + "\nSecurity model: none\n", "", 0
 	case "managedsave-dumpxml":
 		if !w.ManagedSave[arg(1)] {
 			return "", "error: Requested operation is not valid: domain does not have managed save image", 1

@@ -91,10 +91,18 @@ func (u *vmRun) prepareReup(ctx context.Context) (Event, error) {
 	running := state != "shut off" && state != "crashed"
 	changed := settingsChanged(o, j)
 	saved := isSaved(state, reason)
+	if state == "shut off" && reason == "failed" {
+		// A restore that failed (a hand's `virsh start`, say) leaves this
+		// reason and the save, which the next start restores.
+		if saved, err = u.virsh.HasManagedSave(ctx, o.Name); err != nil {
+			return 0, err
+		}
+	}
 	if saved && !o.DiscardSaved {
 		if err := u.checkRestore(ctx, changed); err != nil {
 			return 0, err
 		}
+		u.hasSave = true
 	}
 	if changed && running {
 		return 0, &usageError{

@@ -152,6 +152,33 @@ func TestSecondSaveAsksNothingOfSeeds(t *testing.T) {
 	}
 }
 
+// A VM saved by hand in its first boot's run names the first seed, deleted
+// since; a hand's `virsh start` of it fails, and libvirt then says "shut off
+// (failed)" and keeps the save. up sees the save all the same: it repoints
+// it and resumes the VM.
+func TestUpResumesASaveAStartFailedOn(t *testing.T) {
+	h := newHarness(t)
+	h.createDetached()
+	w := h.fake.world
+	w.ManagedSave["v1"], w.SaveXML["v1"], w.Domains["v1"] = true, w.Live["v1"], "shut off"
+	if !strings.Contains(w.SaveXML["v1"], "v1-seed.iso") {
+		t.Fatalf("the first boot's live definition names no first seed:\n%s", w.SaveXML["v1"])
+	}
+	w.StartFailed["v1"] = true
+	h.fake.calls = nil
+	if code := h.wait(h.up("v1", "-d")); code != 0 {
+		t.Fatalf("up: exit %d\n%s", code, h.stderr)
+	}
+	if w.Domains["v1"] != "running" || w.ManagedSave["v1"] || !strings.Contains(h.stderr.String(), "resumed from its saved state") {
+		t.Errorf("domain %s, still saved %v; stderr:\n%s", w.Domains["v1"], w.ManagedSave["v1"], h.stderr)
+	}
+	if !slices.ContainsFunc(h.calls(), func(c []string) bool {
+		return c[1] == "qemu-agent-command" && strings.Contains(c[len(c)-1], "guest-exec")
+	}) {
+		t.Errorf("the resumed guest's clock was not set: %v", h.calls())
+	}
+}
+
 // A save that overruns --shutdown-timeout is aborted in libvirt, not only
 // in virsh, and the VM keeps running: exit 4.
 func TestSaveOverrunIsAbortedInLibvirt(t *testing.T) {

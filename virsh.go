@@ -219,6 +219,21 @@ func (v *Virsh) ManagedSave(ctx context.Context, name string) error {
 	return classify(err)
 }
 
+// HasManagedSave says whether the domain has a managed save, which its next
+// start restores, whatever its state's reason says.
+func (v *Virsh) HasManagedSave(ctx context.Context, name string) (bool, error) {
+	out, err := v.run(ctx, "dominfo", name)
+	if err != nil {
+		return false, classify(err)
+	}
+	for line := range strings.Lines(out) {
+		if k, val, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Managed save" {
+			return strings.TrimSpace(val) == "yes", nil
+		}
+	}
+	return false, fmt.Errorf("virsh dominfo %s says nothing of a managed save", name)
+}
+
 // ManagedSaveRemove discards a saved state: the next start boots.
 func (v *Virsh) ManagedSaveRemove(ctx context.Context, name string) error {
 	_, err := v.run(ctx, "managedsave-remove", name)

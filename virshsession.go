@@ -28,7 +28,7 @@ import (
 // sessionCommands are the virsh commands that take milliseconds. vol-create-as
 // only for a volume that is not written in full (see sessionable).
 var sessionCommands = map[string]bool{
-	"uri": true, "domstate": true, "domuuid": true, "dumpxml": true, "metadata": true, "define": true,
+	"uri": true, "domstate": true, "domuuid": true, "dominfo": true, "dumpxml": true, "metadata": true, "define": true,
 	"undefine": true, "domstats": true, "domcapabilities": true, "list": true,
 	"vol-dumpxml": true, "vol-path": true, "vol-list": true, "vol-info": true, "vol-delete": true,
 	"vol-create-as": true, "vol-resize": true, "pool-info": true,

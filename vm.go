@@ -46,7 +46,10 @@ type vmRun struct {
 	// restored: the guest runs on from a saved or snapshotted state, so its
 	// clock is behind (set by the boot or reset worker, before the boot worker reads it)
 	restored bool
-	logPath  string // the last playbook log, set by the provision worker
+	// hasSave: prepareReup found a managed save, which the start restores
+	// whatever the domain's state says (a failed restore leaves "failed").
+	hasSave bool
+	logPath string // the last playbook log, set by the provision worker
 
 	// templateKey is the key of this VM's recipe under --template (Preparing
 	// sets it, with imageSHA256); cloneOf the template it is cloned from,
