@@ -48,23 +48,24 @@ func saveDomain(ctx context.Context, v *Virsh, pool string, paths Paths, timeout
 			err = fmt.Errorf("the save did not finish within %s and was aborted", timeout)
 		}
 	}
-	saved := func() error {
+	repoint := func() {
 		// A definition left naming the deleted seed is repointed by the
 		// next up before it restores (checkRestore).
 		if err := repointSavedSeed(ctx, v, pool, paths); err != nil {
 			warn("VM %s is saved, but its saved definition still names the first boot's seed, deleted since (%v); `vmup up %s` replaces it before it resumes",
 				name, err, name)
 		}
-		return nil
 	}
 	if err == nil {
-		return saved() // libvirt said so: no state to ask
+		repoint() // libvirt said it saved: no state to ask
+		return nil
 	}
 	for {
 		state, reason, serr := v.DomStateReason(ctx, name)
 		switch {
 		case serr == nil && isSaved(state, reason):
-			return saved() // also when the abort came too late
+			repoint() // also when the abort came too late
+			return nil
 		case serr == nil && state == "running":
 			if err == nil {
 				err = errors.New("the domain still runs after the save")

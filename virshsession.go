@@ -36,13 +36,11 @@ var sessionCommands = map[string]bool{
 	"save-image-dumpxml": true, "managedsave-dumpxml": true, "managedsave-remove": true, "managedsave-define": true,
 }
 
-// sessionLongCommands wait on QEMU or a guest for up to seconds. A session
-// runs one only when idle, saving it the ≈ 35 ms of a virsh of its own (a
-// twentieth of a save or a restore here), and then runs nothing else until
-// it ends: what comes meanwhile, another VM's save or its state, runs as a
-// process of its own rather than wait. They have no deadline but the
-// caller's. Whatever reads a stream, or a file on virsh's stdin, never runs
-// in a session.
+// sessionLongCommands wait on QEMU or a guest for seconds. One runs in the
+// session unless another holds it, saving a virsh's own ≈ 35 ms (a twentieth
+// of a save here); it waits for the quick command running, and what comes
+// after it runs as a process of its own rather than wait. No deadline but
+// the caller's. Whatever reads a stream or virsh's stdin never runs here.
 var sessionLongCommands = map[string]bool{
 	"start": true, "managedsave": true, "destroy": true, "shutdown": true, "snapshot-revert": true,
 	"suspend": true, "resume": true,
@@ -232,7 +230,8 @@ func (r *sessionRunner) Close() {
 type virshSession struct {
 	uri string
 	sem chan struct{} // one command at a time
-	// long: the command running is one of sessionLongCommands.
+	// long: one of sessionLongCommands holds the session (runs, or waits
+	// for the quick command running).
 	long   atomic.Bool
 	pgid   int
 	stdin  io.WriteCloser
@@ -409,7 +408,7 @@ var connectionRE = lazyRE(`(?im)^(error: )+(disconnected from .*|reconnected to 
 // nothing: it can run again elsewhere.
 var notConnectedRE = lazyRE(`(?i)failed to reconnect to the hypervisor|no valid connection`)
 
-// errSessionBusy: the session runs a long command, or is not idle for one.
+// errSessionBusy: a long command holds the session.
 // The command runs as a process of its own; the session stays.
 var errSessionBusy = errors.New("virsh session busy")
 
